@@ -1,0 +1,43 @@
+"""Generation backends behind one interface.
+
+A backend renders chat messages with the model's own chat template (`render`) and generates
+completions for already-rendered prompts (`generate`), so records store prompts exactly as sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from reflectevo.registry import Registry
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int
+    temperature: float = 0.0       # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_prompt_tokens: int
+    n_new_tokens: int
+
+
+class Backend(Protocol):
+    name: str
+
+    def render(self, messages: list[dict[str, str]]) -> str: ...
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]: ...
+
+
+BACKENDS: Registry[Any] = Registry("backend")
+BACKENDS.register("transformers", "reflectevo.backends.hf:TransformersBackend")

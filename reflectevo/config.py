@@ -1,0 +1,335 @@
+"""Typed, validated views of `params.yaml`.
+
+Every stage reads its own section (plus `models.<model>`) through `load_section`, which rejects
+unknown keys with a "did you mean" hint, wrong types with the key's dotted path, and unknown presets
+with the list of valid ones. Read with ruamel (YAML 1.2), so `-S x=1e-05` stays a float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from reflectevo.errors import ReflectEvoError, did_you_mean, unknown
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------------------------------
+# Generic strict loader
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ReflectEvoError as e:
+                errors.append(str(e))
+        raise ReflectEvoError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise unknown("value", value, [str(a) for a in allowed], where)
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ReflectEvoError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ReflectEvoError(f"{where}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ReflectEvoError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ReflectEvoError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML-style '1e-05' strings
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ReflectEvoError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ReflectEvoError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {_type_name(tp)} at {where}")
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ReflectEvoError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ReflectEvoError(
+                f"{where}.{key}: unknown key.{did_you_mean(key, fields)} Valid keys: {', '.join(fields)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ReflectEvoError(f"{where}.{name}: required key is missing")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check:
+        check(where)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain JSON-able dict (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# Model presets
+
+SOURCES = ("tiny-random", "gguf-package", "hub")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("transformers", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """One entry of `models:` in params.yaml. Adding a preset is a data change."""
+
+    source: str                      # tiny-random | gguf-package | hub
+    hub_id: str = ""                 # the real Hugging Face path (what users on the hub load)
+    revision: str = "main"           # hub commit; recorded in every generated record
+    package: str = ""                # gguf-package: the Python package that ships the file
+    package_version: str = ""        # gguf-package: pinned version (part of the cache key)
+    file: str = ""                   # gguf-package: file name inside the package
+    path: str = ""                   # optional local folder that overrides the hub (offline use)
+    dtype: str = "auto"              # auto picks bf16 where the CPU/GPU has fast bf16, else fp32
+    backend: str = "transformers"
+    gen_batch_size: int = 32
+    max_length: int = 2048           # training truncation
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    lr_sft: float = 2.0e-4
+    lr_dpo: float = 5.0e-6
+    seed: int = 0                    # tiny-random: weight init seed
+
+    def validate(self, where: str) -> None:
+        if self.source not in SOURCES:
+            raise unknown("model source", self.source, SOURCES, f"{where}.source")
+        if self.dtype not in DTYPES:
+            raise unknown("dtype", self.dtype, DTYPES, f"{where}.dtype")
+        if self.backend not in BACKENDS:
+            raise unknown("backend", self.backend, BACKENDS, f"{where}.backend")
+        if self.source == "hub" and not (self.hub_id or self.path):
+            raise ReflectEvoError(f"{where}.hub_id: a hub preset needs hub_id (or a local path)")
+        if self.source == "gguf-package" and not (self.package and self.file):
+            raise ReflectEvoError(f"{where}: a gguf-package preset needs package and file")
+        if self.gen_batch_size < 1:
+            raise ReflectEvoError(f"{where}.gen_batch_size: must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage sections
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str                        # a registered task name (see `reflectevo tasks`)
+    n_train: int = 0                 # 0 = the whole train split
+    n_test: int = 0                  # 0 = the whole test split
+    options: dict[str, Any] = field(default_factory=dict)  # generator options (reasoning-gym kwargs)
+
+    def validate(self, where: str) -> None:
+        if self.n_train < 0 or self.n_test < 0:
+            raise ReflectEvoError(f"{where}: n_train/n_test must be >= 0")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    tasks: tuple[TaskSpec, ...]
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        if not self.tasks:
+            raise ReflectEvoError(f"{where}.tasks: list at least one task")
+        from reflectevo.tasks import get_task
+
+        for i, t in enumerate(self.tasks):
+            get_task(t.name, where=f"{where}.tasks[{i}].name")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    k: int = 2                                  # reflections per failed item
+    demands: tuple[str, ...] = ("all",)         # demand ids from the pool, or "all"
+    temperature: float = 0.8                    # reflection sampling
+    top_p: float = 1.0
+    max_new_tokens_trial: int = 256
+    max_new_tokens_reflection: int = 256
+    use_previous_trial: bool = True             # show trial 1 in the trial-2 prompt
+    seed: int = 0
+    limit: int = 0                              # 0 = every train item
+    shard_size: int = 50000                     # episodes per output shard
+
+    def validate(self, where: str) -> None:
+        if self.k < 1:
+            raise ReflectEvoError(f"{where}.k: must be >= 1")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise ReflectEvoError(f"{where}.temperature: must be in [0, 5]")
+        from reflectevo.prompts import demand_pool
+
+        pool = demand_pool()
+        for d in self.demands:
+            if d != "all" and d not in pool:
+                raise unknown("demand id", d, pool, f"{where}.demands")
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    eval_fraction: float = 0.1                  # items (not rows) held out for eval
+    min_reflection_words: int = 3
+    max_reflection_words: int = 400
+    max_pairs_per_item: int = 4                 # D± pairs kept per failed attempt
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ReflectEvoError(f"{where}.eval_fraction: must be in [0, 1)")
+
+
+SETTINGS = ("one_stage",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    setting: str = "one_stage"
+    epochs: float = 1.0
+    max_steps: int = -1                         # > 0 overrides epochs
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 1024
+    warmup_ratio: float = 0.0
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        if self.setting not in SETTINGS:
+            raise unknown("training setting", self.setting, SETTINGS, f"{where}.setting")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    protocol: str = "oracle"                    # oracle: reflect only when trial 1 was wrong
+    max_new_tokens_trial: int = 256
+    max_new_tokens_reflection: int = 256
+    limit: int = 0                              # 0 = every test item
+
+    def validate(self, where: str) -> None:
+        if self.protocol not in ("oracle",):
+            raise unknown("protocol", self.protocol, ["oracle"], f"{where}.protocol")
+
+
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareConfig,
+    "generate": GenerateConfig,
+    "curate": CurateConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
+TOP_LEVEL = ("model", "models", *SECTIONS)
+
+
+# --------------------------------------------------------------------------------------------------
+# params.yaml access
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    if not path.exists():
+        raise ReflectEvoError(f"{path}: params file not found")
+    try:
+        data = YAML(typ="safe", pure=True).load(path.read_text())
+    except Exception as e:  # ruamel's errors carry line/column
+        raise ReflectEvoError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ReflectEvoError(f"{path}: expected a mapping at the top level")
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise ReflectEvoError(
+                f"{path}: unknown top-level key {key!r}.{did_you_mean(key, TOP_LEVEL)} Valid: {', '.join(TOP_LEVEL)}"
+            )
+    return data
+
+
+def load_preset(params: dict[str, Any], name: str | None = None) -> tuple[str, ModelPreset]:
+    """Return (preset name, preset) for `name` or the params' `model:` selector."""
+    models = params.get("models") or {}
+    if not isinstance(models, dict) or not models:
+        raise ReflectEvoError("models: params.yaml needs a non-empty `models:` map of presets")
+    name = name or params.get("model")
+    if not name:
+        raise ReflectEvoError(f"model: required key is missing. Valid presets: {', '.join(sorted(models))}")
+    if name not in models:
+        raise unknown("model preset", name, models, "model")
+    return name, from_dict(ModelPreset, models[name], f"models.{name}")
+
+
+def load_section(params: dict[str, Any], section: str) -> Any:
+    if section not in SECTIONS:
+        raise unknown("params section", section, SECTIONS)
+    if section not in params:
+        raise ReflectEvoError(f"{section}: section missing from params.yaml")
+    return from_dict(SECTIONS[section], params[section], section)
+
+
+def validate_all(params: dict[str, Any]) -> None:
+    """Validate every preset and section (used by `reflectevo params check` and the tests)."""
+    for name in params.get("models") or {}:
+        load_preset(params, name)
+    load_preset(params)
+    for section in SECTIONS:
+        load_section(params, section)

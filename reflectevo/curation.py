@@ -1,0 +1,118 @@
+"""Curate raw episodes into training sets.
+
+- D+  : trial 1 wrong, trial 2 right after reflection r -> one row per successful reflection.
+- D±  : for one failed trial 1, a reflection whose retry was right (chosen) vs one whose retry was
+        wrong (rejected); all combinations, capped per item.
+Reflections are filtered first (empty, too short or long, stating the answer); items, never rows, are
+split into train and eval, so no item is on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from reflectevo.config import CurateConfig
+
+_STATES_ANSWER = re.compile(r"Finish\s*(\[|<<<)")
+
+
+def is_eval_item(item_id: str, fraction: float, seed: int) -> bool:
+    """Deterministic item-level split: the same item always lands on the same side."""
+    if fraction <= 0:
+        return False
+    h = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16)
+    return h / 0xFFFFFFFF < fraction
+
+
+def reflection_problem(text: str, cfg: CurateConfig) -> str | None:
+    """Name of the filter that rejects this reflection, or None when it is kept."""
+    words = len(text.split())
+    if not text.strip():
+        return "empty"
+    if words < cfg.min_reflection_words:
+        return "too_short"
+    if words > cfg.max_reflection_words:
+        return "too_long"
+    if _STATES_ANSWER.search(text):
+        return "states_answer"
+    return None
+
+
+def _common(ep: dict) -> dict[str, Any]:
+    it = ep["item"]
+    return {"item_id": ep["item_id"], "task": ep["task"], "question": it["question"], "choices": it.get("choices"),
+            "answer": it["answer"], "trial1_prompt": ep["trial1"]["prompt"], "trial1": ep["trial1"]["completion"],
+            "trial1_answer": ep["trial1"]["extracted"], "model": ep["model"]["preset"],
+            "prompt_version": ep["prompt_version"], "episode_id": ep["episode_id"]}
+
+
+def _side(s: dict) -> dict[str, Any]:
+    return {"sample_id": s["sample_id"], "demand_id": s["demand_id"], "reflection_prompt": s["reflection"]["prompt"],
+            "reflection": s["reflection"]["text"], "trial2_prompt": s["trial2"]["prompt"],
+            "trial2": s["trial2"]["completion"], "trial2_answer": s["trial2"]["extracted"],
+            "trial2_correct": s["trial2"]["correct"]}
+
+
+def curate(episodes: Sequence[dict], cfg: CurateConfig) -> dict[str, Any]:
+    """Return {'dplus': {'train': rows, 'eval': rows}, 'dpm': {...}, 'drops': Counter, 'stats': {...}}."""
+    drops: Counter[str] = Counter()
+    out: dict[str, dict[str, list]] = {"dplus": {"train": [], "eval": []}, "dpm": {"train": [], "eval": []}}
+    for ep in episodes:
+        if ep["trial1"]["correct"]:
+            continue
+        kept = []
+        for s in ep["samples"]:
+            why = reflection_problem(s["reflection"]["text"], cfg)
+            if why:
+                drops[why] += 1
+            else:
+                kept.append(s)
+        split = "eval" if is_eval_item(ep["item_id"], cfg.eval_fraction, cfg.seed) else "train"
+        common = _common(ep)
+        good = [s for s in kept if s["trial2"]["correct"]]
+        bad = [s for s in kept if not s["trial2"]["correct"]]
+        for s in good:
+            out["dplus"][split].append({"id": s["sample_id"], **common, **_side(s)})
+        pairs = list(itertools.product(good, bad))[: cfg.max_pairs_per_item]
+        for c, r in pairs:
+            out["dpm"][split].append({"id": f"{c['sample_id']}+{r['sample_id']}", **common,
+                                      "chosen": _side(c), "rejected": _side(r)})
+    return {**out, "drops": drops, "stats": statistics(episodes)}
+
+
+def _avg(xs: Iterable[int]) -> float | None:
+    xs = list(xs)
+    return round(sum(xs) / len(xs), 1) if xs else None
+
+
+def statistics(episodes: Sequence[dict]) -> dict[str, Any]:
+    """Per-task table in the shape of ReflectEvo-460K's (lengths in words; counters defined below).
+
+    reflection_samples: reflections generated; qa_reflection_samples: failed trial-1 items that got at
+    least one reflection; pct_correct_after_reflection: reflections whose trial 2 was right / all.
+    """
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for ep in episodes:
+        by_task[ep["task"]].append(ep)
+
+    def row(eps: list[dict]) -> dict[str, Any]:
+        samples = [s for ep in eps for s in ep["samples"]]
+        return {
+            "items": len(eps),
+            "trial1_correct": sum(ep["trial1"]["correct"] for ep in eps),
+            "reflection_samples": len(samples),
+            "qa_reflection_samples": sum(1 for ep in eps if ep["samples"]),
+            "pct_correct_after_reflection": round(100 * sum(s["trial2"]["correct"] for s in samples) / len(samples), 2)
+            if samples else None,
+            "avg_question_words": _avg(len(ep["item"]["question"].split()) for ep in eps),
+            "avg_trial1_words": _avg(len(ep["trial1"]["completion"].split()) for ep in eps),
+            "avg_trial2_words": _avg(len(s["trial2"]["completion"].split()) for s in samples),
+            "avg_reflection_words": _avg(len(s["reflection"]["text"].split()) for s in samples),
+        }
+
+    return {"per_task": {t: row(eps) for t, eps in sorted(by_task.items())}, "total": row(list(episodes))}

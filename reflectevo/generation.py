@@ -1,0 +1,252 @@
+"""The generate stage's logic: ReflectEvo episodes, computed in chunks and journaled.
+
+An episode is one train item: trial 1 (greedy, verified); if wrong, `k` reflections sampled under
+demand instructions, each followed by a greedy trial 2 (verified). Every prompt is stored exactly as
+sent, before generation. Each reflection sample sees trial 1 (never an earlier retry); no prompt
+carries the gold answer, only the binary failure notice.
+
+Episodes are keyed by a hash of everything that determines them, so a rerun computes only missing
+keys, and a run killed mid-way resumes from its journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reflectevo.backends import Sampling
+from reflectevo.config import GenerateConfig, to_dict
+from reflectevo.jsonio import Journal, iter_jsonl, write_jsonl
+from reflectevo.prompts import demand_pool, prompt_version, reflection_messages, trial_messages
+from reflectevo.tasks import Item, Task, Verdict
+
+SHARD_GLOB = "episodes-*.jsonl"
+JOURNAL = "journal.jsonl"
+
+
+def _h(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class GenSpec:
+    """Everything besides the item that determines an episode."""
+
+    model: dict[str, str]            # model fingerprint: preset, source, revision
+    dtype: str                       # the preset's dtype setting (not the resolved one)
+    prompt_version: str
+    cfg: GenerateConfig
+
+    def demands(self) -> list[str]:
+        pool = list(demand_pool())
+        return pool if "all" in self.cfg.demands else list(self.cfg.demands)
+
+    def params(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"k": c.k, "demands": self.demands(), "temperature": c.temperature, "top_p": c.top_p,
+                "max_new_tokens_trial": c.max_new_tokens_trial,
+                "max_new_tokens_reflection": c.max_new_tokens_reflection,
+                "use_previous_trial": c.use_previous_trial, "seed": c.seed}
+
+    def episode_id(self, item: Item) -> str:
+        return _h({"model": self.model, "dtype": self.dtype, "prompt_version": self.prompt_version,
+                   "item": item.id, "task": item.task, "item_hash": item.text_hash(), "gen": self.params()})[:20]
+
+    def demand_for(self, item: Item, j: int) -> str:
+        d = self.demands()
+        return d[(int(_h(item.id)[:8], 16) + j) % len(d)]
+
+
+@dataclass
+class Stats:
+    items: int = 0
+    reused: int = 0
+    trial1_correct: int = 0
+    reflections: int = 0
+    trial2_correct: int = 0
+    generations: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    per_task: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "per_task"}
+        d["episodes_per_s"] = round((self.items - self.reused) / self.seconds, 3) if self.seconds else None
+        d["new_tokens_per_s"] = round(self.new_tokens / self.seconds, 1) if self.seconds else None
+        d["seconds"] = round(self.seconds, 2)
+        d["per_task"] = self.per_task
+        return d
+
+
+def _trial_record(prompt: str, gen, verdict: Verdict) -> dict[str, Any]:
+    return {"prompt": prompt, "completion": gen.text, "n_prompt_tokens": gen.n_prompt_tokens,
+            "n_new_tokens": gen.n_new_tokens, **verdict.to_dict()}
+
+
+def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenSpec, stats: Stats) -> list[dict]:
+    """Compute the episodes of `items` (one batched pass per phase)."""
+    cfg = spec.cfg
+    greedy_t = Sampling(cfg.max_new_tokens_trial, 0.0, 1.0, 0)
+
+    def count(gens) -> None:
+        stats.generations += len(gens)
+        stats.prompt_tokens += sum(g.n_prompt_tokens for g in gens)
+        stats.new_tokens += sum(g.n_new_tokens for g in gens)
+
+    # trial 1
+    t1_prompts = [backend.render(trial_messages(tasks[it.task], it)) for it in items]
+    t1 = backend.generate(t1_prompts, greedy_t)
+    count(t1)
+    t1_v = [tasks[it.task].verify(g.text, it) for it, g in zip(items, t1)]
+
+    # reflections on failures, k samples each, each seeing trial 1
+    jobs = [(i, j, spec.demand_for(it, j)) for i, it in enumerate(items) if not t1_v[i].correct for j in range(cfg.k)]
+    seed = cfg.seed + int(spec.episode_id(items[0])[:6], 16) if items else cfg.seed
+    refl_sampling = Sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, seed)
+    r_prompts = [backend.render(reflection_messages(items[i], t1[i].text, d)) for i, _, d in jobs]
+    refl = backend.generate(r_prompts, refl_sampling) if jobs else []
+    count(refl)
+
+    # trial 2 after each reflection (greedy)
+    t2_prompts = [
+        backend.render(trial_messages(tasks[items[i].task], items[i], reflection=r.text,
+                                      previous=t1[i].text if cfg.use_previous_trial else None))
+        for (i, _, _), r in zip(jobs, refl)
+    ]
+    t2 = backend.generate(t2_prompts, greedy_t) if jobs else []
+    count(t2)
+
+    episodes = []
+    for i, it in enumerate(items):
+        eid = spec.episode_id(it)
+        ep = {
+            "episode_id": eid, "item_id": it.id, "task": it.task, "item_hash": it.text_hash(),
+            "model": spec.model, "dtype": spec.dtype, "resolved_dtype": getattr(backend, "dtype", None),
+            "prompt_version": spec.prompt_version, "gen": spec.params(), "item": it.to_dict(),
+            "trial1": _trial_record(t1_prompts[i], t1[i], t1_v[i]), "samples": [],
+        }
+        pt = stats.per_task.setdefault(it.task, {"items": 0, "trial1_correct": 0, "reflections": 0, "trial2_correct": 0})
+        pt["items"] += 1
+        pt["trial1_correct"] += int(t1_v[i].correct)
+        episodes.append(ep)
+    for (i, j, d), rp, r, tp, g in zip(jobs, r_prompts, refl, t2_prompts, t2):
+        it = items[i]
+        v = tasks[it.task].verify(g.text, it)
+        episodes[i]["samples"].append({
+            "sample_id": f"{episodes[i]['episode_id']}-{j}", "sample_idx": j, "demand_id": d,
+            "reflection": {"prompt": rp, "text": r.text, "n_new_tokens": r.n_new_tokens,
+                           "sampling": refl_sampling.to_dict()},
+            "trial2": _trial_record(tp, g, v),
+        })
+        stats.per_task[it.task]["reflections"] += 1
+        stats.per_task[it.task]["trial2_correct"] += int(v.correct)
+        stats.trial2_correct += int(v.correct)
+    stats.items += len(items)
+    stats.trial1_correct += sum(v.correct for v in t1_v)
+    stats.reflections += len(jobs)
+    return episodes
+
+
+def load_episodes(raw_dir: Path) -> dict[str, dict]:
+    """Every episode already on disk (finished shards, then the journal of an interrupted run)."""
+    found: dict[str, dict] = {}
+    for p in sorted(raw_dir.glob(SHARD_GLOB)):
+        for ep in iter_jsonl(p):
+            found[ep["episode_id"]] = ep
+    journal = raw_dir / JOURNAL
+    if journal.exists():
+        for ep in iter_jsonl(journal, tolerate_torn_tail=True):
+            found[ep["episode_id"]] = ep
+    return found
+
+
+def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Callable[[], Any], spec: GenSpec,
+             raw_dir: Path, chunk_size: int = 64, progress: bool = True) -> tuple[list[dict], Stats]:
+    """Compute missing episodes for `items` into `raw_dir`; return all of them in item order.
+
+    Finished episodes from earlier runs (same key) are reused; new ones go to a journal, flushed and
+    fsynced per chunk, so a kill loses at most the chunk in flight. The backend is only built when
+    something is missing.
+    """
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    existing = load_episodes(raw_dir)
+    keys = [spec.episode_id(it) for it in items]
+    todo = [it for it, k in zip(items, keys) if k not in existing]
+    stats = Stats(reused=len(items) - len(todo))
+    t0 = time.perf_counter()
+    if todo:
+        backend = backend_factory()
+        bar = _progress(len(todo), progress)
+        with Journal(raw_dir / JOURNAL) as journal:
+            for start in range(0, len(todo), chunk_size):
+                chunk = todo[start:start + chunk_size]
+                eps = run_chunk(chunk, tasks, backend, spec, stats)
+                journal.append_batch(eps)
+                for ep in eps:
+                    existing[ep["episode_id"]] = ep
+                stats.seconds = time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(len(chunk))
+                    bar.set_postfix(ep_s=f"{len(chunk) and stats.to_dict()['episodes_per_s']}",
+                                    tok_s=f"{stats.to_dict()['new_tokens_per_s']}")
+        if bar is not None:
+            bar.close()
+    stats.items = len(items)
+    stats.seconds = time.perf_counter() - t0
+    episodes = [existing[k] for k in keys]
+    return episodes, stats
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="episodes", unit="ep")
+
+
+def summarize(episodes: Sequence[dict], stats: Stats) -> dict[str, Any]:
+    """Counts over all episodes (reused or new) plus the cost of what this run computed."""
+    per_task: dict[str, dict[str, Any]] = {}
+    for ep in episodes:
+        pt = per_task.setdefault(ep["task"], {"items": 0, "trial1_correct": 0, "reflections": 0, "trial2_correct": 0})
+        pt["items"] += 1
+        pt["trial1_correct"] += int(ep["trial1"]["correct"])
+        pt["reflections"] += len(ep["samples"])
+        pt["trial2_correct"] += sum(int(s["trial2"]["correct"]) for s in ep["samples"])
+    total = {k: sum(pt[k] for pt in per_task.values()) for k in ("items", "trial1_correct", "reflections", "trial2_correct")}
+    run = stats.to_dict()
+    run.pop("per_task", None)
+    for k in ("items", "trial1_correct", "reflections", "trial2_correct"):
+        run.pop(k, None)
+    run["computed"] = len(episodes) - stats.reused
+    return {**total, "per_task": per_task, "run": run}
+
+
+def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int) -> list[Path]:
+    """Write episodes as a few large shards atomically, then drop the journal and stale shards."""
+    episodes = list(episodes)
+    n = max(1, -(-len(episodes) // shard_size))
+    paths = []
+    for s in range(n):
+        p = raw_dir / f"episodes-{s:05d}-of-{n:05d}.jsonl"
+        write_jsonl(p, episodes[s * shard_size:(s + 1) * shard_size])
+        paths.append(p)
+    for old in raw_dir.glob(SHARD_GLOB):
+        if old not in paths:
+            old.unlink()
+    (raw_dir / JOURNAL).unlink(missing_ok=True)
+    return paths
+
+
+def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig) -> GenSpec:
+    return GenSpec(model=model_fp, dtype=dtype, prompt_version=prompt_version(), cfg=cfg)
+
+
+__all__ = ["GenSpec", "Stats", "generate", "load_episodes", "summarize", "make_spec", "run_chunk", "write_shards", "to_dict"]

@@ -1,0 +1,121 @@
+"""JSONL reading with file:line errors, and atomic / crash-safe writing.
+
+Outputs are written to a temporary file in the same folder, fsynced, then renamed into place, so a
+reader never sees half a file. Journals (append + flush + fsync per batch) let a killed run resume:
+a truncated last line is the only damage a crash can do, and `read_jsonl(..., tolerate_torn_tail=True)`
+drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from reflectevo.errors import ReflectEvoError
+
+
+def iter_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield one dict per non-empty line; a bad line raises ReflectEvoError naming file:line.
+
+    With `tolerate_torn_tail`, an unparsable *last* line without a trailing newline (what a killed
+    writer leaves) is skipped instead.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ReflectEvoError(f"{path}: file not found")
+    with path.open("rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    torn_possible = not data.endswith(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if tolerate_torn_tail and torn_possible and i == len(lines):
+                return
+            raise ReflectEvoError(f"{path}:{i}: malformed JSON line ({e.msg if hasattr(e, 'msg') else e})") from None
+        if not isinstance(obj, dict):
+            raise ReflectEvoError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+        yield obj
+
+
+def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path, tolerate_torn_tail))
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=False, separators=(",", ":"))
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file next to `path`; on clean exit fsync and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(dumps(row) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_open(path) as fh:
+        json.dump(obj, fh, ensure_ascii=False, indent=2, sort_keys=False)
+        fh.write("\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path) as fh:
+        fh.write(text)
+
+
+class Journal:
+    """Append-only JSONL journal: each `append_batch` is flushed and fsynced before returning."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A torn tail left by a killed writer is cut off, so the journal stays valid JSONL.
+        if self.path.exists() and self.path.stat().st_size:
+            data = self.path.read_bytes()
+            if not data.endswith(b"\n"):
+                with self.path.open("r+b") as fh:
+                    fh.truncate(data.rfind(b"\n") + 1)
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def append_batch(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self._fh.write(dumps(row) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

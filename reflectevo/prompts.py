@@ -1,0 +1,142 @@
+"""Prompt templates of the ReflectEvo protocol (our wording) and the demand pool.
+
+Every builder returns the chat messages to send; backends render them with the model's own chat
+template, and generated records store the rendered text exactly as sent, before generation.
+
+Leak rules, checked by tests: the gold answer never appears in a reflection or trial-2 prompt; the
+only feedback the model gets is the binary failure notice; each reflection sample sees trial 1, never
+an earlier retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from importlib import resources
+from typing import Any
+
+from reflectevo.tasks.base import Item, Task
+
+Messages = list[dict[str, str]]
+
+TRIAL = """Solve the task below. Think step by step on a line that starts with "Thought:", then give \
+your final answer on a line that starts with "Action:".
+{answer_format}
+
+Question: {question}{choices}{reflection_block}"""
+
+REFLECTION_BLOCK = """
+
+You attempted this question before and your answer was judged incorrect. Here is your reflection on \
+that attempt; it locates the errors, explains the failure and outlines a plan:
+Reflection: {reflection}{previous}
+Now try again."""
+
+PREVIOUS_TRIAL = """
+
+Your previous (unsuccessful) attempt:
+{trial}"""
+
+FAILURE_NOTICE = "Observation: Answer is INCORRECT"
+
+# Generation-time reflection prompt: guided by one demand from the pool.
+REFLECT = """You are an advanced reasoning agent that improves through self-reflection. You were \
+given the question below, and your previous attempt was judged incorrect.
+
+Question: {question}{choices}
+
+Previous attempt:
+{trial}
+{notice}
+
+Reflect on the failed attempt. {demand}
+Do not state the final answer. Use at most 100 words, with no introduction or conclusion."""
+
+# Test-time reflection prompt (no demand: a trained reflector must work without one).
+REFLECT_TEST = """You are an advanced reasoning agent that improves through self-reflection. You were \
+given the question below, and your previous attempt was judged incorrect.
+
+Question: {question}{choices}
+
+Previous attempt:
+{trial}
+{notice}
+
+In a few complete sentences, diagnose a likely reason for the failure and devise a new, concise, \
+high-level plan that avoids it. Do not state the final answer."""
+
+# One-stage: the reflection and the corrected answer in one output (train and test use the same text).
+ONE_STAGE_SUFFIX = """
+Then write "Answer:" and solve the task again: a "Thought:" line, then an "Action:" line.
+{answer_format}"""
+
+ONE_STAGE_SEPARATOR = "\n\nAnswer:\n"
+
+TEMPLATES = (TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
+             ONE_STAGE_SEPARATOR)
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> dict[str, Any]:
+    from ruamel.yaml import YAML
+
+    text = resources.files("reflectevo.resources").joinpath("demands.yaml").read_text()
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def demand_pool() -> dict[str, dict[str, str]]:
+    """demand id -> {error_type, text}."""
+    return dict(_pool()["demands"])
+
+
+@functools.lru_cache(maxsize=1)
+def prompt_version() -> str:
+    """'v1-<hash>' over every template and the demand pool: recorded in each generated record."""
+    h = hashlib.sha256("\x00".join(TEMPLATES).encode())
+    h.update(repr(sorted(demand_pool().items())).encode())
+    return f"v1-{h.hexdigest()[:10]}"
+
+
+def _choices(item: Item) -> str:
+    if not item.choices:
+        return ""
+    return "\n" + "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(item.choices))
+
+
+def _user(text: str) -> Messages:
+    return [{"role": "user", "content": text}]
+
+
+def trial_messages(task: Task, item: Item, reflection: str | None = None, previous: str | None = None) -> Messages:
+    """Trial 1 (no reflection) or trial 2 (reflection, optionally the previous attempt)."""
+    block = ""
+    if reflection is not None:
+        prev = PREVIOUS_TRIAL.format(trial=previous.strip()) if previous is not None else ""
+        block = REFLECTION_BLOCK.format(reflection=reflection.strip(), previous=prev)
+    return _user(TRIAL.format(answer_format=task.answer_format(), question=item.question, choices=_choices(item),
+                              reflection_block=block))
+
+
+def reflection_messages(item: Item, trial: str, demand_id: str | None) -> Messages:
+    """Reflection on a failed trial: under a demand (generation) or the test prompt (demand None)."""
+    common = dict(question=item.question, choices=_choices(item), trial=trial.strip(), notice=FAILURE_NOTICE)
+    if demand_id is None:
+        return _user(REFLECT_TEST.format(**common))
+    return _user(REFLECT.format(demand=demand_pool()[demand_id]["text"], **common))
+
+
+def one_stage_messages(task: Task, item: Item, trial: str) -> Messages:
+    """One-stage prompt: reflect, then answer again, in one output (same text in training and test)."""
+    msgs = reflection_messages(item, trial, None)
+    msgs[0]["content"] += ONE_STAGE_SUFFIX.format(answer_format=task.answer_format())
+    return msgs
+
+
+def one_stage_target(reflection: str, trial2: str) -> str:
+    return reflection.strip() + ONE_STAGE_SEPARATOR + trial2.strip()
+
+
+def split_one_stage(output: str) -> tuple[str, str]:
+    """Split a one-stage output into (reflection, answer part); no separator -> all reflection."""
+    head, sep, tail = output.partition("Answer:")
+    return (head.strip(), tail.strip()) if sep else (output.strip(), "")

@@ -1,0 +1,61 @@
+"""Shared plumbing for the thin stage scripts in stages/: params loading and error reporting."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from reflectevo.errors import ReflectEvoError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def friendly_errors(fn: F) -> F:
+    """Bad input -> one line on stderr and exit status 2 (no traceback, nothing half-written)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ReflectEvoError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stage_params(params_file: Path, section: str, with_model: bool = True):
+    """(preset name, preset, section config) for a stage, all validated."""
+    from reflectevo.config import load_preset, load_section, read_params
+
+    params = read_params(params_file)
+    cfg = load_section(params, section)
+    if not with_model:
+        return None, None, cfg
+    name, preset = load_preset(params)
+    return name, preset, cfg
+
+
+def load_items(path: Path, split: str | None = None):
+    """Items of a prepared sources file, plus their Task objects."""
+    from reflectevo.jsonio import iter_jsonl
+    from reflectevo.tasks import Item, get_task
+
+    if not path.exists():
+        raise ReflectEvoError(f"{path}: sources not found (run the prepare stage: `dvc repro prepare`)")
+    items, tasks = [], {}
+    for row in iter_jsonl(path):
+        for key in ("id", "task", "question", "answer"):
+            if key not in row:
+                raise ReflectEvoError(f"{path}: item {row.get('id', '?')} has no {key!r} field")
+        it = Item.from_dict(row)
+        items.append(it)
+        if it.task not in tasks:
+            tasks[it.task] = get_task(it.task, (row.get("meta") or {}).get("task_options"))
+    return items, tasks

@@ -1,0 +1,110 @@
+"""The task contract: items in one unified schema, an answer form, an extractor and a verifier."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+ANSWER_TYPES = ("choice", "number", "math", "code", "text")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One task item in the unified schema (see data/README.md)."""
+
+    id: str
+    task: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] | None = None
+    tests: tuple[str, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task": self.task,
+            "question": self.question,
+            "choices": list(self.choices) if self.choices is not None else None,
+            "answer": self.answer,
+            "tests": list(self.tests) if self.tests is not None else None,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Item:
+        return cls(
+            id=str(d["id"]),
+            task=str(d["task"]),
+            question=str(d["question"]),
+            answer=str(d["answer"]),
+            choices=tuple(d["choices"]) if d.get("choices") is not None else None,
+            tests=tuple(d["tests"]) if d.get("tests") is not None else None,
+            meta=d.get("meta") or {},
+        )
+
+    def text_hash(self) -> str:
+        """Hash of what the model sees and is judged on: changes when the item's text changes."""
+        h = hashlib.sha256()
+        for part in (self.question, "\x1f".join(self.choices or ()), self.answer, "\x1f".join(self.tests or ())):
+            h.update(part.encode())
+            h.update(b"\x1e")
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    score: float
+    extracted: str | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"extracted": self.extracted, "correct": self.correct, "score": self.score, "error": self.error}
+
+
+_FINISH_BRACKET = re.compile(r"Finish\s*\[(.*?)\]", re.S)
+_FINISH_ANGLE = re.compile(r"Finish\s*<<<(.*?)>>>", re.S)
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*[:\s]*\(?([^\n]*?)\)?\s*(?:\.|$)", re.I | re.M)
+
+
+def extract_finish(text: str) -> str | None:
+    """Pull the final answer out of a ReAct-style completion.
+
+    Order: the last `Finish<<<...>>>`, then the last `Finish[...]`, then "the answer is X" /
+    "Answer: X". Returns None when nothing answer-like is found.
+    """
+    for pattern in (_FINISH_ANGLE, _FINISH_BRACKET):
+        found = pattern.findall(text)
+        if found:
+            return found[-1].strip()
+    found = _ANSWER_IS.findall(text)
+    if found:
+        return found[-1].strip()
+    return None
+
+
+class Task(ABC):
+    """A task: loader with splits + answer form + extractor + verifier."""
+
+    name: str
+    answer_type: str = "text"
+    splits: tuple[str, ...] = ("train", "test")
+
+    @abstractmethod
+    def load(self, split: str, n: int = 0, seed: int = 0) -> list[Item]:
+        """Return up to `n` items of `split` (0 = all), deterministically for a given seed."""
+
+    def answer_format(self) -> str:
+        """How the model must write its final answer (shown in every trial prompt)."""
+        return 'End with your final answer in the form "Action: Finish[<answer>]".'
+
+    def extract(self, completion: str) -> str | None:
+        return extract_finish(completion)
+
+    @abstractmethod
+    def verify(self, completion: str, item: Item) -> Verdict:
+        """Judge a raw completion (the answer is extracted from it) against the item's gold."""

@@ -1,0 +1,89 @@
+"""Any `reasoning-gym` generator as a task: offline, procedurally generated, scored by its own scorer.
+
+Train and test items come from one generator stream (seeded), split by position; items whose question
+text also appears in the other split are dropped from train, so the splits are disjoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from reflectevo.errors import ReflectEvoError, unknown
+from reflectevo.tasks.base import Item, Task, Verdict
+
+_TEST_STREAM = 100_000  # test items are drawn from a separate seed offset
+
+
+@functools.lru_cache(maxsize=1)
+def generator_names() -> tuple[str, ...]:
+    import reasoning_gym
+
+    return tuple(sorted(reasoning_gym.factory.DATASETS))
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=list))
+
+
+class ReasoningGymTask(Task):
+    answer_type = "text"
+
+    def __init__(self, generator: str, options: dict[str, Any] | None = None) -> None:
+        if generator not in generator_names():
+            raise unknown("reasoning-gym generator", generator, generator_names())
+        self.generator = generator
+        self.options = dict(options or {})
+        self.name = f"rg/{generator}"
+
+    def _dataset(self, size: int, seed: int):
+        import reasoning_gym
+
+        try:
+            return reasoning_gym.create_dataset(self.generator, size=size, seed=seed, **self.options)
+        except TypeError as e:
+            raise ReflectEvoError(f"task {self.name}: bad generator options {self.options}: {e}") from None
+
+    def load(self, split: str, n: int = 0, seed: int = 0) -> list[Item]:
+        if split not in self.splits:
+            raise unknown("split", split, self.splits, f"task {self.name}")
+        n = n or 100
+        test = self._items(n if split == "test" else max(n, 1), seed + _TEST_STREAM, "test")
+        if split == "test":
+            return test[:n]
+        seen = {it.question for it in test}
+        # oversample so that dropping test duplicates still leaves n items
+        train = [it for it in self._items(n * 2 + 8, seed, "train") if it.question not in seen]
+        return train[:n]
+
+    def _items(self, size: int, seed: int, split: str) -> list[Item]:
+        ds = self._dataset(size, seed)
+        items = []
+        for i in range(size):
+            e = ds[i]
+            items.append(
+                Item(
+                    id=f"{self.generator}-{split}-s{seed}-{i}",
+                    task=self.name,
+                    question=e["question"],
+                    answer=str(e["answer"]),
+                    meta={"rg_metadata": _jsonable(e.get("metadata", {}))},
+                )
+            )
+        return items
+
+    @functools.cached_property
+    def _scorer(self):
+        return self._dataset(1, 0)
+
+    def verify(self, completion: str, item: Item) -> Verdict:
+        pred = self.extract(completion)
+        if pred is None:
+            return Verdict(False, 0.0, None, "no answer found")
+        entry = {"question": item.question, "answer": item.answer, "metadata": item.meta.get("rg_metadata", {})}
+        try:
+            score = float(self._scorer.score_answer(pred, entry))
+        except Exception as e:  # a scorer crash on junk output is a wrong answer, not a pipeline crash
+            return Verdict(False, 0.0, pred, f"scorer error: {type(e).__name__}: {e}")
+        return Verdict(score >= 1.0, score, pred)

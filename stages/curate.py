@@ -1,0 +1,55 @@
+"""Stage `curate`: raw episodes -> D+ and D± (train/eval split by item) + statistics + data card.
+
+    dvc repro curate
+    python stages/curate.py --params params.yaml --raw data/raw --out data/curated
+
+Reads `curate` in params.yaml. An empty D+ is a normal outcome for a tiny model: it is recorded, and
+the later stages record "no training data".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from reflectevo.stage import friendly_errors, stage_params
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+@friendly_errors
+def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: Path = Path("data/curated"),
+         metrics: Path = Path("metrics/curate.json")) -> None:
+    from reflectevo.config import to_dict
+    from reflectevo.curation import curate
+    from reflectevo.datacard import curated_card
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.generation import SHARD_GLOB
+    from reflectevo.jsonio import iter_jsonl, write_json, write_jsonl, write_text
+
+    _, _, cfg = stage_params(params, "curate", with_model=False)
+    shards = sorted(raw.glob(SHARD_GLOB))
+    if not shards:
+        raise ReflectEvoError(f"{raw}: no episode shards ({SHARD_GLOB}); run the generate stage first")
+    episodes = [ep for p in shards for ep in iter_jsonl(p)]
+    result = curate(episodes, cfg)
+    counts = {}
+    for kind in ("dplus", "dpm"):
+        for split in ("train", "eval"):
+            rows = result[kind][split]
+            write_jsonl(out / f"{kind}_{split}.jsonl", rows)
+            counts[f"{kind}_{split}"] = len(rows)
+    gen = episodes[0]
+    info = {"generator": gen["model"], "prompt_version": gen["prompt_version"], "gen_params": gen["gen"],
+            "params": to_dict(cfg), "counts": counts, "drops": dict(result["drops"]), "stats": result["stats"]}
+    write_json(out / "stats.json", info)
+    write_text(out / "README.md", curated_card(info))
+    write_json(metrics, {"counts": counts, "drops": dict(result["drops"]),
+                         "pct_correct_after_reflection": result["stats"]["total"]["pct_correct_after_reflection"]})
+    typer.echo(f"curate: {counts} drops={dict(result['drops'])} -> {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,56 @@
+"""Stage `prepare`: task items -> data/sources/{train,test}.jsonl in the unified schema.
+
+    dvc repro prepare
+    python stages/prepare.py --params params.yaml --out data/sources
+
+Train and test are disjoint per task (no shared id or question text). Reads `prepare` in params.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from reflectevo.stage import friendly_errors, stage_params
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+@friendly_errors
+def main(params: Path = Path("params.yaml"), out: Path = Path("data/sources")) -> None:
+    from reflectevo.config import to_dict
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.jsonio import write_json, write_jsonl
+    from reflectevo.tasks import get_task
+
+    _, _, cfg = stage_params(params, "prepare", with_model=False)
+    splits: dict[str, list[dict]] = {"train": [], "test": []}
+    counts = {}
+    for i, spec in enumerate(cfg.tasks):
+        task = get_task(spec.name, spec.options, where=f"prepare.tasks[{i}].name")
+        test = task.load("test", spec.n_test, cfg.seed)
+        train = task.load("train", spec.n_train, cfg.seed)
+        test_q = {it.question for it in test}
+        test_ids = {it.id for it in test}
+        train = [it for it in train if it.id not in test_ids and it.question not in test_q]
+        if not test:
+            raise ReflectEvoError(f"prepare.tasks[{i}]: task {spec.name} has no test items")
+        for split, items in (("train", train), ("test", test)):
+            for it in items:
+                row = it.to_dict()
+                if spec.options:
+                    row["meta"] = {**row["meta"], "task_options": dict(spec.options)}
+                splits[split].append(row)
+        counts[spec.name] = {"train": len(train), "test": len(test)}
+    for split, rows in splits.items():
+        write_jsonl(out / f"{split}.jsonl", rows)
+    write_json(out / "card.json", {"artifact": "sources", "schema": "data/README.md#sources",
+                                   "counts": counts, "params": to_dict(cfg)})
+    typer.echo(f"prepare: {sum(c['train'] for c in counts.values())} train / "
+               f"{sum(c['test'] for c in counts.values())} test items from {len(counts)} task(s) -> {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,42 @@
+"""Test helpers: a scripted backend (no model) and synthetic episodes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from reflectevo.backends import Generation, Sampling
+
+
+class ScriptedBackend:
+    """Renders chat messages as plain text and answers each prompt with `respond(prompt, sampling)`."""
+
+    name = "scripted"
+    dtype = "none"
+    batch_size = 8
+
+    def __init__(self, respond: Callable[[str, Sampling], str]) -> None:
+        self.respond = respond
+        self.calls: list[tuple[list[str], Sampling]] = []
+
+    def render(self, messages):
+        return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
+
+    def generate(self, prompts, sampling):
+        self.calls.append((list(prompts), sampling))
+        return [Generation(self.respond(p, sampling), len(p.split()), 5) for p in prompts]
+
+
+def arithmetic_responder(fix_on_retry: bool = True):
+    """Trial 1 always wrong (answer 999999); reflections are fixed text; trial 2 right when asked."""
+
+    def respond(prompt: str, sampling: Sampling) -> str:
+        if "improves through self-reflection" in prompt:
+            return f"I added the numbers wrongly. Plan: recompute each term carefully (t={sampling.temperature})."
+        m = re.search(r"problem: (.*?) =", prompt)
+        if "Reflection:" in prompt and fix_on_retry and m:
+            value = eval(m.group(1))  # noqa: S307 - test-only, our own arithmetic strings
+            return f"Thought: compute again.\nAction: Finish[{value}]"
+        return "Thought: guess.\nAction: Finish[999999]"
+
+    return respond

@@ -1,0 +1,60 @@
+from reflectevo.config import CurateConfig
+from reflectevo.curation import curate, is_eval_item, reflection_problem, statistics
+
+
+def _sample(eid, j, text, correct):
+    return {"sample_id": f"{eid}-{j}", "sample_idx": j, "demand_id": "1-1-1",
+            "reflection": {"prompt": "rp", "text": text}, "trial2": {"prompt": "tp", "completion": f"t2 {j}",
+                                                                     "extracted": str(j), "correct": correct}}
+
+
+def _episode(i, t1_correct, outcomes):
+    eid = f"ep{i}"
+    return {"episode_id": eid, "item_id": f"item-{i}", "task": "rg/chain_sum", "model": {"preset": "m"},
+            "prompt_version": "v1-x", "item": {"question": f"q {i}", "answer": "5", "choices": None},
+            "trial1": {"prompt": "p1", "completion": "t1 words here", "extracted": "4", "correct": t1_correct},
+            "samples": [] if t1_correct else [_sample(eid, j, text, ok) for j, (text, ok) in enumerate(outcomes)]}
+
+
+GOOD = "I mis-added the second term; recompute each term."
+
+
+def test_dplus_dpm_and_filters():
+    eps = [
+        _episode(0, True, []),
+        _episode(1, False, [(GOOD, True), (GOOD + " again", False), ("bad", False)]),
+        _episode(2, False, [("", True), ("So Finish[5] is it", True), (GOOD, False)]),
+    ]
+    out = curate(eps, CurateConfig(eval_fraction=0.0, min_reflection_words=3, max_pairs_per_item=4))
+    assert [r["id"] for r in out["dplus"]["train"]] == ["ep1-0"]
+    row = out["dplus"]["train"][0]
+    assert row["reflection"] == GOOD and row["trial1"] == "t1 words here" and row["answer"] == "5"
+    # ep1: 1 good x 1 bad (the 1-word "bad" is filtered as too short); ep2: no good left after filters
+    assert [(p["chosen"]["sample_id"], p["rejected"]["sample_id"]) for p in out["dpm"]["train"]] == [("ep1-0", "ep1-1")]
+    assert dict(out["drops"]) == {"too_short": 1, "empty": 1, "states_answer": 1}
+
+
+def test_pair_cap():
+    eps = [_episode(1, False, [(GOOD, True)] * 3 + [(GOOD, False)] * 3)]
+    out = curate(eps, CurateConfig(eval_fraction=0.0, max_pairs_per_item=4))
+    assert len(out["dpm"]["train"]) == 4
+
+
+def test_split_is_by_item_and_deterministic():
+    ids = [f"item-{i}" for i in range(2000)]
+    ev = [i for i in ids if is_eval_item(i, 0.2, 0)]
+    assert 300 < len(ev) < 500 and ev == [i for i in ids if is_eval_item(i, 0.2, 0)]
+    eps = [_episode(i, False, [(GOOD, True), (GOOD, True)]) for i in range(50)]
+    out = curate(eps, CurateConfig(eval_fraction=0.3))
+    train_items = {r["item_id"] for r in out["dplus"]["train"]}
+    eval_items = {r["item_id"] for r in out["dplus"]["eval"]}
+    assert train_items and eval_items and not train_items & eval_items
+
+
+def test_reflection_problem_and_statistics():
+    cfg = CurateConfig(max_reflection_words=5)
+    assert reflection_problem("one two three four five six", cfg) == "too_long"
+    assert reflection_problem(GOOD[:20] + " ok go", CurateConfig()) is None
+    stats = statistics([_episode(0, True, []), _episode(1, False, [(GOOD, True), (GOOD, False)])])
+    assert stats["total"]["reflection_samples"] == 2 and stats["total"]["qa_reflection_samples"] == 1
+    assert stats["total"]["pct_correct_after_reflection"] == 50.0

@@ -1,0 +1,44 @@
+import pytest
+
+from reflectevo.errors import ReflectEvoError
+from reflectevo.tasks import extract_finish, get_task
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Thought: x\nAction: Finish[ B ]", "B"),
+    ("Action: Finish[b]", "b"),
+    ("Action: Finish[B.]", "B."),
+    ("Action: Finish<<<\\frac{1}{2}>>>", "\\frac{1}{2}"),
+    ("Finish[1] then Finish[2] and trailing text", "2"),
+    ("The answer is 42.", "42"),
+    ("Answer: 7", "7"),
+    ("no answer at all", None),
+])
+def test_extract_finish(text, expected):
+    assert extract_finish(text) == expected
+
+
+def test_reasoning_gym_splits_are_disjoint_and_deterministic():
+    task = get_task("rg/chain_sum", {"min_terms": 2, "max_terms": 3, "max_digits": 2})
+    train, test = task.load("train", 30, seed=0), task.load("test", 10, seed=0)
+    assert len(train) == 30 and len(test) == 10
+    assert not {i.question for i in train} & {i.question for i in test}
+    assert not {i.id for i in train} & {i.id for i in test}
+    assert [i.to_dict() for i in task.load("train", 30, seed=0)] == [i.to_dict() for i in train]
+
+
+def test_reasoning_gym_verifier_uses_its_scorer():
+    task = get_task("rg/chain_sum")
+    item = task.load("test", 3)[0]
+    assert task.verify(f"Thought: ok\nAction: Finish[{item.answer}]", item).correct
+    wrong = task.verify("Action: Finish[not a number]", item)
+    assert not wrong.correct and wrong.extracted == "not a number"
+    missing = task.verify("I have no idea", item)
+    assert not missing.correct and missing.error == "no answer found"
+
+
+def test_unknown_task_and_bad_options():
+    with pytest.raises(ReflectEvoError, match="Did you mean 'rg/leg_counting'"):
+        get_task("rg/leg_countin")
+    with pytest.raises(ReflectEvoError, match="bad generator options"):
+        get_task("rg/chain_sum", {"nope": 1}).load("test", 2)
