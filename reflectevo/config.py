@@ -84,8 +84,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {_type_name(tp)} at {where}")
 
 
-def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+def from_dict(cls: type[T], data: Any, where: str, require_all: bool = False) -> T:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types.
+
+    With `require_all`, every field must be given (stage sections: DVC can only track values that are
+    written in params.yaml, so no stage silently falls back to a code default)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -100,7 +103,8 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
             )
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        if name not in kwargs and (require_all or not has_default):
             raise ReflectEvoError(f"{where}.{name}: required key is missing")
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
@@ -323,7 +327,7 @@ def load_section(params: dict[str, Any], section: str) -> Any:
         raise unknown("params section", section, SECTIONS)
     if section not in params:
         raise ReflectEvoError(f"{section}: section missing from params.yaml")
-    return from_dict(SECTIONS[section], params[section], section)
+    return from_dict(SECTIONS[section], params[section], section, require_all=True)
 
 
 def validate_all(params: dict[str, Any]) -> None:

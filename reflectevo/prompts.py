@@ -22,8 +22,13 @@ Messages = list[dict[str, str]]
 TRIAL = """Solve the task below. Think step by step on a line that starts with "Thought:", then give \
 your final answer on a line that starts with "Action:".
 {answer_format}
-
+{examples}
 Question: {question}{choices}{reflection_block}"""
+
+EXAMPLE = """
+Example question: {question}
+{completion}
+"""
 
 REFLECTION_BLOCK = """
 
@@ -72,7 +77,7 @@ Then write "Answer:" and solve the task again: a "Thought:" line, then an "Actio
 
 ONE_STAGE_SEPARATOR = "\n\nAnswer:\n"
 
-TEMPLATES = (TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
+TEMPLATES = (TRIAL, EXAMPLE, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
              ONE_STAGE_SEPARATOR)
 
 
@@ -113,8 +118,9 @@ def trial_messages(task: Task, item: Item, reflection: str | None = None, previo
     if reflection is not None:
         prev = PREVIOUS_TRIAL.format(trial=previous.strip()) if previous is not None else ""
         block = REFLECTION_BLOCK.format(reflection=reflection.strip(), previous=prev)
-    return _user(TRIAL.format(answer_format=task.answer_format(), question=item.question, choices=_choices(item),
-                              reflection_block=block))
+    examples = "".join(EXAMPLE.format(question=q, completion=c) for q, c in task.fewshot())
+    return _user(TRIAL.format(answer_format=task.answer_format(), examples=examples, question=item.question,
+                              choices=_choices(item), reflection_block=block))
 
 
 def reflection_messages(item: Item, trial: str, demand_id: str | None) -> Messages:

@@ -30,11 +30,12 @@ def main(params: Path = Path("params.yaml"), out: Path = Path("data/sources")) -
     counts = {}
     for i, spec in enumerate(cfg.tasks):
         task = get_task(spec.name, spec.options, where=f"prepare.tasks[{i}].name")
-        test = task.load("test", spec.n_test, cfg.seed)
+        shots = {q for q, _ in task.fewshot()}  # an item must never be shown its own worked answer
+        test = [it for it in task.load("test", spec.n_test, cfg.seed) if it.question not in shots]
         train = task.load("train", spec.n_train, cfg.seed)
         test_q = {it.question for it in test}
         test_ids = {it.id for it in test}
-        train = [it for it in train if it.id not in test_ids and it.question not in test_q]
+        train = [it for it in train if it.id not in test_ids and it.question not in test_q | shots]
         if not test:
             raise ReflectEvoError(f"prepare.tasks[{i}]: task {spec.name} has no test items")
         for split, items in (("train", train), ("test", test)):

@@ -33,9 +33,9 @@ def arithmetic_responder(fix_on_retry: bool = True):
     def respond(prompt: str, sampling: Sampling) -> str:
         if "improves through self-reflection" in prompt:
             return f"I added the numbers wrongly. Plan: recompute each term carefully (t={sampling.temperature})."
-        m = re.search(r"problem: (.*?) =", prompt)
-        if "Reflection:" in prompt and fix_on_retry and m:
-            value = eval(m.group(1))  # noqa: S307 - test-only, our own arithmetic strings
+        found = re.findall(r"problem: (.*?) =", prompt)  # the last one is the item (the first may be a few-shot)
+        if "Reflection:" in prompt and fix_on_retry and found:
+            value = eval(found[-1])  # noqa: S307 - test-only, our own arithmetic strings
             return f"Thought: compute again.\nAction: Finish[{value}]"
         return "Thought: guess.\nAction: Finish[999999]"
 

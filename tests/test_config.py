@@ -52,7 +52,7 @@ def test_unknown_demand_id():
 
 def test_unknown_task_suggests(tmp_path):
     params = read_params(ROOT / "params.yaml")
-    params["prepare"] = {"tasks": [{"name": "rg/chain_summ"}]}
+    params["prepare"] = {"seed": 0, "tasks": [{"name": "rg/chain_summ"}]}
     with pytest.raises(ReflectEvoError, match=r"prepare\.tasks\[0\]\.name: unknown task 'rg/chain_summ'\. Did you mean 'rg/chain_sum'"):
         load_section(params, "prepare")
 

@@ -102,6 +102,12 @@ class Task(ABC):
         """How the model must write its final answer (shown in every trial prompt)."""
         return 'End with your final answer in the form "Action: Finish[<answer>]".'
 
+    def fewshot(self) -> list[tuple[str, str]]:
+        """Worked examples (question, completion in the answer form) shown before the question.
+
+        They must come from outside every split (no item may see its own answer)."""
+        return []
+
     def extract(self, completion: str) -> str | None:
         return extract_finish(completion)
 

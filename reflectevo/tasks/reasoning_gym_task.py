@@ -14,6 +14,7 @@ from reflectevo.errors import ReflectEvoError, unknown
 from reflectevo.tasks.base import Item, Task, Verdict
 
 _TEST_STREAM = 100_000  # test items are drawn from a separate seed offset
+_FEWSHOT_STREAM = 900_000  # few-shot examples come from a third stream, outside both splits
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +73,11 @@ class ReasoningGymTask(Task):
                 )
             )
         return items
+
+    def fewshot(self) -> list[tuple[str, str]]:
+        e = self._dataset(1, _FEWSHOT_STREAM)[0]
+        return [(e["question"], f"Thought: I work it out step by step; the result is {e['answer']}.\n"
+                                f"Action: Finish[{e['answer']}]")]
 
     @functools.cached_property
     def _scorer(self):

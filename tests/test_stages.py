@@ -1,0 +1,158 @@
+"""Each stage script through typer's CliRunner on tiny fixtures (synthetic tiny-random model)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def stage(name):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.app
+
+
+def tiny_params(tmp_path: Path, **overrides) -> Path:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["model"] = "tiny-random"
+    for t in p["prepare"]["tasks"]:
+        t["n_train"], t["n_test"] = 6, 3
+    p["generate"].update(max_new_tokens_trial=12, max_new_tokens_reflection=12)
+    p["evaluate"].update(max_new_tokens_trial=12, max_new_tokens_reflection=12)
+    p["train"].update(max_steps=2, batch_size=2, max_length=256)
+    for section, values in overrides.items():
+        p[section].update(values)
+    out = tmp_path / "params.yaml"
+    out.write_text(yaml.safe_dump(p, sort_keys=False))
+    return out
+
+
+def run(name, *args):
+    res = runner.invoke(stage(name), [str(a) for a in args])
+    return res
+
+
+def test_all_stages_end_to_end_on_the_tiny_model(tmp_path):
+    params = tiny_params(tmp_path)
+    d = tmp_path
+    r = run("prepare", "--params", params, "--out", d / "sources")
+    assert r.exit_code == 0, r.output
+    train = [json.loads(x) for x in (d / "sources/train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (d / "sources/test.jsonl").read_text().splitlines()]
+    assert len(train) == 12 and len(test) == 6
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+
+    r = run("generate", "--params", params, "--sources", d / "sources/train.jsonl", "--out", d / "raw",
+            "--summary", d / "gen.json", "--no-progress")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((d / "gen.json").read_text())
+    assert summary["items"] == 12 and summary["run"]["computed"] == 12
+    assert summary["reflections"] == 2 * (12 - summary["trial1_correct"])
+
+    r = run("curate", "--params", params, "--raw", d / "raw", "--out", d / "curated", "--metrics", d / "cur.json")
+    assert r.exit_code == 0, r.output
+    assert (d / "curated/README.md").exists() and (d / "curated/stats.json").exists()
+
+    r = run("train", "--params", params, "--curated", d / "curated", "--out", d / "one_stage",
+            "--metrics", d / "train.json")
+    assert r.exit_code == 0, r.output
+
+    r = run("evaluate", "--params", params, "--sources", d / "sources/test.jsonl", "--adapter", d / "one_stage",
+            "--predictions", d / "pred.jsonl", "--metrics", d / "eval.json")
+    assert r.exit_code == 0, r.output
+    report = json.loads((d / "eval.json").read_text())
+    for key in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "n"):
+        assert key in report["overall"]
+        for task_metrics in report["per_task"].values():
+            assert key in task_metrics
+    assert report["overall"]["n"] == 6 and set(report["per_task"]) == {"rg/chain_sum", "rg/basic_arithmetic"}
+
+
+def test_generate_rerun_computes_nothing(tmp_path):
+    params = tiny_params(tmp_path)
+    run("prepare", "--params", params, "--out", tmp_path / "sources")
+    args = ("--params", params, "--sources", tmp_path / "sources/train.jsonl", "--out", tmp_path / "raw",
+            "--summary", tmp_path / "gen.json", "--no-progress")
+    assert run("generate", *args).exit_code == 0
+    first = sorted(p.read_text() for p in (tmp_path / "raw").glob("episodes-*.jsonl"))
+    assert run("generate", *args).exit_code == 0
+    assert json.loads((tmp_path / "gen.json").read_text())["run"]["computed"] == 0
+    assert sorted(p.read_text() for p in (tmp_path / "raw").glob("episodes-*.jsonl")) == first
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda p: p.update(model="nope"), "unknown model preset 'nope'"),
+    (lambda p: p["generate"].update(temprature=1.0), "generate.temprature: unknown key. Did you mean 'temperature'?"),
+    (lambda p: p["generate"].update(k="x"), "generate.k: expected an integer"),
+    (lambda p: p["generate"].pop("seed"), "generate.seed: required key is missing"),
+])
+def test_bad_params_one_line_exit_2_nothing_written(tmp_path, mutate, message):
+    p = yaml.safe_load(tiny_params(tmp_path).read_text())
+    mutate(p)
+    params = tmp_path / "bad.yaml"
+    params.write_text(yaml.safe_dump(p))
+    (tmp_path / "sources").mkdir()
+    (tmp_path / "sources/train.jsonl").write_text('{"id": "a", "task": "rg/chain_sum", "question": "1+1", "answer": "2"}\n')
+    r = run("generate", "--params", params, "--sources", tmp_path / "sources/train.jsonl", "--out", tmp_path / "raw",
+            "--summary", tmp_path / "gen.json", "--no-progress")
+    assert r.exit_code == 2
+    assert message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "gen.json").exists()
+
+
+def test_unknown_preset_error_lists_all_presets(tmp_path):
+    p = yaml.safe_load(tiny_params(tmp_path).read_text())
+    p["model"] = "llama3-8"
+    params = tmp_path / "bad.yaml"
+    params.write_text(yaml.safe_dump(p))
+    r = run("train", "--params", params, "--curated", tmp_path, "--out", tmp_path / "m", "--metrics", tmp_path / "t.json")
+    assert r.exit_code == 2
+    assert "Did you mean 'llama3-8b'?" in r.output and "qwen2.5-0.5b-instruct" in r.output
+
+
+def test_unknown_task_in_prepare(tmp_path):
+    params = tiny_params(tmp_path)
+    p = yaml.safe_load(params.read_text())
+    p["prepare"]["tasks"][0]["name"] = "rg/chain_summ"
+    params.write_text(yaml.safe_dump(p))
+    r = run("prepare", "--params", params, "--out", tmp_path / "sources")
+    assert r.exit_code == 2 and "Did you mean 'rg/chain_sum'" in r.output
+    assert not (tmp_path / "sources").exists()
+
+
+def test_malformed_sources_name_file_and_line(tmp_path):
+    params = tiny_params(tmp_path)
+    src = tmp_path / "train.jsonl"
+    src.write_text('{"id": "a", "task": "rg/chain_sum", "question": "1+1", "answer": "2"}\n{broken\n')
+    r = run("generate", "--params", params, "--sources", src, "--out", tmp_path / "raw", "--summary",
+            tmp_path / "g.json", "--no-progress")
+    assert r.exit_code == 2 and f"{src}:2: malformed JSON line" in r.output
+
+
+def test_empty_dplus_is_recorded_and_evaluate_completes(tmp_path):
+    params = tiny_params(tmp_path)
+    cur = tmp_path / "curated"
+    cur.mkdir()
+    for name in ("dplus_train", "dplus_eval"):
+        (cur / f"{name}.jsonl").write_text("")
+    r = run("train", "--params", params, "--curated", cur, "--out", tmp_path / "one_stage", "--metrics",
+            tmp_path / "train.json")
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "one_stage/model_card.json").read_text())
+    assert card["status"] == "no training data"
+    assert json.loads((tmp_path / "train.json").read_text())["trained"] is False
+    run("prepare", "--params", params, "--out", tmp_path / "sources")
+    r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--adapter",
+            tmp_path / "one_stage", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["system"] == "base_reflect" and "no reflection fixed" in report["skipped"]["one_stage"]
