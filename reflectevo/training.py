@@ -64,35 +64,18 @@ def train_sft(preset_name: str, preset: ModelPreset, model_fp: dict[str, str], t
         write_card(out_dir, card)
         return {"trained": False, "n_train": 0, "n_eval": len(eval_rows), "reason": card["reason"]}
 
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
-
-    from reflectevo.models import hub_revision, load_tokenizer, resolve_dtype, resolve_model
-
-    torch.manual_seed(cfg.seed)
-    tok = load_tokenizer(preset_name, preset)
-    dtype = resolve_dtype(preset.dtype)
-    use_bf16 = dtype == torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
-                                                 dtype=torch.float32)
-    lora = LoraConfig(r=preset.lora.r, lora_alpha=preset.lora.alpha, lora_dropout=preset.lora.dropout,
-                      target_modules=list(preset.lora.targets), task_type="CAUSAL_LM")
-    train_ds = Dataset.from_list(one_stage_examples(train_rows))
-    eval_ds = Dataset.from_list(one_stage_examples(eval_rows)) if eval_rows else None
-    args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=preset.lr_sft, warmup_ratio=cfg.warmup_ratio,
-        max_length=min(cfg.max_length, preset.max_length), logging_steps=1, save_strategy="no",
-        eval_strategy="epoch" if eval_ds is not None else "no", report_to="none", seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(), bf16=use_bf16, gradient_checkpointing=False,
-        dataloader_num_workers=0, disable_tqdm=True, completion_only_loss=True,
-    )
-    trainer = SFTTrainer(model=model, processing_class=tok, peft_config=lora, train_dataset=train_ds,
-                         eval_dataset=eval_ds, args=args)
+    trainer = build_sft_trainer(preset_name, preset, one_stage_examples(train_rows), one_stage_examples(eval_rows),
+                                cfg, out_dir / "checkpoints")
+    # TRL drops examples whose target was cut away entirely by truncation: say so instead of failing silently.
+    dropped = len(train_rows) - len(trainer.train_dataset)
+    card["dropped_by_truncation"] = dropped
+    if len(trainer.train_dataset) == 0:
+        card.update(status="no training data",
+                    reason=f"all {len(train_rows)} D+ examples lose their target at max_length="
+                           f"{min(cfg.max_length, preset.max_length)}; raise train.max_length")
+        write_card(out_dir, card)
+        return {"trained": False, "n_train": 0, "n_eval": len(eval_rows), "reason": card["reason"],
+                "dropped_by_truncation": dropped}
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0
@@ -106,11 +89,54 @@ def train_sft(preset_name: str, preset: ModelPreset, model_fp: dict[str, str], t
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     card.update(status="trained", steps=trainer.state.global_step, train_loss=round(result.training_loss, 4))
     write_card(out_dir, card)
-    return {"trained": True, "n_train": len(train_rows), "n_eval": len(eval_rows), "steps": trainer.state.global_step,
+    return {"trained": True, "n_train": len(train_rows), "n_eval": len(eval_rows), "dropped_by_truncation": dropped,
+            "steps": trainer.state.global_step,
             "train_loss": round(result.training_loss, 4),
             "first_loss": round(history[0]["loss"], 4) if history else None,
             "last_loss": round(history[-1]["loss"], 4) if history else None,
             "eval_loss": round(evals[-1]["eval_loss"], 4) if evals else None, "seconds": round(seconds, 2)}
+
+
+def build_sft_trainer(preset_name: str, preset: ModelPreset, train_examples: list[dict[str, Any]],
+                      eval_examples: list[dict[str, Any]], cfg: TrainConfig, output_dir: Path):
+    """A TRL SFTTrainer with a fresh LoRA on the preset's base; prompt/completion data -> completion-only loss."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from reflectevo.models import hub_revision, load_tokenizer, resolve_dtype, resolve_model
+
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(preset_name, preset)
+    use_bf16 = resolve_dtype(preset.dtype) == torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
+                                                 dtype=torch.float32)
+    lora = LoraConfig(r=preset.lora.r, lora_alpha=preset.lora.alpha, lora_dropout=preset.lora.dropout,
+                      target_modules=list(preset.lora.targets), task_type="CAUSAL_LM")
+    eval_ds = Dataset.from_list(eval_examples) if eval_examples else None
+    args = SFTConfig(
+        **_warmup_kwargs(SFTConfig, cfg.warmup_ratio),
+        output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=preset.lr_sft,
+        max_length=min(cfg.max_length, preset.max_length), logging_steps=1, save_strategy="no",
+        eval_strategy="epoch" if eval_ds is not None else "no", report_to="none", seed=cfg.seed,
+        use_cpu=not torch.cuda.is_available(), bf16=use_bf16, gradient_checkpointing=False,
+        dataloader_num_workers=0, disable_tqdm=True, completion_only_loss=True,
+    )
+    return SFTTrainer(model=model, processing_class=tok, peft_config=lora, train_dataset=Dataset.from_list(train_examples),
+                      eval_dataset=eval_ds, args=args)
+
+
+def _warmup_kwargs(config_cls: type, ratio: float) -> dict[str, float]:
+    """transformers >= 5.2x folds `warmup_ratio` into a float `warmup_steps`; older ones (vllm extra) have both."""
+    import inspect
+
+    if "warmup_ratio" in inspect.signature(config_cls.__init__).parameters:
+        return {"warmup_ratio": ratio}
+    return {"warmup_steps": ratio}
 
 
 def _portable_adapter_config(out_dir: Path, preset_name: str) -> None:
