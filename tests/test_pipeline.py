@@ -1,0 +1,96 @@
+"""The real dvc.yaml in a throwaway git copy of the project, on the synthetic tiny-random model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def sh(*args, cwd, check=True):
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(cwd), "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
+           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com"}
+    res = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("pipeline") / "proj"
+    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "tests", "bench", "__pycache__", "*.egg-info",
+        "dvc.lock"))
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    p["model"] = "tiny-random"
+    for t in p["prepare"]["tasks"]:
+        t["n_train"], t["n_test"] = 6, 3
+    p["generate"].update(max_new_tokens_trial=8, max_new_tokens_reflection=8)
+    p["evaluate"].update(max_new_tokens_trial=8, max_new_tokens_reflection=8)
+    p["train"].update(max_steps=1, batch_size=2)
+    (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    sh("git", "init", "-q", cwd=dst)
+    sh("git", "add", "-A", cwd=dst)
+    sh("git", "commit", "-qm", "test", cwd=dst)
+    first = sh("dvc", "repro", cwd=dst)
+    return dst, first.stdout
+
+
+def test_dag(project):
+    dst, _ = project
+    dot = sh("dvc", "dag", "--dot", cwd=dst).stdout
+    for a, b in [("prepare", "generate"), ("generate", "curate"), ("curate", "train"), ("train", "evaluate"),
+                 ("prepare", "evaluate")]:
+        assert f'"{a}" -> "{b}"' in dot
+
+
+def test_repro_writes_metrics(project):
+    dst, out = project
+    for stage in ("prepare", "generate", "curate", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    report = json.loads((dst / "metrics/eval.json").read_text())
+    assert report["model"] == "tiny-random"
+    for key in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "n"):
+        assert key in report["overall"]
+    assert report["overall"]["n"] == 6
+    assert (dst / "dvc.lock").exists()
+    shown = sh("dvc", "metrics", "show", "--json", cwd=dst).stdout
+    assert "acc_t2" in shown
+
+
+def test_second_repro_runs_nothing(project):
+    dst, _ = project
+    out = sh("dvc", "repro", cwd=dst).stdout
+    assert "Running stage" not in out
+    assert "Data and pipelines are up to date" in out
+
+
+def test_exp_run_generate_param_reruns_generate_and_downstream_only(project):
+    dst, _ = project
+    sh("git", "add", "-A", cwd=dst)
+    sh("git", "commit", "-qm", "after repro", cwd=dst)
+    out = sh("dvc", "exp", "run", "-S", "generate.seed=1", cwd=dst).stdout
+    assert "Running stage 'generate'" in out
+    assert "Running stage 'prepare'" not in out
+    gen = json.loads((dst / "metrics/generate.json").read_text())
+    assert gen["run"]["computed"] == 12        # new seed -> new keys -> every episode recomputed
+    shown = sh("dvc", "exp", "show", "--no-pager", "--csv", cwd=dst).stdout
+    assert "overall.acc_t2" in shown
+
+
+def test_unknown_preset_fails_fast(project):
+    dst, _ = project
+    res = sh("dvc", "exp", "run", "-S", "model=nope", cwd=dst, check=False)
+    assert res.returncode != 0
+    assert "models.nope" in res.stdout + res.stderr
