@@ -74,3 +74,20 @@ def test_preset_rejects_unknown_backend_and_source():
         from_dict(ModelPreset, {"source": "hub", "hub_id": "x/y", "backend": "vlm"}, "models.x")
     with pytest.raises(ReflectEvoError, match="unknown model source"):
         from_dict(ModelPreset, {"source": "hubb"}, "models.x")
+
+
+def test_hub_presets_keep_their_real_path_and_pinned_revision(tmp_path):
+    from reflectevo.models import hub_revision, model_fingerprint, resolve_model
+
+    params = read_params(ROOT / "params.yaml")
+    name, preset = load_preset(params, "llama3-8b")
+    assert resolve_model(name, preset) == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert hub_revision(preset) == preset.revision
+    assert model_fingerprint(name, preset) == {"preset": "llama3-8b", "source": "meta-llama/Meta-Llama-3-8B-Instruct",
+                                               "revision": preset.revision}
+    # a local copy (offline machines) replaces the hub download
+    local = from_dict(ModelPreset, {**params["models"]["llama3-8b"], "path": str(tmp_path)}, "models.x")
+    assert resolve_model("x", local) == str(tmp_path) and hub_revision(local) is None
+    missing = from_dict(ModelPreset, {**params["models"]["llama3-8b"], "path": str(tmp_path / "nope")}, "models.x")
+    with pytest.raises(ReflectEvoError, match="models.x.path: .* does not exist"):
+        resolve_model("x", missing)
