@@ -19,23 +19,22 @@ from reflectevo.tasks.base import Item, Task
 
 Messages = list[dict[str, str]]
 
-TRIAL = """Solve the task below. Think step by step on a line that starts with "Thought:", then give \
+INSTRUCTION = """Solve the task below. Think step by step on a line that starts with "Thought:", then give \
 your final answer on a line that starts with "Action:".
 {answer_format}
-{examples}
-Question: {question}{choices}{reflection_block}"""
 
-EXAMPLE = """
-Example question: {question}
-{completion}
 """
+
+TRIAL = """{instruction}Question: {question}{choices}{reflection_block}"""
 
 REFLECTION_BLOCK = """
 
 You attempted this question before and your answer was judged incorrect. Here is your reflection on \
 that attempt; it locates the errors, explains the failure and outlines a plan:
 Reflection: {reflection}{previous}
-Now try again."""
+
+Now try again: a "Thought:" line, then your final answer on an "Action:" line.
+{answer_format}"""
 
 PREVIOUS_TRIAL = """
 
@@ -77,7 +76,7 @@ Then write "Answer:" and solve the task again: a "Thought:" line, then an "Actio
 
 ONE_STAGE_SEPARATOR = "\n\nAnswer:\n"
 
-TEMPLATES = (TRIAL, EXAMPLE, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
+TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
              ONE_STAGE_SEPARATOR)
 
 
@@ -113,14 +112,24 @@ def _user(text: str) -> Messages:
 
 
 def trial_messages(task: Task, item: Item, reflection: str | None = None, previous: str | None = None) -> Messages:
-    """Trial 1 (no reflection) or trial 2 (reflection, optionally the previous attempt)."""
+    """Trial 1 (no reflection) or trial 2 (reflection, optionally the previous attempt).
+
+    The last message is the item's; any earlier turns are the task's worked few-shot examples."""
     block = ""
     if reflection is not None:
         prev = PREVIOUS_TRIAL.format(trial=previous.strip()) if previous is not None else ""
-        block = REFLECTION_BLOCK.format(reflection=reflection.strip(), previous=prev)
-    examples = "".join(EXAMPLE.format(question=q, completion=c) for q, c in task.fewshot())
-    return _user(TRIAL.format(answer_format=task.answer_format(), examples=examples, question=item.question,
-                              choices=_choices(item), reflection_block=block))
+        block = REFLECTION_BLOCK.format(reflection=reflection.strip(), previous=prev,
+                                        answer_format=task.answer_format())
+    # Few-shot examples are earlier turns of the same chat: the instruction opens the first one.
+    instruction = INSTRUCTION.format(answer_format=task.answer_format())
+    msgs: Messages = []
+    for q, completion in task.fewshot():
+        msgs += [{"role": "user", "content": TRIAL.format(instruction=instruction, question=q, choices="",
+                                                          reflection_block="")},
+                 {"role": "assistant", "content": completion}]
+        instruction = ""
+    return msgs + _user(TRIAL.format(instruction=instruction, question=item.question, choices=_choices(item),
+                                     reflection_block=block))
 
 
 def reflection_messages(item: Item, trial: str, demand_id: str | None) -> Messages:

@@ -18,12 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # One cache per test session unless the caller chose one: tests never touch the user's cache.
-    if "REFLECTEVO_CACHE" not in os.environ:
-        import tempfile
-
-        os.environ["REFLECTEVO_CACHE"] = tempfile.mkdtemp(prefix="reflectevo-test-cache-")
+# Built models (tiny-random, the converted SmolLM2) go to the normal cache ($REFLECTEVO_CACHE or
+# ~/.cache/reflectevo): they are deterministic and keyed by recipe / package version, so sharing is safe.
 
 
 @pytest.fixture(scope="session")

@@ -22,10 +22,19 @@ def test_no_gold_in_any_prompt():
              reflection_messages(item, "my try", "1-1-1"), reflection_messages(item, "my try", None),
              one_stage_messages(task, item, "my try")]
     for msgs in texts:
-        assert "ZQXGOLD" not in msgs[0]["content"]
+        assert all("ZQXGOLD" not in m["content"] for m in msgs)
 
 
 def test_one_stage_roundtrip():
     target = one_stage_target("I slipped.", "Thought: t\nAction: Finish[3]")
     assert split_one_stage(target) == ("I slipped.", "Thought: t\nAction: Finish[3]")
     assert split_one_stage("only a reflection") == ("only a reflection", "")
+
+
+def test_fewshot_is_an_earlier_turn_and_the_item_is_last():
+    task = get_task("rg/chain_sum")
+    item = Item(id="x", task="rg/chain_sum", question="What is 1 + 1?", answer="2")
+    msgs = trial_messages(task, item)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert "Finish[" in msgs[1]["content"] and "Think step by step" in msgs[0]["content"]
+    assert msgs[-1]["content"].endswith("What is 1 + 1?") and "Think step by step" not in msgs[-1]["content"]

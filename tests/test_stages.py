@@ -74,7 +74,7 @@ def test_all_stages_end_to_end_on_the_tiny_model(tmp_path):
         assert key in report["overall"]
         for task_metrics in report["per_task"].values():
             assert key in task_metrics
-    assert report["overall"]["n"] == 6 and set(report["per_task"]) == {"rg/chain_sum", "rg/basic_arithmetic"}
+    assert report["overall"]["n"] == 6 and set(report["per_task"]) == {"rg/chain_sum", "rg/syllogism"}
 
 
 def test_generate_rerun_computes_nothing(tmp_path):

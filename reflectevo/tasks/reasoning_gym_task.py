@@ -76,8 +76,7 @@ class ReasoningGymTask(Task):
 
     def fewshot(self) -> list[tuple[str, str]]:
         e = self._dataset(1, _FEWSHOT_STREAM)[0]
-        return [(e["question"], f"Thought: I work it out step by step; the result is {e['answer']}.\n"
-                                f"Action: Finish[{e['answer']}]")]
+        return [(e["question"], f"Thought: I read the question carefully and work it out.\nAction: Finish[{e['answer']}]")]
 
     @functools.cached_property
     def _scorer(self):
