@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +64,19 @@ class GenSpec:
 
 @dataclass
 class Stats:
-    items: int = 0
+    """The cost of one run: what was reused, what was computed, tokens and time."""
+
     reused: int = 0
-    trial1_correct: int = 0
-    reflections: int = 0
-    trial2_correct: int = 0
+    computed: int = 0
     generations: int = 0
     prompt_tokens: int = 0
     new_tokens: int = 0
     seconds: float = 0.0
-    per_task: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "per_task"}
-        d["episodes_per_s"] = round((self.items - self.reused) / self.seconds, 3) if self.seconds else None
-        d["new_tokens_per_s"] = round(self.new_tokens / self.seconds, 1) if self.seconds else None
-        d["seconds"] = round(self.seconds, 2)
-        d["per_task"] = self.per_task
-        return d
+        return {**self.__dict__, "seconds": round(self.seconds, 2),
+                "episodes_per_s": round(self.computed / self.seconds, 3) if self.seconds else None,
+                "new_tokens_per_s": round(self.new_tokens / self.seconds, 1) if self.seconds else None}
 
 
 def _trial_record(prompt: str, gen, verdict: Verdict) -> dict[str, Any]:
@@ -131,9 +126,6 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
             "prompt_version": spec.prompt_version, "gen": spec.params(), "item": it.to_dict(),
             "trial1": _trial_record(t1_prompts[i], t1[i], t1_v[i]), "samples": [],
         }
-        pt = stats.per_task.setdefault(it.task, {"items": 0, "trial1_correct": 0, "reflections": 0, "trial2_correct": 0})
-        pt["items"] += 1
-        pt["trial1_correct"] += int(t1_v[i].correct)
         episodes.append(ep)
     for (i, j, d), rp, r, tp, g in zip(jobs, r_prompts, refl, t2_prompts, t2):
         it = items[i]
@@ -144,12 +136,7 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
                            "sampling": refl_sampling.to_dict()},
             "trial2": _trial_record(tp, g, v),
         })
-        stats.per_task[it.task]["reflections"] += 1
-        stats.per_task[it.task]["trial2_correct"] += int(v.correct)
-        stats.trial2_correct += int(v.correct)
-    stats.items += len(items)
-    stats.trial1_correct += sum(v.correct for v in t1_v)
-    stats.reflections += len(jobs)
+    stats.computed += len(items)
     return episodes
 
 
@@ -192,12 +179,11 @@ def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Cal
                     existing[ep["episode_id"]] = ep
                 stats.seconds = time.perf_counter() - t0
                 if bar is not None:
+                    cost = stats.to_dict()
                     bar.update(len(chunk))
-                    bar.set_postfix(ep_s=f"{len(chunk) and stats.to_dict()['episodes_per_s']}",
-                                    tok_s=f"{stats.to_dict()['new_tokens_per_s']}")
+                    bar.set_postfix(ep_s=cost["episodes_per_s"], tok_s=cost["new_tokens_per_s"])
         if bar is not None:
             bar.close()
-    stats.items = len(items)
     stats.seconds = time.perf_counter() - t0
     episodes = [existing[k] for k in keys]
     return episodes, stats
@@ -221,12 +207,7 @@ def summarize(episodes: Sequence[dict], stats: Stats) -> dict[str, Any]:
         pt["reflections"] += len(ep["samples"])
         pt["trial2_correct"] += sum(int(s["trial2"]["correct"]) for s in ep["samples"])
     total = {k: sum(pt[k] for pt in per_task.values()) for k in ("items", "trial1_correct", "reflections", "trial2_correct")}
-    run = stats.to_dict()
-    run.pop("per_task", None)
-    for k in ("items", "trial1_correct", "reflections", "trial2_correct"):
-        run.pop(k, None)
-    run["computed"] = len(episodes) - stats.reused
-    return {**total, "per_task": per_task, "run": run}
+    return {**total, "per_task": per_task, "run": stats.to_dict()}
 
 
 def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int) -> list[Path]:
