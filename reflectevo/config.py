@@ -244,23 +244,31 @@ class CurateConfig:
             raise ReflectEvoError(f"{where}.eval_fraction: must be in [0, 1)")
 
 
-SETTINGS = ("one_stage",)
+SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    setting: str = "one_stage"
+class SFTHyper:
     epochs: float = 1.0
     max_steps: int = -1                         # > 0 overrides epochs
     batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 1024
     warmup_ratio: float = 0.0
-    seed: int = 0
 
-    def validate(self, where: str) -> None:
-        if self.setting not in SETTINGS:
-            raise unknown("training setting", self.setting, SETTINGS, f"{where}.setting")
+
+@dataclass(frozen=True)
+class DPOHyper(SFTHyper):
+    beta: float = 0.1                           # paper: 0.01 (full-parameter DPO)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters shared by the settings (dvc.yaml `vars.settings` lists which settings run)."""
+
+    seed: int = 0
+    sft: SFTHyper = field(default_factory=SFTHyper)
+    dpo: DPOHyper = field(default_factory=DPOHyper)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ def curated_card(info: dict[str, Any]) -> str:
         f"- git revision: `{git_revision()}`", "",
         "## Counts", "", "| file | rows |", "|---|---|",
         *[f"| {k}.jsonl | {v} |" for k, v in info["counts"].items()], "",
+        *[f"- note on {k}: {v}" for k, v in info.get("notes", {}).items()], "",
         "## Reflections dropped by filter", "",
         *([f"- {k}: {v}" for k, v in info["drops"].items()] or ["- none"]), "",
         "## Statistics per task (lengths in words)", "",

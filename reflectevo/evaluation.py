@@ -1,10 +1,16 @@
-"""Evaluate on the test split (oracle protocol: reflect only when trial 1 was wrong).
+"""Evaluate systems on the test split (oracle protocol: reflect only when trial 1 was wrong).
 
-Trial 1 always comes from the untrained base model, as in the paper, so Acc@t1 is shared by every
+Trial 1 comes from the untrained base model, as in the paper, so Acc@t1 is shared by every reflecting
 system. Systems:
-- `base_reflect`: the prompt-based baseline with reflection: the base model reflects (test prompt,
-  greedy) and retries with the reflection and its previous attempt.
-- `one_stage`: the trained one-stage adapter writes reflection + new answer in one output.
+
+| system          | reflection by            | retry (trial 2) by |
+|-----------------|--------------------------|--------------------|
+| base_noreflect  | none (failure notice + previous attempt only) | base |
+| base_reflect    | base (test prompt)       | base |
+| one_stage       | the one-stage adapter writes reflection + new answer in one output | |
+| two_stage       | reflector adapter        | corrector adapter |
+| dpo_pm, dpo_pref| the DPO reflector adapter| base |
+| sft_qa          | — (Acc@t1 of the SFT-on-answers adapter only) | |
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from reflectevo.metrics import by_task
 from reflectevo.prompts import one_stage_messages, reflection_messages, split_one_stage, trial_messages
 from reflectevo.tasks import Item, Task
 
+REFLECTING = ("base_noreflect", "base_reflect", "one_stage", "two_stage", "dpo_pm", "dpo_pref")
 
-def trial1(items: Sequence[Item], tasks: dict[str, Task], base, cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    prompts = [base.render(trial_messages(tasks[it.task], it)) for it in items]
-    gens = base.generate(prompts, Sampling(cfg.max_new_tokens_trial))
+
+def trial1(items: Sequence[Item], tasks: dict[str, Task], model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
+    prompts = [model.render(trial_messages(tasks[it.task], it)) for it in items]
+    gens = model.generate(prompts, Sampling(cfg.max_new_tokens_trial))
     rows = []
     for it, p, g in zip(items, prompts, gens):
         v = tasks[it.task].verify(g.text, it)
@@ -30,29 +38,46 @@ def trial1(items: Sequence[Item], tasks: dict[str, Task], base, cfg: EvaluateCon
     return rows
 
 
-def base_reflect(items, tasks, base, t1_rows, cfg: EvaluateConfig) -> list[dict[str, Any]]:
+def _start(t1_rows: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, Any]]]:
     wrong = [i for i, r in enumerate(t1_rows) if not r["t1_correct"]]
-    r_prompts = [base.render(reflection_messages(items[i], t1_rows[i]["t1"], None)) for i in wrong]
-    refl = base.generate(r_prompts, Sampling(cfg.max_new_tokens_reflection)) if wrong else []
-    t2_prompts = [base.render(trial_messages(tasks[items[i].task], items[i], reflection=r.text,
-                                             previous=t1_rows[i]["t1"])) for i, r in zip(wrong, refl)]
-    t2 = base.generate(t2_prompts, Sampling(cfg.max_new_tokens_trial)) if wrong else []
-    out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"], "t2_correct": r["t1_correct"],
-            "reflection": None} for r in t1_rows]
-    for i, rp, r, tp, g in zip(wrong, r_prompts, refl, t2_prompts, t2):
+    out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"], "t2_correct": r["t1_correct"]}
+           for r in t1_rows]
+    return wrong, out
+
+
+def _retry(items, tasks, wrong, t1_rows, out, model, reflections: list[str] | None, cfg: EvaluateConfig) -> None:
+    prompts = [model.render(trial_messages(tasks[items[i].task], items[i],
+                                           reflection=reflections[n] if reflections is not None else None,
+                                           previous=t1_rows[i]["t1"], retry=True)) for n, i in enumerate(wrong)]
+    gens = model.generate(prompts, Sampling(cfg.max_new_tokens_trial)) if wrong else []
+    for i, p, g in zip(wrong, prompts, gens):
         v = tasks[items[i].task].verify(g.text, items[i])
-        out[i].update(reflection_prompt=rp, reflection=r.text, t2_prompt=tp, t2=g.text, t2_answer=v.extracted,
-                      t2_correct=v.correct)
+        out[i].update(t2_prompt=p, t2=g.text, t2_answer=v.extracted, t2_correct=v.correct)
+
+
+def reflect_then_retry(items, tasks, t1_rows, reflector, corrector, cfg: EvaluateConfig) -> list[dict[str, Any]]:
+    """Oracle protocol: for each trial-1 failure, `reflector` reflects (greedy) and `corrector` retries."""
+    wrong, out = _start(t1_rows)
+    r_prompts = [reflector.render(reflection_messages(items[i], t1_rows[i]["t1"], None)) for i in wrong]
+    refl = reflector.generate(r_prompts, Sampling(cfg.max_new_tokens_reflection)) if wrong else []
+    for i, p, r in zip(wrong, r_prompts, refl):
+        out[i].update(reflection_prompt=p, reflection=r.text)
+    _retry(items, tasks, wrong, t1_rows, out, corrector, [r.text for r in refl], cfg)
     return out
 
 
-def one_stage(items, tasks, trained, t1_rows, cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    wrong = [i for i, r in enumerate(t1_rows) if not r["t1_correct"]]
-    prompts = [trained.render(one_stage_messages(tasks[items[i].task], items[i], t1_rows[i]["t1"])) for i in wrong]
+def retry_without_reflection(items, tasks, t1_rows, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
+    """The "prompt-based w/o reflection" baseline: failure notice and previous attempt only."""
+    wrong, out = _start(t1_rows)
+    _retry(items, tasks, wrong, t1_rows, out, model, None, cfg)
+    return out
+
+
+def one_stage(items, tasks, model, t1_rows, cfg: EvaluateConfig) -> list[dict[str, Any]]:
+    wrong, out = _start(t1_rows)
+    prompts = [model.render(one_stage_messages(tasks[items[i].task], items[i], t1_rows[i]["t1"])) for i in wrong]
     budget = cfg.max_new_tokens_reflection + cfg.max_new_tokens_trial
-    gens = trained.generate(prompts, Sampling(budget)) if wrong else []
-    out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"], "t2_correct": r["t1_correct"],
-            "reflection": None} for r in t1_rows]
+    gens = model.generate(prompts, Sampling(budget)) if wrong else []
     for i, p, g in zip(wrong, prompts, gens):
         reflection, answer = split_one_stage(g.text)
         v = tasks[items[i].task].verify(answer or g.text, items[i])
@@ -60,5 +85,21 @@ def one_stage(items, tasks, trained, t1_rows, cfg: EvaluateConfig) -> list[dict[
     return out
 
 
-def summarize(system_rows: dict[str, list[dict[str, Any]] | None]) -> dict[str, Any]:
-    return {name: (by_task(rows) if rows is not None else None) for name, rows in system_rows.items()}
+def answers_only(items, tasks, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
+    """SFT-on-answers baseline: its own trial 1; Acc@t2 is not defined (t2 = t1)."""
+    rows = trial1(items, tasks, model, cfg)
+    for r in rows:
+        r["t2_correct"] = r["t1_correct"]
+    return rows
+
+
+def summarize(system_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    out = {}
+    for name, rows in system_rows.items():
+        m = by_task(rows)
+        if name == "sft_qa":  # Acc@t1 only
+            for block in [m["overall"], *m["per_task"].values()]:
+                for k in ("acc_t2", "delta", "delta_i2c", "delta_c2i"):
+                    block[k] = None
+        out[name] = m
+    return out

@@ -36,6 +36,14 @@ Reflection: {reflection}{previous}
 Now try again: a "Thought:" line, then your final answer on an "Action:" line.
 {answer_format}"""
 
+# The "prompt-based w/o reflection" baseline: the retry sees only the failure notice and its attempt.
+RETRY_BLOCK = """
+
+You attempted this question before and your answer was judged incorrect.{previous}
+
+Now try again: a "Thought:" line, then your final answer on an "Action:" line.
+{answer_format}"""
+
 PREVIOUS_TRIAL = """
 
 Your previous (unsuccessful) attempt:
@@ -76,7 +84,7 @@ Then write "Answer:" and solve the task again: a "Thought:" line, then an "Actio
 
 ONE_STAGE_SEPARATOR = "\n\nAnswer:\n"
 
-TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
+TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, RETRY_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
              ONE_STAGE_SEPARATOR)
 
 
@@ -111,15 +119,19 @@ def _user(text: str) -> Messages:
     return [{"role": "user", "content": text}]
 
 
-def trial_messages(task: Task, item: Item, reflection: str | None = None, previous: str | None = None) -> Messages:
-    """Trial 1 (no reflection) or trial 2 (reflection, optionally the previous attempt).
+def trial_messages(task: Task, item: Item, reflection: str | None = None, previous: str | None = None,
+                   retry: bool = False) -> Messages:
+    """Trial 1, trial 2 after a reflection (optionally with the previous attempt), or, with `retry` and
+    no reflection, the "w/o reflection" retry (failure notice + previous attempt only).
 
     The last message is the item's; any earlier turns are the task's worked few-shot examples."""
     block = ""
+    prev = PREVIOUS_TRIAL.format(trial=previous.strip()) if previous is not None else ""
     if reflection is not None:
-        prev = PREVIOUS_TRIAL.format(trial=previous.strip()) if previous is not None else ""
         block = REFLECTION_BLOCK.format(reflection=reflection.strip(), previous=prev,
                                         answer_format=task.answer_format())
+    elif retry:
+        block = RETRY_BLOCK.format(previous=prev, answer_format=task.answer_format())
     # Few-shot examples are earlier turns of the same chat: the instruction opens the first one.
     instruction = INSTRUCTION.format(answer_format=task.answer_format())
     msgs: Messages = []
@@ -145,6 +157,11 @@ def one_stage_messages(task: Task, item: Item, trial: str) -> Messages:
     msgs = reflection_messages(item, trial, None)
     msgs[0]["content"] += ONE_STAGE_SUFFIX.format(answer_format=task.answer_format())
     return msgs
+
+
+def answer_target(task: Task, item: Item) -> str:
+    """SFT-on-answers baseline target: the gold answer in the task's answer form, no reasoning."""
+    return task.gold_completion(item)
 
 
 def one_stage_target(reflection: str, trial2: str) -> str:

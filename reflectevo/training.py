@@ -1,23 +1,36 @@
-"""Train the learning settings with TRL + PEFT (LoRA). The skeleton has `one_stage`.
+"""Train the learning settings with TRL + PEFT (LoRA on the preset's base).
 
-one_stage: SFT on D+; input = the one-stage prompt (question, failed trial 1, failure notice, request to
-reflect then answer), target = reflection + "Answer:" + trial-2 reasoning. The same prompt is used at
-evaluation. Prompt/completion format, so the loss covers only the target tokens; the model's own
-chat template renders both.
+| setting    | data          | adapters                | objective |
+|------------|---------------|-------------------------|-----------|
+| one_stage  | D+            | `.`                     | SFT: one-stage prompt -> reflection + "Answer:" + trial-2 reasoning |
+| two_stage  | D+            | `reflector`, `corrector`| SFT: test reflection prompt -> reflection; trial-2 prompt (with r and trial 1) -> trial 2 |
+| dpo_pm     | D±            | `.`                     | DPO: test reflection prompt, chosen vs rejected reflection |
+| dpo_pref   | Dpref         | `.`                     | same, on judge-ranked pairs |
+| sft_qa     | train items   | `.`                     | SFT baseline: trial-1 prompt -> the gold answer in the answer form |
+
+Every example is in prompt/completion (or prompt/chosen/rejected) form rendered by the model's own chat
+template, so the loss covers only the target turn (tests check the labels). The prompts are the ones
+evaluation uses. Empty data -> the setting records "no training data" and the pipeline goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from reflectevo.config import ModelPreset, TrainConfig, to_dict
 from reflectevo.jsonio import write_json, write_text
-from reflectevo.prompts import one_stage_messages, one_stage_target
+from reflectevo.prompts import (answer_target, one_stage_messages, one_stage_target, reflection_messages,
+                                trial_messages)
 from reflectevo.tasks import Item, get_task
+
+SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa")
+ADAPTERS = {"one_stage": ("one_stage",), "two_stage": ("reflector", "corrector"), "dpo_pm": ("reflector",),
+            "dpo_pref": ("reflector",), "sft_qa": ("answerer",)}
 
 
 def row_item(row: dict[str, Any]) -> Item:
@@ -25,15 +38,43 @@ def row_item(row: dict[str, Any]) -> Item:
                 choices=tuple(row["choices"]) if row.get("choices") else None)
 
 
-def one_stage_examples(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    tasks: dict[str, Any] = {}
-    out = []
-    for row in rows:
-        task = tasks.setdefault(row["task"], get_task(row["task"]))
-        prompt = one_stage_messages(task, row_item(row), row["trial1"])
-        completion = [{"role": "assistant", "content": one_stage_target(row["reflection"], row["trial2"])}]
-        out.append({"prompt": prompt, "completion": completion})
-    return out
+class _Tasks(dict):
+    def __missing__(self, name: str):
+        self[name] = get_task(name)
+        return self[name]
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def examples(setting: str, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Training examples per adapter role for a setting (rows: D+, D±/Dpref, or source items)."""
+    tasks = _Tasks()
+    if setting == "one_stage":
+        return {"one_stage": [{"prompt": one_stage_messages(tasks[r["task"]], row_item(r), r["trial1"]),
+                               "completion": _assistant(one_stage_target(r["reflection"], r["trial2"]))}
+                              for r in rows]}
+    if setting == "two_stage":
+        return {
+            "reflector": [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
+                           "completion": _assistant(r["reflection"].strip())} for r in rows],
+            "corrector": [{"prompt": trial_messages(tasks[r["task"]], row_item(r), reflection=r["reflection"],
+                                                    previous=r["trial1"]),
+                           "completion": _assistant(r["trial2"].strip())} for r in rows],
+        }
+    if setting in ("dpo_pm", "dpo_pref"):
+        return {"reflector": [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
+                               "chosen": _assistant(r["chosen"]["reflection"].strip()),
+                               "rejected": _assistant(r["rejected"]["reflection"].strip())} for r in rows]}
+    if setting == "sft_qa":
+        out = []
+        for r in rows:  # unified-schema items
+            item = Item.from_dict(r)
+            task = tasks[item.task]
+            out.append({"prompt": trial_messages(task, item), "completion": _assistant(answer_target(task, item))})
+        return {"answerer": out}
+    raise ValueError(f"unknown setting {setting!r}")
 
 
 def data_hash(rows: list[dict[str, Any]]) -> str:
@@ -42,92 +83,144 @@ def data_hash(rows: list[dict[str, Any]]) -> str:
 
 def write_card(out_dir: Path, card: dict[str, Any]) -> None:
     write_json(out_dir / "model_card.json", card)
-    lines = [f"# {card['setting']} adapter", "", f"- status: **{card['status']}**",
+    lines = [f"# {card['setting']}", "", f"- status: **{card['status']}**",
              f"- base preset: `{card['base']['preset']}` ({card['base']['source']}, revision {card['base']['revision']})",
-             f"- training rows: {card['n_train']} (eval {card['n_eval']}), data hash `{card['data_hash']}`"]
+             f"- training rows: {card['n_train']} (eval {card['n_eval']}), data hash `{card['data_hash']}`",
+             f"- adapters: {', '.join(f'`{k}` -> `{v}`' for k, v in card.get('adapters', {}).items()) or 'none'}"]
     if card.get("reason"):
         lines.append(f"- reason: {card['reason']}")
-    lines += ["", "Load with `PeftModel.from_pretrained(base, this_dir)`; the base comes from the preset, "
+    lines += ["", "Load an adapter with `PeftModel.from_pretrained(base, dir)`; the base comes from the preset, "
               "never from an absolute path.", "", "```json", json.dumps(card["params"], indent=2), "```", ""]
     write_text(out_dir / "README.md", "\n".join(lines))
 
 
-def train_sft(preset_name: str, preset: ModelPreset, model_fp: dict[str, str], train_rows: list[dict[str, Any]],
-              eval_rows: list[dict[str, Any]], cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
-    """Train a LoRA adapter into `out_dir`; with no rows, record 'no training data' instead."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    card: dict[str, Any] = {"setting": cfg.setting, "base": model_fp, "n_train": len(train_rows),
-                            "n_eval": len(eval_rows), "data_hash": data_hash(train_rows + eval_rows),
-                            "params": {"train": to_dict(cfg), "lora": to_dict(preset.lora), "lr": preset.lr_sft}}
+def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp: dict[str, str],
+                  train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], cfg: TrainConfig,
+                  out_dir: Path) -> dict[str, Any]:
+    """Train every adapter of `setting` into `out_dir` (fresh); returns the metrics for metrics/train/."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # never mix files of an earlier run into this one
+    out_dir.mkdir(parents=True)
+    is_dpo = setting.startswith("dpo")
+    hp = cfg.dpo if is_dpo else cfg.sft
+    card: dict[str, Any] = {"setting": setting, "base": model_fp, "n_train": len(train_rows), "n_eval": len(eval_rows),
+                            "data_hash": data_hash(train_rows + eval_rows), "adapters": {},
+                            "params": {"train": to_dict(hp), "seed": cfg.seed, "lora": to_dict(preset.lora),
+                                       "lr": preset.lr_dpo if is_dpo else preset.lr_sft}}
+    result: dict[str, Any] = {"setting": setting, "n_train": len(train_rows), "n_eval": len(eval_rows)}
     if not train_rows:
-        card.update(status="no training data", reason="D+ is empty: no reflection fixed a trial-1 answer")
+        data = {"dpo_pm": "D±", "dpo_pref": "Dpref", "sft_qa": "the train split"}.get(setting, "D+")
+        reason = f"{data} is empty" + (": no reflection fixed a trial-1 answer" if data == "D+" else "")
+        card.update(status="no training data", reason=reason)
         write_card(out_dir, card)
-        return {"trained": False, "n_train": 0, "n_eval": len(eval_rows), "reason": card["reason"]}
+        return {**result, "trained": False, "reason": reason}
 
-    trainer = build_sft_trainer(preset_name, preset, one_stage_examples(train_rows), one_stage_examples(eval_rows),
-                                cfg, out_dir / "checkpoints")
-    # TRL drops examples whose target was cut away entirely by truncation: say so instead of failing silently.
-    dropped = len(train_rows) - len(trainer.train_dataset)
-    card["dropped_by_truncation"] = dropped
-    if len(trainer.train_dataset) == 0:
-        card.update(status="no training data",
-                    reason=f"all {len(train_rows)} D+ examples lose their target at max_length="
-                           f"{min(cfg.max_length, preset.max_length)}; raise train.max_length")
-        write_card(out_dir, card)
-        return {"trained": False, "n_train": 0, "n_eval": len(eval_rows), "reason": card["reason"],
-                "dropped_by_truncation": dropped}
-    t0 = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - t0
-    trainer.save_model(str(out_dir))
-    _portable_adapter_config(out_dir, preset_name)
-    (out_dir / "training_args.bin").unlink(missing_ok=True)  # pickles absolute paths
-    import shutil
-
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    card.update(status="trained", steps=trainer.state.global_step, train_loss=round(result.training_loss, 4))
+    train_ex, eval_ex = examples(setting, train_rows), examples(setting, eval_rows)
+    roles = ADAPTERS[setting]
+    for role in roles:
+        sub = out_dir if len(roles) == 1 else out_dir / role
+        build = build_dpo_trainer if is_dpo else build_sft_trainer
+        trainer = build(preset_name, preset, train_ex[role], eval_ex[role], cfg, out_dir / "checkpoints")
+        dropped = len(train_ex[role]) - len(trainer.train_dataset)  # TRL drops examples truncation emptied
+        if len(trainer.train_dataset) == 0:
+            reason = (f"all {len(train_ex[role])} {role} examples lose their target at max_length={hp.max_length}; "
+                      f"raise train.{'dpo' if is_dpo else 'sft'}.max_length")
+            card.update(status="no training data", reason=reason, dropped_by_truncation={role: dropped})
+            write_card(out_dir, card)
+            return {**result, "trained": False, "reason": reason}
+        t0 = time.perf_counter()
+        out = trainer.train()
+        seconds = time.perf_counter() - t0
+        trainer.save_model(str(sub))
+        _portable_adapter(sub, preset_name)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        logs = trainer.state.log_history
+        losses = [h["loss"] for h in logs if "loss" in h]
+        evals = [h["eval_loss"] for h in logs if "eval_loss" in h]
+        card["adapters"][role] = "." if sub == out_dir else role
+        result[role] = {"steps": trainer.state.global_step, "train_loss": round(out.training_loss, 4),
+                        "first_loss": round(losses[0], 4) if losses else None,
+                        "last_loss": round(losses[-1], 4) if losses else None,
+                        "eval_loss": round(evals[-1], 4) if evals else None,
+                        "dropped_by_truncation": dropped, "seconds": round(seconds, 2),
+                        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1)
+                        if getattr(trainer.state, "num_input_tokens_seen", 0) else None}
+        if is_dpo:
+            acc = [h["rewards/accuracies"] for h in logs if "rewards/accuracies" in h]
+            result[role]["reward_accuracy"] = round(acc[-1], 4) if acc else None
+    card.update(status="trained")
     write_card(out_dir, card)
-    return {"trained": True, "n_train": len(train_rows), "n_eval": len(eval_rows), "dropped_by_truncation": dropped,
-            "steps": trainer.state.global_step,
-            "train_loss": round(result.training_loss, 4),
-            "first_loss": round(history[0]["loss"], 4) if history else None,
-            "last_loss": round(history[-1]["loss"], 4) if history else None,
-            "eval_loss": round(evals[-1]["eval_loss"], 4) if evals else None, "seconds": round(seconds, 2)}
+    return {**result, "trained": True}
+
+
+def _base_model(preset_name: str, preset: ModelPreset):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from reflectevo.models import hub_revision, resolve_model
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
+                                                dtype=torch.float32)
+
+
+def _lora(preset: ModelPreset):
+    from peft import LoraConfig
+
+    return LoraConfig(r=preset.lora.r, lora_alpha=preset.lora.alpha, lora_dropout=preset.lora.dropout,
+                      target_modules=list(preset.lora.targets), task_type="CAUSAL_LM")
+
+
+def _common_args(config_cls: type, hp, seed: int, lr: float, output_dir: Path, has_eval: bool,
+                 dtype_name: str) -> dict[str, Any]:
+    import torch
+
+    from reflectevo.models import resolve_dtype
+
+    return dict(
+        **_warmup_kwargs(config_cls, hp.warmup_ratio),
+        output_dir=str(output_dir), num_train_epochs=hp.epochs, max_steps=hp.max_steps,
+        per_device_train_batch_size=hp.batch_size, per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.grad_accum, learning_rate=lr, max_length=hp.max_length, logging_steps=1,
+        save_strategy="no", eval_strategy="epoch" if has_eval else "no", report_to="none", seed=seed,
+        use_cpu=not torch.cuda.is_available(), bf16=resolve_dtype(dtype_name) == torch.bfloat16,
+        gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True,
+    )
 
 
 def build_sft_trainer(preset_name: str, preset: ModelPreset, train_examples: list[dict[str, Any]],
                       eval_examples: list[dict[str, Any]], cfg: TrainConfig, output_dir: Path):
-    """A TRL SFTTrainer with a fresh LoRA on the preset's base; prompt/completion data -> completion-only loss."""
+    """TRL SFTTrainer, fresh LoRA on the base; prompt/completion data -> completion-only loss."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from reflectevo.models import hub_revision, load_tokenizer, resolve_dtype, resolve_model
+    from reflectevo.models import load_tokenizer
 
     torch.manual_seed(cfg.seed)
-    tok = load_tokenizer(preset_name, preset)
-    use_bf16 = resolve_dtype(preset.dtype) == torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
-                                                 dtype=torch.float32)
-    lora = LoraConfig(r=preset.lora.r, lora_alpha=preset.lora.alpha, lora_dropout=preset.lora.dropout,
-                      target_modules=list(preset.lora.targets), task_type="CAUSAL_LM")
     eval_ds = Dataset.from_list(eval_examples) if eval_examples else None
-    args = SFTConfig(
-        **_warmup_kwargs(SFTConfig, cfg.warmup_ratio),
-        output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=preset.lr_sft,
-        max_length=min(cfg.max_length, preset.max_length), logging_steps=1, save_strategy="no",
-        eval_strategy="epoch" if eval_ds is not None else "no", report_to="none", seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(), bf16=use_bf16, gradient_checkpointing=False,
-        dataloader_num_workers=0, disable_tqdm=True, completion_only_loss=True,
-    )
-    return SFTTrainer(model=model, processing_class=tok, peft_config=lora, train_dataset=Dataset.from_list(train_examples),
-                      eval_dataset=eval_ds, args=args)
+    args = SFTConfig(**_common_args(SFTConfig, cfg.sft, cfg.seed, preset.lr_sft, output_dir, eval_ds is not None,
+                                    preset.dtype), completion_only_loss=True)
+    return SFTTrainer(model=_base_model(preset_name, preset), processing_class=load_tokenizer(preset_name, preset),
+                      peft_config=_lora(preset), train_dataset=Dataset.from_list(train_examples), eval_dataset=eval_ds,
+                      args=args)
+
+
+def build_dpo_trainer(preset_name: str, preset: ModelPreset, train_examples: list[dict[str, Any]],
+                      eval_examples: list[dict[str, Any]], cfg: TrainConfig, output_dir: Path):
+    """TRL DPOTrainer with a LoRA policy; the reference is the base (adapter off), as in the paper."""
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from reflectevo.models import load_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    eval_ds = Dataset.from_list(eval_examples) if eval_examples else None
+    args = DPOConfig(**_common_args(DPOConfig, cfg.dpo, cfg.seed, preset.lr_dpo, output_dir, eval_ds is not None,
+                                    preset.dtype), beta=cfg.dpo.beta)
+    return DPOTrainer(model=_base_model(preset_name, preset), ref_model=None,
+                      processing_class=load_tokenizer(preset_name, preset), peft_config=_lora(preset),
+                      train_dataset=Dataset.from_list(train_examples), eval_dataset=eval_ds, args=args)
 
 
 def _warmup_kwargs(config_cls: type, ratio: float) -> dict[str, float]:
@@ -139,9 +232,11 @@ def _warmup_kwargs(config_cls: type, ratio: float) -> dict[str, float]:
     return {"warmup_steps": ratio}
 
 
-def _portable_adapter_config(out_dir: Path, preset_name: str) -> None:
-    """Record the preset name, not the absolute base path, in the saved adapter."""
+def _portable_adapter(out_dir: Path, preset_name: str) -> None:
+    """Record the preset name, not the absolute base path; drop the pickled training args."""
     p = out_dir / "adapter_config.json"
     cfg = json.loads(p.read_text())
     cfg["base_model_name_or_path"] = f"reflectevo-preset:{preset_name}"
     write_json(p, cfg)
+    (out_dir / "training_args.bin").unlink(missing_ok=True)
+    (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's card names the absolute base path; ours replaces it

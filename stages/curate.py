@@ -36,14 +36,19 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     episodes = [ep for p in shards for ep in iter_jsonl(p)]
     result = curate(episodes, cfg)
     counts = {}
-    for kind in ("dplus", "dpm"):
+    # Dpref (judge-ranked pairs among fixing reflections) needs a judge model, which is not wired yet:
+    # its files exist (empty) so train@dpo_pref records "no training data"; published Dpref data can be
+    # imported with `reflectevo convert` instead.
+    result["dpref"] = {"train": [], "eval": []}
+    for kind in ("dplus", "dpm", "dpref"):
         for split in ("train", "eval"):
             rows = result[kind][split]
             write_jsonl(out / f"{kind}_{split}.jsonl", rows)
             counts[f"{kind}_{split}"] = len(rows)
     gen = episodes[0]
     info = {"generator": gen["model"], "prompt_version": gen["prompt_version"], "gen_params": gen["gen"],
-            "params": to_dict(cfg), "counts": counts, "drops": dict(result["drops"]), "stats": result["stats"]}
+            "params": to_dict(cfg), "counts": counts, "drops": dict(result["drops"]), "stats": result["stats"],
+            "notes": {"dpref": "empty: building Dpref needs a judge, which is not configured"}}
     write_json(out / "stats.json", info)
     write_text(out / "README.md", curated_card(info))
     write_json(metrics, {"counts": counts, "drops": dict(result["drops"]),

@@ -1,11 +1,13 @@
-"""Stage `evaluate`: Acc@t1 / Acc@t2 / Δ / Δi→c / Δc→i on the test split -> metrics/eval.json.
+"""Stage `evaluate`: Acc@t1 / Acc@t2 / Δ / Δi→c / Δc→i per system and task -> metrics/eval.json.
 
     dvc repro evaluate
-    python stages/evaluate.py --params params.yaml --sources data/sources/test.jsonl --adapter models/one_stage
+    python stages/evaluate.py --params params.yaml --sources data/sources/test.jsonl --models models
 
-Trial 1 by the base model; for the failures (oracle protocol) the base model's own reflection + retry
-(`base_reflect`) and the trained one-stage adapter (`one_stage`). Per-sample predictions go to
-data/eval/predictions.jsonl. Reads `evaluate` and `models.<model>` in params.yaml.
+Trial 1 by the base model; for its failures (oracle protocol) each system reflects and retries: the
+prompt baselines without and with reflection, and every trained setting found under --models
+(settings whose card says "no training data", or that are missing, are listed under `skipped` with
+the reason). Per-sample predictions go to data/eval/predictions.jsonl. Reads `evaluate` and
+`models.<model>` in params.yaml.
 """
 
 from __future__ import annotations
@@ -18,18 +20,22 @@ from reflectevo.stage import friendly_errors, load_items, stage_params
 
 app = typer.Typer(add_completion=False)
 
+MAIN_ORDER = ("one_stage", "two_stage", "dpo_pm", "dpo_pref")
+
 
 @app.command()
 @friendly_errors
 def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/test.jsonl"),
-         adapter: Path = Path("models/one_stage"), predictions: Path = Path("data/eval/predictions.jsonl"),
+         models: Path = Path("models"), predictions: Path = Path("data/eval/predictions.jsonl"),
          metrics: Path = Path("metrics/eval.json")) -> None:
+    import gc
     import json
 
     from reflectevo import evaluation as ev
     from reflectevo.backends.hf import make_backend
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
+    from reflectevo.training import ADAPTERS
 
     name, preset, cfg = stage_params(params, "evaluate")
     items, tasks = load_items(sources)
@@ -37,32 +43,57 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
         items = items[: cfg.limit]
     if not items:
         raise ReflectEvoError(f"{sources}: no test items")
+
+    cards, skipped = {}, {}
+    for setting in ADAPTERS:
+        card_path = models / setting / "model_card.json"
+        if not card_path.exists():
+            skipped[setting] = f"no adapter at {models / setting}"
+            continue
+        card = json.loads(card_path.read_text())
+        if card.get("status") != "trained":
+            skipped[setting] = card.get("reason") or card.get("status", "not trained")
+        elif card["base"]["preset"] != name:
+            skipped[setting] = f"adapter was trained on preset {card['base']['preset']!r}, not {name!r}"
+        else:
+            cards[setting] = card
+
+    def adapter(setting: str, role: str) -> Path:
+        return models / setting / cards[setting]["adapters"][role]
+
     base = make_backend(name, preset)
     t1 = ev.trial1(items, tasks, base, cfg)
-    systems: dict[str, list | None] = {"base_reflect": ev.base_reflect(items, tasks, base, t1, cfg)}
-    card_path = adapter / "model_card.json"
-    card = json.loads(card_path.read_text()) if card_path.exists() else {"status": "missing"}
-    skipped = {}
-    if card.get("status") == "trained":
-        del base
-        trained = make_backend(name, preset, adapter=adapter)
-        systems["one_stage"] = ev.one_stage(items, tasks, trained, t1, cfg)
-    else:
-        systems["one_stage"] = None
-        skipped["one_stage"] = card.get("reason") or f"no adapter at {adapter}"
+    systems = {"base_noreflect": ev.retry_without_reflection(items, tasks, t1, base, cfg),
+               "base_reflect": ev.reflect_then_retry(items, tasks, t1, base, base, cfg)}
+    for setting in cards:
+        if setting == "one_stage":
+            systems[setting] = ev.one_stage(items, tasks, make_backend(name, preset, adapter(setting, "one_stage")), t1, cfg)
+        elif setting == "two_stage":
+            reflector = make_backend(name, preset, adapter(setting, "reflector"))
+            corrector = make_backend(name, preset, adapter(setting, "corrector"))
+            systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
+            del reflector, corrector
+        elif setting in ("dpo_pm", "dpo_pref"):
+            reflector = make_backend(name, preset, adapter(setting, "reflector"))
+            systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, base, cfg)
+            del reflector
+        elif setting == "sft_qa":
+            systems[setting] = ev.answers_only(items, tasks, make_backend(name, preset, adapter(setting, "answerer")), cfg)
+        gc.collect()
+
     summary = ev.summarize(systems)
-    main_system = "one_stage" if systems["one_stage"] is not None else "base_reflect"
+    main_system = next((s for s in MAIN_ORDER if s in summary), "base_reflect")
     report = {"model": name, "protocol": cfg.protocol, "system": main_system, **summary[main_system],
-              "systems": {k: v for k, v in summary.items() if v is not None}, "skipped": skipped}
+              "systems": summary, "skipped": skipped}
     write_json(metrics, report)
-    rows = [{"system": sys_name, **r} for sys_name, rs in systems.items() if rs for r in rs]
     t1_by_id = {r["item_id"]: r for r in t1}
-    for r in rows:
-        r.setdefault("t1", t1_by_id[r["item_id"]]["t1"])
+    rows = [{"system": s, **r, "t1": r.get("t1", t1_by_id[r["item_id"]]["t1"])} for s, rs in systems.items() for r in rs]
     write_jsonl(predictions, rows)
-    o = report["overall"]
-    typer.echo(f"evaluate[{main_system}]: n={o['n']} acc_t1={o['acc_t1']} acc_t2={o['acc_t2']} "
-               f"delta={o['delta']} skipped={skipped}")
+    for s, m in summary.items():
+        o = m["overall"]
+        typer.echo(f"evaluate[{s}]: n={o['n']} acc_t1={o['acc_t1']} acc_t2={o['acc_t2']} delta={o['delta']}")
+    if skipped:
+        typer.echo(f"evaluate: skipped {skipped}")
 
 
 if __name__ == "__main__":

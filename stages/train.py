@@ -1,10 +1,12 @@
-"""Stage `train`: LoRA SFT on D+ (setting `one_stage`) -> models/<setting>/ + metrics/train.json.
+"""Stage `train@<setting>`: LoRA training of one learning setting -> models/<setting>/ + metrics/train/<setting>.json.
 
-    dvc repro train
-    python stages/train.py --params params.yaml --curated data/curated --out models/one_stage
+    dvc repro train@one_stage            # or: dvc repro  (every setting of vars.settings in dvc.yaml)
+    python stages/train.py --setting two_stage --train-data data/curated/dplus_train.jsonl \\
+        --eval-data data/curated/dplus_eval.jsonl --out models/two_stage
 
-Reads `train` and `models.<model>` in params.yaml. With an empty D+ the adapter folder holds only a
-card saying "no training data", and evaluate reports the setting as untrained.
+Settings: one_stage, two_stage (reflector + corrector), dpo_pm (D±), dpo_pref (Dpref), sft_qa (answers).
+Reads `train` and `models.<model>` in params.yaml. Empty data -> the folder holds only a card saying
+"no training data", and evaluate reports the setting as skipped.
 """
 
 from __future__ import annotations
@@ -20,22 +22,23 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @friendly_errors
-def main(params: Path = Path("params.yaml"), curated: Path = Path("data/curated"),
-         out: Path = Path("models/one_stage"), metrics: Path = Path("metrics/train.json")) -> None:
-    import shutil
-
+def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm | dpo_pref | sft_qa"),
+         params: Path = Path("params.yaml"), train_data: Path = typer.Option(...),
+         eval_data: str = typer.Option("none", help="a JSONL file, or 'none'"),
+         out: Path = typer.Option(...), metrics: Path = typer.Option(...)) -> None:
+    from reflectevo.errors import unknown
     from reflectevo.jsonio import read_jsonl, write_json
     from reflectevo.models import model_fingerprint
-    from reflectevo.training import train_sft
+    from reflectevo.training import SETTINGS, train_setting
 
+    if setting not in SETTINGS:
+        raise unknown("training setting", setting, SETTINGS, "--setting")
     name, preset, cfg = stage_params(params, "train")
-    train_rows = read_jsonl(curated / "dplus_train.jsonl")
-    eval_rows = read_jsonl(curated / "dplus_eval.jsonl")
-    if out.exists():
-        shutil.rmtree(out)  # never mix files of an earlier adapter into this one
-    result = train_sft(name, preset, model_fingerprint(name, preset), train_rows, eval_rows, cfg, out)
-    write_json(metrics, {"setting": cfg.setting, "model": name, **result})
-    typer.echo(f"train[{cfg.setting}]: {result}")
+    train_rows = read_jsonl(train_data)
+    eval_rows = [] if eval_data == "none" else read_jsonl(eval_data)
+    result = train_setting(setting, name, preset, model_fingerprint(name, preset), train_rows, eval_rows, cfg, out)
+    write_json(metrics, {"model": name, **result})
+    typer.echo(f"train[{setting}]: {result}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def project(tmp_path_factory):
         t["n_train"], t["n_test"] = 6, 3
     p["generate"].update(max_new_tokens_trial=8, max_new_tokens_reflection=8)
     p["evaluate"].update(max_new_tokens_trial=8, max_new_tokens_reflection=8)
-    p["train"].update(max_steps=1, batch_size=2)
+    for hp in ("sft", "dpo"):
+        p["train"][hp].update(max_steps=1, batch_size=2, max_length=1024)
     (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     sh("git", "init", "-q", cwd=dst)
     sh("git", "add", "-A", cwd=dst)
@@ -50,15 +51,18 @@ def project(tmp_path_factory):
 def test_dag(project):
     dst, _ = project
     dot = sh("dvc", "dag", "--dot", cwd=dst).stdout
-    for a, b in [("prepare", "generate"), ("generate", "curate"), ("curate", "train"), ("train", "evaluate"),
+    for a, b in [("prepare", "generate"), ("generate", "curate"), ("curate", "train@one_stage"),
+                 ("curate", "train@dpo_pm"), ("prepare", "train@sft_qa"), ("train@two_stage", "evaluate"),
                  ("prepare", "evaluate")]:
         assert f'"{a}" -> "{b}"' in dot
 
 
 def test_repro_writes_metrics(project):
     dst, out = project
-    for stage in ("prepare", "generate", "curate", "train", "evaluate"):
+    for stage in ("prepare", "generate", "curate", "train@one_stage", "train@two_stage", "train@dpo_pm",
+                  "train@dpo_pref", "train@sft_qa", "evaluate"):
         assert f"Running stage '{stage}'" in out
+    assert json.loads((dst / "metrics/train/sft_qa.json").read_text())["trained"] is True
     report = json.loads((dst / "metrics/eval.json").read_text())
     assert report["model"] == "tiny-random"
     for key in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "n"):

@@ -28,7 +28,8 @@ def tiny_params(tmp_path: Path, **overrides) -> Path:
         t["n_train"], t["n_test"] = 6, 3
     p["generate"].update(max_new_tokens_trial=12, max_new_tokens_reflection=12)
     p["evaluate"].update(max_new_tokens_trial=12, max_new_tokens_reflection=12)
-    p["train"].update(max_steps=2, batch_size=2, max_length=256)
+    for hp in ("sft", "dpo"):
+        p["train"][hp].update(max_steps=2, batch_size=2, max_length=1024)
     for section, values in overrides.items():
         p[section].update(values)
     out = tmp_path / "params.yaml"
@@ -62,14 +63,23 @@ def test_all_stages_end_to_end_on_the_tiny_model(tmp_path):
     assert r.exit_code == 0, r.output
     assert (d / "curated/README.md").exists() and (d / "curated/stats.json").exists()
 
-    r = run("train", "--params", params, "--curated", d / "curated", "--out", d / "one_stage",
-            "--metrics", d / "train.json")
+    for name in ("dplus", "dpm", "dpref"):
+        assert (d / f"curated/{name}_train.jsonl").exists()
+    r = run("train", "--setting", "one_stage", "--params", params, "--train-data", d / "curated/dplus_train.jsonl",
+            "--eval-data", d / "curated/dplus_eval.jsonl", "--out", d / "models/one_stage", "--metrics", d / "train.json")
     assert r.exit_code == 0, r.output
+    r = run("train", "--setting", "sft_qa", "--params", params, "--train-data", d / "sources/train.jsonl",
+            "--out", d / "models/sft_qa", "--metrics", d / "train_qa.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((d / "train_qa.json").read_text())["trained"] is True
 
-    r = run("evaluate", "--params", params, "--sources", d / "sources/test.jsonl", "--adapter", d / "one_stage",
+    r = run("evaluate", "--params", params, "--sources", d / "sources/test.jsonl", "--models", d / "models",
             "--predictions", d / "pred.jsonl", "--metrics", d / "eval.json")
     assert r.exit_code == 0, r.output
     report = json.loads((d / "eval.json").read_text())
+    assert {"base_noreflect", "base_reflect", "sft_qa"} <= set(report["systems"])
+    assert report["systems"]["sft_qa"]["overall"]["acc_t2"] is None          # Acc@t1 only
+    assert "no adapter at" in report["skipped"]["two_stage"]
     for key in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "n"):
         assert key in report["overall"]
         for task_metrics in report["per_task"].values():
@@ -114,7 +124,9 @@ def test_unknown_preset_error_lists_all_presets(tmp_path):
     p["model"] = "llama3-8"
     params = tmp_path / "bad.yaml"
     params.write_text(yaml.safe_dump(p))
-    r = run("train", "--params", params, "--curated", tmp_path, "--out", tmp_path / "m", "--metrics", tmp_path / "t.json")
+    (tmp_path / "d.jsonl").write_text("")
+    r = run("train", "--setting", "one_stage", "--params", params, "--train-data", tmp_path / "d.jsonl", "--out",
+            tmp_path / "m", "--metrics", tmp_path / "t.json")
     assert r.exit_code == 2
     assert "Did you mean 'llama3-8b'?" in r.output and "qwen2.5-0.5b-instruct" in r.output
 
@@ -140,19 +152,44 @@ def test_malformed_sources_name_file_and_line(tmp_path):
 
 def test_empty_dplus_is_recorded_and_evaluate_completes(tmp_path):
     params = tiny_params(tmp_path)
-    cur = tmp_path / "curated"
-    cur.mkdir()
-    for name in ("dplus_train", "dplus_eval"):
-        (cur / f"{name}.jsonl").write_text("")
-    r = run("train", "--params", params, "--curated", cur, "--out", tmp_path / "one_stage", "--metrics",
+    (tmp_path / "empty.jsonl").write_text("")
+    r = run("train", "--setting", "one_stage", "--params", params, "--train-data", tmp_path / "empty.jsonl",
+            "--eval-data", tmp_path / "empty.jsonl", "--out", tmp_path / "models/one_stage", "--metrics",
             tmp_path / "train.json")
     assert r.exit_code == 0, r.output
-    card = json.loads((tmp_path / "one_stage/model_card.json").read_text())
+    card = json.loads((tmp_path / "models/one_stage/model_card.json").read_text())
     assert card["status"] == "no training data"
     assert json.loads((tmp_path / "train.json").read_text())["trained"] is False
     run("prepare", "--params", params, "--out", tmp_path / "sources")
-    r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--adapter",
-            tmp_path / "one_stage", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json")
+    r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models",
+            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["system"] == "base_reflect" and "no reflection fixed" in report["skipped"]["one_stage"]
+
+
+def test_evaluate_runs_every_trained_setting(tmp_path, tiny_preset):
+    """Synthetic D+ / D± rows -> adapters for each setting -> evaluate reports each system."""
+    from test_training import CFG, dpm_rows, dplus_rows
+
+    from reflectevo.models import model_fingerprint
+    from reflectevo.training import train_setting
+
+    params = tiny_params(tmp_path)
+    run("prepare", "--params", params, "--out", tmp_path / "sources")
+    fp = model_fingerprint("tiny-random", tiny_preset)
+    for setting, rows in (("one_stage", dplus_rows(2)), ("two_stage", dplus_rows(2)), ("dpo_pm", dpm_rows(2))):
+        assert train_setting(setting, "tiny-random", tiny_preset, fp, rows, [], CFG, tmp_path / "models" / setting)["trained"]
+    r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models",
+            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert {"base_noreflect", "base_reflect", "one_stage", "two_stage", "dpo_pm"} <= set(report["systems"])
+    assert report["system"] == "one_stage"
+    t1 = {s: m["overall"]["acc_t1"] for s, m in report["systems"].items()}
+    assert len(set(t1.values())) == 1                      # trial 1 is the base model's for every system
+    assert set(report["skipped"]) == {"dpo_pref", "sft_qa"}
+    preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert {p["system"] for p in preds} == set(report["systems"]) and len(preds) == 6 * 5
+    reflected = [p for p in preds if p["system"] == "two_stage" and not p["t1_correct"]]
+    assert reflected and all("reflection" in p and "t2" in p for p in reflected)

@@ -1,15 +1,16 @@
-"""One-stage SFT on the synthetic tiny model: label mask, adapter files, portability, reload."""
+"""Learning settings on the synthetic tiny model: label masks per setting, adapters, portability."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from reflectevo.config import TrainConfig
+from reflectevo.config import DPOHyper, SFTHyper, TrainConfig
 from reflectevo.models import model_fingerprint
 from reflectevo.prompts import one_stage_target
-from reflectevo.training import build_sft_trainer, one_stage_examples, train_sft
+from reflectevo.training import build_dpo_trainer, build_sft_trainer, examples, train_setting
 
 
 def dplus_rows(n=6):
@@ -19,51 +20,96 @@ def dplus_rows(n=6):
              "trial2": f"Thought: {i} + 1 = {i + 1}.\nAction: Finish[{i + 1}]"} for i in range(n)]
 
 
-CFG = TrainConfig(setting="one_stage", epochs=1.0, max_steps=3, batch_size=2, grad_accum=1, max_length=1024,
-                  warmup_ratio=0.0, seed=0)
+def dpm_rows(n=4):
+    rows = []
+    for r in dplus_rows(n):
+        side = lambda text, ok: {"sample_id": "x", "demand_id": "1-1-1", "reflection": text, "trial2": "t",  # noqa: E731
+                                 "trial2_answer": "1", "trial2_correct": ok}
+        rows.append({**{k: r[k] for k in ("id", "item_id", "task", "question", "choices", "answer", "trial1")},
+                     "chosen": side("Add one to the number, carefully.", True),
+                     "rejected": side("The question is about colours.", False)})
+    return rows
 
 
-def test_loss_covers_exactly_the_target(tiny_preset, tmp_path):
-    rows = dplus_rows(2)
-    trainer = build_sft_trainer("tiny-random", tiny_preset, one_stage_examples(rows), [], CFG, tmp_path)
+def item_rows(n=6):
+    return [{"id": f"item-{i}", "task": "rg/chain_sum", "question": f"What is {i} + 2?", "choices": None,
+             "answer": str(i + 2), "tests": None, "meta": {}} for i in range(n)]
+
+
+HP = SFTHyper(epochs=1.0, max_steps=3, batch_size=2, grad_accum=1, max_length=1024, warmup_ratio=0.0)
+CFG = TrainConfig(seed=0, sft=HP, dpo=DPOHyper(**dataclasses.asdict(HP), beta=0.1))
+FP = None
+
+
+def _fp(preset):
+    return model_fingerprint("tiny-random", preset)
+
+
+def _target_tokens(ex):
+    mask = [int(lab != -100) for lab in ex["labels"]]  # what the loss sees
+    assert all(lab in (-100, tid) for lab, tid in zip(ex["labels"], ex["input_ids"]))
+    first = mask.index(1)
+    assert all(mask[first:]) and not any(mask[:first])   # one contiguous target span at the end
+    return ex["input_ids"][:first], ex["input_ids"][first:]
+
+
+@pytest.mark.parametrize("setting,role,target_of", [
+    ("one_stage", "one_stage", lambda r: one_stage_target(r["reflection"], r["trial2"])),
+    ("two_stage", "reflector", lambda r: r["reflection"]),
+    ("two_stage", "corrector", lambda r: r["trial2"]),
+    ("sft_qa", "answerer", lambda r: f"Action: Finish[{r['answer']}]"),
+])
+def test_sft_loss_covers_exactly_the_target(tiny_preset, tmp_path, setting, role, target_of):
+    rows = item_rows(2) if setting == "sft_qa" else dplus_rows(2)
+    trainer = build_sft_trainer("tiny-random", tiny_preset, examples(setting, rows)[role], [], CFG, tmp_path)
+    tok = trainer.processing_class
+    prompt_ids, target_ids = _target_tokens(trainer.train_dataset[0])
+    target = tok.decode(target_ids)
+    expected = target_of(rows[0])
+    assert target.startswith(expected) and target[len(expected):].strip() in ("<|im_end|>", "")
+    prompt = tok.decode(prompt_ids)
+    if setting != "sft_qa":  # every reflection-learning prompt shows the failed attempt and the failure notice
+        assert rows[0]["trial1"] in prompt
+        assert "Answer is INCORRECT" in prompt or "judged incorrect" in prompt
+    if role == "corrector":
+        assert rows[0]["reflection"] in prompt and rows[0]["trial2"] not in prompt
+    if role in ("reflector", "one_stage"):
+        assert rows[0]["reflection"] not in prompt
+    assert f"Finish[{rows[0]['answer']}]" not in prompt  # the target never leaks into its own prompt
+
+
+def test_dpo_pairs_share_the_prompt_and_differ_in_the_reflection(tiny_preset, tmp_path):
+    rows = dpm_rows(2)
+    trainer = build_dpo_trainer("tiny-random", tiny_preset, examples("dpo_pm", rows)["reflector"], [], CFG, tmp_path)
     tok = trainer.processing_class
     ex = trainer.train_dataset[0]
-    ids = ex["input_ids"]
-    mask = [int(lab != -100) for lab in ex["labels"]]  # what the loss sees
-    assert all(lab in (-100, tid) for lab, tid in zip(ex["labels"], ids))
-    assert 0 < sum(mask) < len(ids)
-    first = mask.index(1)
-    assert all(mask[first:]) and not any(mask[:first])       # one contiguous target span at the end
-    target = tok.decode([t for t, m in zip(ids, mask) if m])
-    expected = one_stage_target(rows[0]["reflection"], rows[0]["trial2"])
-    assert target.startswith(expected)
-    assert target[len(expected):].strip() in ("<|im_end|>", "")   # only the end-of-turn token beyond it
-    prompt = tok.decode(ids[:first])
-    assert "Previous attempt:" in prompt and rows[0]["trial1"].strip() in prompt
-    assert rows[0]["reflection"] not in prompt
+    prompt = tok.decode(ex["prompt_ids"])
+    assert rows[0]["trial1"] in prompt and "Answer is INCORRECT" in prompt
+    assert rows[0]["chosen"]["reflection"] not in prompt and rows[0]["rejected"]["reflection"] not in prompt
+    assert tok.decode(ex["chosen_ids"]).startswith(rows[0]["chosen"]["reflection"])
+    assert tok.decode(ex["rejected_ids"]).startswith(rows[0]["rejected"]["reflection"])
 
 
-def test_train_writes_a_portable_adapter_that_loads(tiny_preset, tmp_path):
+def test_one_stage_writes_a_portable_adapter_that_loads(tiny_preset, tmp_path):
     out = tmp_path / "one_stage"
-    res = train_sft("tiny-random", tiny_preset, model_fingerprint("tiny-random", tiny_preset), dplus_rows(6),
-                    dplus_rows(2), CFG, out)
-    assert res["trained"] and res["steps"] == 3 and res["eval_loss"] is not None
+    res = train_setting("one_stage", "tiny-random", tiny_preset, _fp(tiny_preset), dplus_rows(6), dplus_rows(2), CFG, out)
+    assert res["trained"] and res["one_stage"]["steps"] == 3 and res["one_stage"]["eval_loss"] is not None
     files = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "model_card.json", "README.md"} <= files
     assert "checkpoints" not in files and "training_args.bin" not in files
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == "reflectevo-preset:tiny-random"
-    assert str(tmp_path) not in (out / "adapter_config.json").read_text()
+    assert str(tmp_path) not in (out / "adapter_config.json").read_text() + (out / "README.md").read_text()
     card = json.loads((out / "model_card.json").read_text())
-    assert card["status"] == "trained" and card["base"]["preset"] == "tiny-random" and card["n_train"] == 6
+    assert card["status"] == "trained" and card["base"]["preset"] == "tiny-random" and card["adapters"] == {"one_stage": "."}
 
     import torch
     from safetensors.torch import load_file
 
-    weights = load_file(out / "adapter_model.safetensors")
-    assert any("lora_B" in k and torch.count_nonzero(v) > 0 for k, v in weights.items())  # it learned something
     from reflectevo.backends.hf import TransformersBackend
 
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_B" in k and torch.count_nonzero(v) > 0 for k, v in weights.items())  # it learned something
     trained = TransformersBackend("tiny-random", tiny_preset, adapter=out)
     base = TransformersBackend("tiny-random", tiny_preset)
     x = base.tokenizer("Thought: check", return_tensors="pt")
@@ -71,20 +117,39 @@ def test_train_writes_a_portable_adapter_that_loads(tiny_preset, tmp_path):
         assert not torch.allclose(trained.model(**x).logits, base.model(**x).logits)
 
 
+def test_two_stage_trains_two_adapters_and_dpo_one(tiny_preset, tmp_path):
+    res = train_setting("two_stage", "tiny-random", tiny_preset, _fp(tiny_preset), dplus_rows(4), [], CFG, tmp_path / "ts")
+    assert res["trained"] and set(res) >= {"reflector", "corrector"}
+    card = json.loads((tmp_path / "ts/model_card.json").read_text())
+    assert card["adapters"] == {"reflector": "reflector", "corrector": "corrector"}
+    for role in ("reflector", "corrector"):
+        assert (tmp_path / "ts" / role / "adapter_model.safetensors").exists()
+        assert not (tmp_path / "ts" / role / "README.md").exists()
+    a = (tmp_path / "ts/reflector/adapter_model.safetensors").read_bytes()
+    assert a != (tmp_path / "ts/corrector/adapter_model.safetensors").read_bytes()
+    res = train_setting("dpo_pm", "tiny-random", tiny_preset, _fp(tiny_preset), dpm_rows(4), [], CFG, tmp_path / "dpo")
+    assert res["trained"] and res["reflector"]["reward_accuracy"] is not None
+    assert json.loads((tmp_path / "dpo/model_card.json").read_text())["adapters"] == {"reflector": "."}
+
+
 def test_training_is_reproducible(tiny_preset, tmp_path):
-    fp = model_fingerprint("tiny-random", tiny_preset)
-    a = train_sft("tiny-random", tiny_preset, fp, dplus_rows(4), [], CFG, tmp_path / "a")
-    b = train_sft("tiny-random", tiny_preset, fp, dplus_rows(4), [], CFG, tmp_path / "b")
-    assert a["train_loss"] == pytest.approx(b["train_loss"])
+    a = train_setting("one_stage", "tiny-random", tiny_preset, _fp(tiny_preset), dplus_rows(4), [], CFG, tmp_path / "a")
+    b = train_setting("one_stage", "tiny-random", tiny_preset, _fp(tiny_preset), dplus_rows(4), [], CFG, tmp_path / "b")
+    assert a["one_stage"]["train_loss"] == pytest.approx(b["one_stage"]["train_loss"])
     assert (tmp_path / "a/adapter_model.safetensors").read_bytes() == (tmp_path / "b/adapter_model.safetensors").read_bytes()
 
 
-def test_examples_cut_away_by_truncation_are_reported(tiny_preset, tmp_path):
-    import dataclasses
-
-    short = dataclasses.replace(CFG, max_length=32)
-    res = train_sft("tiny-random", tiny_preset, model_fingerprint("tiny-random", tiny_preset), dplus_rows(3), [],
-                    short, tmp_path / "m")
-    assert res["trained"] is False and res["dropped_by_truncation"] == 3
-    assert "raise train.max_length" in res["reason"]
+@pytest.mark.parametrize("setting,reason", [("one_stage", "D+ is empty"), ("dpo_pref", "Dpref is empty"),
+                                            ("sft_qa", "the train split is empty")])
+def test_empty_data_is_recorded(tiny_preset, tmp_path, setting, reason):
+    res = train_setting(setting, "tiny-random", tiny_preset, _fp(tiny_preset), [], [], CFG, tmp_path / "m")
+    assert res["trained"] is False and reason in res["reason"]
     assert json.loads((tmp_path / "m/model_card.json").read_text())["status"] == "no training data"
+
+
+def test_examples_cut_away_by_truncation_are_reported(tiny_preset, tmp_path):
+    short = dataclasses.replace(CFG, sft=dataclasses.replace(HP, max_length=32))
+    res = train_setting("one_stage", "tiny-random", tiny_preset, _fp(tiny_preset), dplus_rows(3), [], short, tmp_path / "m")
+    assert res["trained"] is False and "raise train.sft.max_length" in res["reason"]
+    card = json.loads((tmp_path / "m/model_card.json").read_text())
+    assert card["status"] == "no training data" and card["dropped_by_truncation"] == {"one_stage": 3}

@@ -111,6 +111,10 @@ class Task(ABC):
     def extract(self, completion: str) -> str | None:
         return extract_finish(completion)
 
+    def gold_completion(self, item: Item) -> str:
+        """The gold answer written in the answer form (SFT-on-answers target; fidelity tests)."""
+        return f"Action: Finish[{item.answer}]"
+
     @abstractmethod
     def verify(self, completion: str, item: Item) -> Verdict:
         """Judge a raw completion (the answer is extracted from it) against the item's gold."""
