@@ -143,14 +143,24 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
                         "last_loss": round(losses[-1], 4) if losses else None,
                         "eval_loss": round(evals[-1], 4) if evals else None,
                         "dropped_by_truncation": dropped, "seconds": round(seconds, 2),
-                        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1)
-                        if getattr(trainer.state, "num_input_tokens_seen", 0) else None}
+                        "train_tokens_per_s": _tokens_per_s(trainer, hp, seconds)}
         if is_dpo:
             acc = [h["rewards/accuracies"] for h in logs if "rewards/accuracies" in h]
             result[role]["reward_accuracy"] = round(acc[-1], 4) if acc else None
     card.update(status="trained")
     write_card(out_dir, card)
     return {**result, "trained": True}
+
+
+def _tokens_per_s(trainer, hp, seconds: float) -> float | None:
+    """Training tokens per second: tokens per example x examples processed (steps x batch x accumulation)."""
+    ds = trainer.train_dataset
+    cols = [c for c in ("input_ids", "prompt_ids", "chosen_ids", "rejected_ids") if c in ds.column_names]
+    if not cols or not seconds or len(ds) == 0:
+        return None
+    per_example = sum(len(x) for c in cols for x in ds[c]) / len(ds)
+    examples_seen = trainer.state.global_step * hp.batch_size * hp.grad_accum
+    return round(per_example * examples_seen / seconds, 1)
 
 
 def _base_model(preset_name: str, preset: ModelPreset):

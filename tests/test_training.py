@@ -94,6 +94,7 @@ def test_one_stage_writes_a_portable_adapter_that_loads(tiny_preset, tmp_path):
     out = tmp_path / "one_stage"
     res = train_setting("one_stage", "tiny-random", tiny_preset, _fp(tiny_preset), dplus_rows(6), dplus_rows(2), CFG, out)
     assert res["trained"] and res["one_stage"]["steps"] == 3 and res["one_stage"]["eval_loss"] is not None
+    assert res["one_stage"]["train_tokens_per_s"] > 0
     files = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "model_card.json", "README.md"} <= files
     assert "checkpoints" not in files and "training_args.bin" not in files
