@@ -236,12 +236,16 @@ class CurateConfig:
     eval_fraction: float = 0.1                  # items (not rows) held out for eval
     min_reflection_words: int = 3
     max_reflection_words: int = 400
-    max_pairs_per_item: int = 4                 # D± pairs kept per failed attempt
+    max_pairs_per_item: int = 4                 # D± / Dpref pairs kept per failed attempt
+    dedup_threshold: float = 0.9                # TF-IDF cosine at or above which a reflection is a near-duplicate
+    judge: str = "none"                         # a model preset that ranks fixing reflections (Dpref), or none
     seed: int = 0
 
     def validate(self, where: str) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ReflectEvoError(f"{where}.eval_fraction: must be in [0, 1)")
+        if not 0.0 < self.dedup_threshold <= 1.0:
+            raise ReflectEvoError(f"{where}.dedup_threshold: must be in (0, 1]")
 
 
 SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa")
@@ -317,8 +321,8 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
-def load_preset(params: dict[str, Any], name: str | None = None) -> tuple[str, ModelPreset]:
-    """Return (preset name, preset) for `name` or the params' `model:` selector."""
+def load_preset(params: dict[str, Any], name: str | None = None, where: str = "model") -> tuple[str, ModelPreset]:
+    """Return (preset name, preset) for `name` or the params' `model:` selector; `where` names the key."""
     models = params.get("models") or {}
     if not isinstance(models, dict) or not models:
         raise ReflectEvoError("models: params.yaml needs a non-empty `models:` map of presets")
@@ -326,7 +330,7 @@ def load_preset(params: dict[str, Any], name: str | None = None) -> tuple[str, M
     if not name:
         raise ReflectEvoError(f"model: required key is missing. Valid presets: {', '.join(sorted(models))}")
     if name not in models:
-        raise unknown("model preset", name, models, "model")
+        raise unknown("model preset", name, models, where)
     return name, from_dict(ModelPreset, models[name], f"models.{name}")
 
 

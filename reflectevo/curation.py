@@ -3,8 +3,10 @@
 - D+  : trial 1 wrong, trial 2 right after reflection r -> one row per successful reflection.
 - D±  : for one failed trial 1, a reflection whose retry was right (chosen) vs one whose retry was
         wrong (rejected); all combinations, capped per item.
-Reflections are filtered first (empty, too short or long, stating the answer); items, never rows, are
-split into train and eval, so no item is on both sides.
+- Dpref: pairs of reflections whose retries were both right, ranked by a judge (optional).
+Reflections are filtered first (empty, too short or long, stating the answer, near-duplicate of an
+earlier one of the same item by TF-IDF cosine); items, never rows, are split into train and eval, so
+no item is on both sides.
 """
 
 from __future__ import annotations
@@ -43,6 +45,24 @@ def reflection_problem(text: str, cfg: CurateConfig) -> str | None:
     return None
 
 
+def near_duplicates(texts: Sequence[str], threshold: float) -> set[int]:
+    """Indices of texts whose TF-IDF cosine to an earlier kept text is >= threshold."""
+    if len(texts) < 2:
+        return set()
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    try:
+        sims = cosine_similarity(TfidfVectorizer().fit_transform(texts))
+    except ValueError:  # empty vocabulary (e.g. only stop-free punctuation)
+        return set()
+    dup: set[int] = set()
+    for j in range(1, len(texts)):
+        if any(sims[i, j] >= threshold for i in range(j) if i not in dup):
+            dup.add(j)
+    return dup
+
+
 def _common(ep: dict) -> dict[str, Any]:
     it = ep["item"]
     return {"item_id": ep["item_id"], "task": ep["task"], "question": it["question"], "choices": it.get("choices"),
@@ -58,10 +78,15 @@ def _side(s: dict) -> dict[str, Any]:
             "trial2_correct": s["trial2"]["correct"]}
 
 
-def curate(episodes: Sequence[dict], cfg: CurateConfig) -> dict[str, Any]:
-    """Return {'dplus': {'train': rows, 'eval': rows}, 'dpm': {...}, 'drops': Counter, 'stats': {...}}."""
+def curate(episodes: Sequence[dict], cfg: CurateConfig, judge=None, judge_info: dict | None = None) -> dict[str, Any]:
+    """Return {'dplus'|'dpm'|'dpref': {'train': rows, 'eval': rows}, 'drops': Counter, 'stats': {...}}.
+
+    `judge(comparisons) -> [{'winner': 0|1|None, 'votes': [...]}]` ranks pairs of fixing reflections
+    (see reflectevo.judge); without it Dpref stays empty.
+    """
     drops: Counter[str] = Counter()
-    out: dict[str, dict[str, list]] = {"dplus": {"train": [], "eval": []}, "dpm": {"train": [], "eval": []}}
+    out: dict[str, dict[str, list]] = {k: {"train": [], "eval": []} for k in ("dplus", "dpm", "dpref")}
+    pending: list[tuple[str, dict, dict, dict, dict]] = []  # (split, common, a, b, episode)
     for ep in episodes:
         if ep["trial1"]["correct"]:
             continue
@@ -72,6 +97,9 @@ def curate(episodes: Sequence[dict], cfg: CurateConfig) -> dict[str, Any]:
                 drops[why] += 1
             else:
                 kept.append(s)
+        for j in sorted(near_duplicates([s["reflection"]["text"] for s in kept], cfg.dedup_threshold), reverse=True):
+            drops["near_duplicate"] += 1
+            del kept[j]
         split = "eval" if is_eval_item(ep["item_id"], cfg.eval_fraction, cfg.seed) else "train"
         common = _common(ep)
         good = [s for s in kept if s["trial2"]["correct"]]
@@ -82,6 +110,22 @@ def curate(episodes: Sequence[dict], cfg: CurateConfig) -> dict[str, Any]:
         for c, r in pairs:
             out["dpm"][split].append({"id": f"{c['sample_id']}+{r['sample_id']}", **common,
                                       "chosen": _side(c), "rejected": _side(r)})
+        if judge is not None:
+            for a, b in list(itertools.combinations(good, 2))[: cfg.max_pairs_per_item]:
+                pending.append((split, common, a, b, ep))
+    if pending:
+        from reflectevo.judge import Comparison
+
+        verdicts = judge([Comparison(ep["item"]["question"], ep["trial1"]["completion"], a["reflection"]["text"],
+                                     b["reflection"]["text"]) for _, _, a, b, ep in pending])
+        for (split, common, a, b, _), v in zip(pending, verdicts):
+            if v["winner"] is None:
+                drops["judge_inconsistent"] += 1
+                continue
+            chosen, rejected = (a, b) if v["winner"] == 0 else (b, a)
+            out["dpref"][split].append({"id": f"{chosen['sample_id']}>{rejected['sample_id']}", **common,
+                                        "chosen": _side(chosen), "rejected": _side(rejected),
+                                        "judge": {**(judge_info or {}), "votes": v["votes"]}})
     return {**out, "drops": drops, "stats": statistics(episodes)}
 
 

@@ -29,17 +29,26 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     from reflectevo.generation import SHARD_GLOB
     from reflectevo.jsonio import iter_jsonl, write_json, write_jsonl, write_text
 
+    from reflectevo.config import load_preset, read_params
+
     _, _, cfg = stage_params(params, "curate", with_model=False)
+    judge_fn, judge_info = None, None
+    if cfg.judge != "none":
+        from functools import partial
+
+        from reflectevo.backends.hf import make_backend
+        from reflectevo.judge import JUDGE_PROMPT_VERSION, judge
+        from reflectevo.models import model_fingerprint
+
+        jname, jpreset = load_preset(read_params(params), cfg.judge, where="curate.judge")
+        judge_fn = partial(judge, backend=make_backend(jname, jpreset))
+        judge_info = {"model": model_fingerprint(jname, jpreset), "prompt_version": JUDGE_PROMPT_VERSION}
     shards = sorted(raw.glob(SHARD_GLOB))
     if not shards:
         raise ReflectEvoError(f"{raw}: no episode shards ({SHARD_GLOB}); run the generate stage first")
     episodes = [ep for p in shards for ep in iter_jsonl(p)]
-    result = curate(episodes, cfg)
+    result = curate(episodes, cfg, judge=judge_fn, judge_info=judge_info)
     counts = {}
-    # Dpref (judge-ranked pairs among fixing reflections) needs a judge model, which is not wired yet:
-    # its files exist (empty) so train@dpo_pref records "no training data"; published Dpref data can be
-    # imported with `reflectevo convert` instead.
-    result["dpref"] = {"train": [], "eval": []}
     for kind in ("dplus", "dpm", "dpref"):
         for split in ("train", "eval"):
             rows = result[kind][split]
@@ -48,7 +57,8 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     gen = episodes[0]
     info = {"generator": gen["model"], "prompt_version": gen["prompt_version"], "gen_params": gen["gen"],
             "params": to_dict(cfg), "counts": counts, "drops": dict(result["drops"]), "stats": result["stats"],
-            "notes": {"dpref": "empty: building Dpref needs a judge, which is not configured"}}
+            "judge": judge_info,
+            "notes": {} if judge_fn else {"dpref": "empty: set curate.judge to a model preset to rank fixing reflections"}}
     write_json(out / "stats.json", info)
     write_text(out / "README.md", curated_card(info))
     write_json(metrics, {"counts": counts, "drops": dict(result["drops"]),

@@ -193,3 +193,27 @@ def test_evaluate_runs_every_trained_setting(tmp_path, tiny_preset):
     assert {p["system"] for p in preds} == set(report["systems"]) and len(preds) == 6 * 5
     reflected = [p for p in preds if p["system"] == "two_stage" and not p["t1_correct"]]
     assert reflected and all("reflection" in p and "t2" in p for p in reflected)
+
+
+def test_curate_with_a_judge_preset_and_a_bad_one(tmp_path):
+    params = tiny_params(tmp_path, curate={"judge": "tiny-random"})
+    run("prepare", "--params", params, "--out", tmp_path / "sources")
+    # synthetic episodes with several fixing reflections per item, so the judge has pairs to rank
+    from test_curation import _episode
+
+    texts = ["I forgot the carry; redo the tens.", "Wrong sign on the second term; flip it.", "Misread seven as one."]
+    (tmp_path / "raw").mkdir()
+    eps = [_episode(i, False, [(t, True) for t in texts]) for i in range(3)]
+    (tmp_path / "raw/episodes-00000-of-00001.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+    r = run("curate", "--params", params, "--raw", tmp_path / "raw", "--out", tmp_path / "cur", "--metrics",
+            tmp_path / "c.json")
+    assert r.exit_code == 0, r.output
+    stats = json.loads((tmp_path / "cur/stats.json").read_text())
+    assert stats["judge"]["model"]["preset"] == "tiny-random" and stats["judge"]["prompt_version"].startswith("judge-v1-")
+    n_pairs = stats["counts"]["dpref_train"] + stats["counts"]["dpref_eval"] + stats["drops"].get("judge_inconsistent", 0)
+    assert n_pairs == 3 * 3                                    # every pair was judged: kept or dropped as inconsistent
+
+    bad = tiny_params(tmp_path, curate={"judge": "tiny-randm"})
+    r = run("curate", "--params", bad, "--raw", tmp_path / "raw", "--out", tmp_path / "cur2", "--metrics", tmp_path / "c2.json")
+    assert r.exit_code == 2 and "curate.judge: unknown model preset 'tiny-randm'. Did you mean 'tiny-random'?" in r.output
+    assert not (tmp_path / "cur2").exists()
