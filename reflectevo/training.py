@@ -94,10 +94,34 @@ def write_card(out_dir: Path, card: dict[str, Any]) -> None:
     write_text(out_dir / "README.md", "\n".join(lines))
 
 
+_LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy",
+           "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "eval_rewards/accuracies")
+
+
+def step_logger(live, prefix: str):
+    """A TrainerCallback logging to dvclive against the *global step* (dvclive's own HF callback counts
+    log events instead, and `report_to="dvclive"` rewrites dvc.yaml). Only the main process logs."""
+    from transformers import TrainerCallback
+
+    class StepLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if live is None or not state.is_world_process_zero or not logs:
+                return
+            live.step = state.global_step
+            for key in _LOGGED:
+                if isinstance(logs.get(key), (int, float)):
+                    live.log_metric(f"{prefix}/{key}", float(logs[key]))
+            live.make_summary()
+
+    return StepLogger()
+
+
 def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp: dict[str, str],
                   train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], cfg: TrainConfig,
-                  out_dir: Path) -> dict[str, Any]:
-    """Train every adapter of `setting` into `out_dir` (fresh); returns the metrics for metrics/train/."""
+                  out_dir: Path, curves_dir: Path | None = None) -> dict[str, Any]:
+    """Train every adapter of `setting` into `out_dir` (fresh); returns the metrics for metrics/train/.
+
+    With `curves_dir`, train/eval curves go there through dvclive (`plots/metrics/<role>/<name>.tsv`)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)  # never mix files of an earlier run into this one
     out_dir.mkdir(parents=True)
@@ -117,10 +141,12 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
 
     train_ex, eval_ex = examples(setting, train_rows), examples(setting, eval_rows)
     roles = ADAPTERS[setting]
+    live = _live(curves_dir)
     for role in roles:
         sub = out_dir if len(roles) == 1 else out_dir / role
         build = build_dpo_trainer if is_dpo else build_sft_trainer
         trainer = build(preset_name, preset, train_ex[role], eval_ex[role], cfg, out_dir / "checkpoints")
+        trainer.add_callback(step_logger(live, role))
         dropped = len(train_ex[role]) - len(trainer.train_dataset)  # TRL drops examples truncation emptied
         if len(trainer.train_dataset) == 0:
             reason = (f"all {len(train_ex[role])} {role} examples lose their target at max_length={hp.max_length}; "
@@ -147,9 +173,24 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         if is_dpo:
             acc = [h["rewards/accuracies"] for h in logs if "rewards/accuracies" in h]
             result[role]["reward_accuracy"] = round(acc[-1], 4) if acc else None
+    if live is not None:
+        live.end()
     card.update(status="trained")
     write_card(out_dir, card)
     return {**result, "trained": True}
+
+
+def _live(curves_dir: Path | None):
+    if curves_dir is None:
+        return None
+    from accelerate import PartialState
+    from dvclive import Live
+
+    if not PartialState().is_main_process:
+        return None
+    if curves_dir.exists():
+        shutil.rmtree(curves_dir)
+    return Live(str(curves_dir), dvcyaml=False, save_dvc_exp=False, report=None)
 
 
 def _tokens_per_s(trainer, hp, seconds: float) -> float | None:

@@ -25,7 +25,8 @@ app = typer.Typer(add_completion=False)
 def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm | dpo_pref | sft_qa"),
          params: Path = Path("params.yaml"), train_data: Path = typer.Option(...),
          eval_data: str = typer.Option("none", help="a JSONL file, or 'none'"),
-         out: Path = typer.Option(...), metrics: Path = typer.Option(...)) -> None:
+         out: Path = typer.Option(...), metrics: Path = typer.Option(...),
+         curves: Path = typer.Option(None, help="dvclive folder for train/eval curves")) -> None:
     from reflectevo.errors import unknown
     from reflectevo.jsonio import read_jsonl, write_json
     from reflectevo.models import model_fingerprint
@@ -36,7 +37,10 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
     name, preset, cfg = stage_params(params, "train")
     train_rows = read_jsonl(train_data)
     eval_rows = [] if eval_data == "none" else read_jsonl(eval_data)
-    result = train_setting(setting, name, preset, model_fingerprint(name, preset), train_rows, eval_rows, cfg, out)
+    result = train_setting(setting, name, preset, model_fingerprint(name, preset), train_rows, eval_rows, cfg, out,
+                           curves_dir=curves)
+    if curves is not None:  # a declared DVC output: present (empty) even when nothing was trained
+        (curves / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     write_json(metrics, {"model": name, **result})
     typer.echo(f"train[{setting}]: {result}")
 

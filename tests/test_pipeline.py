@@ -98,3 +98,9 @@ def test_unknown_preset_fails_fast(project):
     res = sh("dvc", "exp", "run", "-S", "model=nope", cwd=dst, check=False)
     assert res.returncode != 0
     assert "models.nope" in res.stdout + res.stderr
+
+
+def test_training_curves_are_dvc_plots(project):
+    dst, _ = project
+    out = sh("dvc", "plots", "show", "--json", cwd=dst).stdout
+    assert "plots/train/sft_qa/plots/metrics/answerer/loss.tsv" in out

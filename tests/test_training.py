@@ -154,3 +154,18 @@ def test_examples_cut_away_by_truncation_are_reported(tiny_preset, tmp_path):
     assert res["trained"] is False and "raise train.sft.max_length" in res["reason"]
     card = json.loads((tmp_path / "m/model_card.json").read_text())
     assert card["status"] == "no training data" and card["dropped_by_truncation"] == {"one_stage": 3}
+
+
+def test_curves_are_logged_against_the_global_step(tiny_preset, tmp_path):
+    import csv
+
+    res = train_setting("two_stage", "tiny-random", tiny_preset, _fp(tiny_preset), dplus_rows(4), dplus_rows(2), CFG,
+                        tmp_path / "m", curves_dir=tmp_path / "curves")
+    assert res["trained"]
+    for role in ("reflector", "corrector"):
+        loss = tmp_path / f"curves/plots/metrics/{role}/loss.tsv"
+        rows = list(csv.DictReader(loss.open(), delimiter="\t"))
+        assert [int(r["step"]) for r in rows] == [1, 2, 3]        # global steps, not log-event counts
+        ev = list(csv.DictReader((tmp_path / f"curves/plots/metrics/{role}/eval_loss.tsv").open(), delimiter="\t"))
+        assert [int(r["step"]) for r in ev] == [2, 3]             # end of each epoch (2 steps/epoch), and the end
+    assert not (tmp_path / "curves/dvc.yaml").exists()
