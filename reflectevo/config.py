@@ -152,6 +152,7 @@ class ModelPreset:
     file: str = ""                   # gguf-package: file name inside the package
     path: str = ""                   # optional local folder that overrides the hub (offline use)
     dtype: str = "auto"              # auto picks bf16 where the CPU/GPU has fast bf16, else fp32
+    quantization: str = "none"       # none | 4bit (QLoRA: NF4 base + LoRA; needs a CUDA GPU and bitsandbytes)
     backend: str = "transformers"
     gen_batch_size: int = 32
     max_length: int = 2048           # training truncation
@@ -165,6 +166,8 @@ class ModelPreset:
             raise unknown("model source", self.source, SOURCES, f"{where}.source")
         if self.dtype not in DTYPES:
             raise unknown("dtype", self.dtype, DTYPES, f"{where}.dtype")
+        if self.quantization not in ("none", "4bit"):
+            raise unknown("quantization", self.quantization, ("none", "4bit"), f"{where}.quantization")
         if self.backend not in BACKENDS:
             raise unknown("backend", self.backend, BACKENDS, f"{where}.backend")
         if self.source == "hub" and not (self.hub_id or self.path):

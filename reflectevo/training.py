@@ -81,7 +81,16 @@ def data_hash(rows: list[dict[str, Any]]) -> str:
     return hashlib.sha256("\n".join(json.dumps(r, sort_keys=True) for r in rows).encode()).hexdigest()[:16]
 
 
+def is_main_process() -> bool:
+    """True on the main process (always, outside `accelerate launch` / torchrun)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def write_card(out_dir: Path, card: dict[str, Any]) -> None:
+    if not is_main_process():
+        return
     write_json(out_dir / "model_card.json", card)
     lines = [f"# {card['setting']}", "", f"- status: **{card['status']}**",
              f"- base preset: `{card['base']['preset']}` ({card['base']['source']}, revision {card['base']['revision']})",
@@ -122,9 +131,9 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
     """Train every adapter of `setting` into `out_dir` (fresh); returns the metrics for metrics/train/.
 
     With `curves_dir`, train/eval curves go there through dvclive (`plots/metrics/<role>/<name>.tsv`)."""
-    if out_dir.exists():
+    if is_main_process() and out_dir.exists():
         shutil.rmtree(out_dir)  # never mix files of an earlier run into this one
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     is_dpo = setting.startswith("dpo")
     hp = cfg.dpo if is_dpo else cfg.sft
     card: dict[str, Any] = {"setting": setting, "base": model_fp, "n_train": len(train_rows), "n_eval": len(eval_rows),
@@ -157,8 +166,9 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         t0 = time.perf_counter()
         out = trainer.train()
         seconds = time.perf_counter() - t0
-        trainer.save_model(str(sub))
-        _portable_adapter(sub, preset_name)
+        trainer.save_model(str(sub))  # collective under FSDP/ZeRO-3: every rank calls it
+        if is_main_process():
+            _portable_adapter(sub, preset_name)
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         logs = trainer.state.log_history
         losses = [h["loss"] for h in logs if "loss" in h]
@@ -183,10 +193,9 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
 def _live(curves_dir: Path | None):
     if curves_dir is None:
         return None
-    from accelerate import PartialState
     from dvclive import Live
 
-    if not PartialState().is_main_process:
+    if not is_main_process():
         return None
     if curves_dir.exists():
         shutil.rmtree(curves_dir)
@@ -205,11 +214,27 @@ def _tokens_per_s(trainer, hp, seconds: float) -> float | None:
 
 
 def _base_model(preset_name: str, preset: ModelPreset):
+    """fp32 base for LoRA, or with `quantization: 4bit` an NF4 base prepared for QLoRA (GPU only)."""
+    import importlib.util
+
     import torch
     from transformers import AutoModelForCausalLM
 
+    from reflectevo.errors import ReflectEvoError
     from reflectevo.models import hub_revision, resolve_model
 
+    if preset.quantization == "4bit":
+        if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+            raise ReflectEvoError(f"models.{preset_name}.quantization: 4bit (QLoRA) needs a CUDA GPU and bitsandbytes "
+                                  "(pip install '.[qlora]'); set it to none on this machine")
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
+                                                     quantization_config=bnb, dtype=torch.bfloat16)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
                                                 dtype=torch.float32)
 

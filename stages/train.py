@@ -39,6 +39,10 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
     eval_rows = [] if eval_data == "none" else read_jsonl(eval_data)
     result = train_setting(setting, name, preset, model_fingerprint(name, preset), train_rows, eval_rows, cfg, out,
                            curves_dir=curves)
+    from reflectevo.training import is_main_process
+
+    if not is_main_process():  # under `accelerate launch`, only rank 0 writes
+        return
     if curves is not None:  # a declared DVC output: present (empty) even when nothing was trained
         (curves / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     write_json(metrics, {"model": name, **result})

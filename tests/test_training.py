@@ -169,3 +169,25 @@ def test_curves_are_logged_against_the_global_step(tiny_preset, tmp_path):
         ev = list(csv.DictReader((tmp_path / f"curves/plots/metrics/{role}/eval_loss.tsv").open(), delimiter="\t"))
         assert [int(r["step"]) for r in ev] == [2, 3]             # end of each epoch (2 steps/epoch), and the end
     assert not (tmp_path / "curves/dvc.yaml").exists()
+
+
+def test_qlora_on_a_cpu_machine_is_one_clear_error(tiny_preset, tmp_path):
+    import torch
+
+    from reflectevo.errors import ReflectEvoError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: QLoRA may run here")
+    q = dataclasses.replace(tiny_preset, quantization="4bit")
+    with pytest.raises(ReflectEvoError, match=r"models.tiny-random.quantization: 4bit \(QLoRA\) needs a CUDA GPU"):
+        train_setting("one_stage", "tiny-random", q, _fp(q), dplus_rows(2), [], CFG, tmp_path / "m")
+
+
+def test_accelerate_configs_load():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    kinds = {load_config_from_file(str(p)).distributed_type.value for p in root.glob("*.yaml")}
+    assert kinds == {"DEEPSPEED", "FSDP"}
