@@ -220,8 +220,11 @@ class GenerateConfig:
     seed: int = 0
     limit: int = 0                              # 0 = every train item
     shard_size: int = 50000                     # episodes per output shard
+    workers: int = 1                            # parallel generation processes (one per GPU), merged at the end
 
     def validate(self, where: str) -> None:
+        if self.workers < 1:
+            raise ReflectEvoError(f"{where}.workers: must be >= 1")
         if self.k < 1:
             raise ReflectEvoError(f"{where}.k: must be >= 1")
         if not 0.0 <= self.temperature <= 5.0:

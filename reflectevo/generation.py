@@ -26,7 +26,22 @@ from reflectevo.prompts import demand_pool, prompt_version, reflection_messages,
 from reflectevo.tasks import Item, Task, Verdict
 
 SHARD_GLOB = "episodes-*.jsonl"
-JOURNAL = "journal.jsonl"
+JOURNAL = "journal.jsonl"          # single-process runs
+JOURNAL_GLOB = "journal*.jsonl"     # plus journal-<i>-of-<n>.jsonl, one per shard worker
+
+
+def shard_slice(items: Sequence[Item], shard: tuple[int, int]) -> list[Item]:
+    """Worker i of n takes every n-th item from i: disjoint, balanced to within one item."""
+    i, n = shard
+    if not 0 <= i < n:
+        from reflectevo.errors import ReflectEvoError
+
+        raise ReflectEvoError(f"--shard {i}/{n}: need 0 <= i < n")
+    return list(items[i::n])
+
+
+def journal_name(shard: tuple[int, int] | None) -> str:
+    return JOURNAL if shard is None or shard[1] == 1 else f"journal-{shard[0]}-of-{shard[1]}.jsonl"
 
 
 def _h(obj: Any) -> str:
@@ -146,15 +161,15 @@ def load_episodes(raw_dir: Path) -> dict[str, dict]:
     for p in sorted(raw_dir.glob(SHARD_GLOB)):
         for ep in iter_jsonl(p):
             found[ep["episode_id"]] = ep
-    journal = raw_dir / JOURNAL
-    if journal.exists():
+    for journal in sorted(raw_dir.glob(JOURNAL_GLOB)):
         for ep in iter_jsonl(journal, tolerate_torn_tail=True):
             found[ep["episode_id"]] = ep
     return found
 
 
 def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Callable[[], Any], spec: GenSpec,
-             raw_dir: Path, chunk_size: int = 64, progress: bool = True) -> tuple[list[dict], Stats]:
+             raw_dir: Path, chunk_size: int = 64, progress: bool = True,
+             shard: tuple[int, int] | None = None) -> tuple[list[dict], Stats]:
     """Compute missing episodes for `items` into `raw_dir`; return all of them in item order.
 
     Finished episodes from earlier runs (same key) are reused; new ones go to a journal, flushed and
@@ -170,7 +185,7 @@ def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Cal
     if todo:
         backend = backend_factory()
         bar = _progress(len(todo), progress)
-        with Journal(raw_dir / JOURNAL) as journal:
+        with Journal(raw_dir / journal_name(shard)) as journal:
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start:start + chunk_size]
                 eps = run_chunk(chunk, tasks, backend, spec, stats)
@@ -222,7 +237,8 @@ def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int) -> li
     for old in raw_dir.glob(SHARD_GLOB):
         if old not in paths:
             old.unlink()
-    (raw_dir / JOURNAL).unlink(missing_ok=True)
+    for journal in raw_dir.glob(JOURNAL_GLOB):
+        journal.unlink()
     return paths
 
 

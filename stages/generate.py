@@ -2,15 +2,22 @@
 
     dvc repro generate
     python stages/generate.py --params params.yaml --sources data/sources/train.jsonl --out data/raw
+    python stages/generate.py ... --shard 1/4      # one worker's slice (what `generate.workers: 4` runs)
 
 Trial 1 (greedy) -> verify -> k reflections under demand instructions on failures -> trial 2 ->
-verify. Reuses every episode already in data/raw with the same key (DVC `persist: true`), resumes
-an interrupted run from data/raw/journal.jsonl, and writes a summary to metrics/generate.json.
-Reads `generate` and `models.<model>` in params.yaml.
+verify. Reuses every episode already in data/raw with the same key (DVC `persist: true`), resumes an
+interrupted run from its journal(s), and writes a summary to metrics/generate.json. With
+`generate.workers: N` it runs N worker processes on disjoint, balanced slices (one GPU each where
+there are GPUs) and merges their journals. Reads `generate` and `models.<model>` in params.yaml.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import typer
@@ -20,14 +27,64 @@ from reflectevo.stage import friendly_errors, load_items, stage_params
 app = typer.Typer(add_completion=False)
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    from reflectevo.errors import ReflectEvoError
+
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ReflectEvoError(f"--shard {text!r}: expected i/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ReflectEvoError(f"--shard {text}: need 0 <= i < N")
+    return i, n
+
+
+def run_workers(n: int, argv: list[str], raw: Path) -> dict:
+    """Start n copies of this script with --shard i/n; wait; return their summed run costs."""
+    from reflectevo.errors import ReflectEvoError
+
+    gpus = _gpu_count()
+    procs = []
+    for i in range(n):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        else:  # CPU: split the cores instead of oversubscribing them
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+        procs.append(subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{i}/{n}", "--no-progress"], env=env))
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise ReflectEvoError(f"generate workers {failed} of {n} failed; finished episodes are kept in {raw}/journal-*.jsonl "
+                              "and the next run resumes from them")
+    total: dict = {}
+    for i in range(n):
+        cost_file = raw / f".cost-{i}-of-{n}.json"
+        for k, v in json.loads(cost_file.read_text()).items():
+            if isinstance(v, (int, float)) and k not in ("episodes_per_s", "new_tokens_per_s", "seconds"):
+                total[k] = total.get(k, 0) + v
+        cost_file.unlink()
+    return total
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
 @app.command()
 @friendly_errors
 def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/train.jsonl"),
          out: Path = Path("data/raw"), summary: Path = Path("metrics/generate.json"),
-         progress: bool = True) -> None:
+         progress: bool = True, shard: str = typer.Option(None, help="i/N: generate only worker i's slice")) -> None:
     from reflectevo.backends.hf import make_backend
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.generation import generate, make_spec, summarize, write_shards
+    from reflectevo.generation import Stats, generate, make_spec, shard_slice, summarize, write_shards
     from reflectevo.jsonio import write_json
     from reflectevo.models import model_fingerprint
 
@@ -38,12 +95,33 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     if not items:
         raise ReflectEvoError(f"{sources}: no train items to generate from")
     spec = make_spec(model_fingerprint(name, preset), preset.dtype, cfg)
-    episodes, stats = generate(items, tasks, lambda: make_backend(name, preset), spec, out,
-                               chunk_size=max(preset.gen_batch_size, 8), progress=progress)
+    chunk = max(preset.gen_batch_size, 8)
+    part = parse_shard(shard)
+    if part is not None:  # worker: its slice into its own journal; the parent merges
+        _, stats = generate(shard_slice(items, part), tasks, lambda: make_backend(name, preset), spec, out,
+                            chunk_size=chunk, progress=progress, shard=part)
+        write_json(out / f".cost-{part[0]}-of-{part[1]}.json", stats.to_dict())
+        return
+
+    t0 = time.perf_counter()
+    extra = None
+    if cfg.workers > 1:
+        extra = run_workers(cfg.workers, ["--params", str(params), "--sources", str(sources), "--out", str(out)], out)
+
+    def nothing_left():
+        raise ReflectEvoError("internal: workers finished but episodes are missing")
+
+    episodes, stats = generate(items, tasks, (lambda: make_backend(name, preset)) if extra is None else nothing_left,
+                               spec, out, chunk_size=chunk, progress=progress)
+    if extra is not None:
+        stats = Stats(reused=extra.get("reused", 0), computed=extra.get("computed", 0),
+                      generations=extra.get("generations", 0), prompt_tokens=extra.get("prompt_tokens", 0),
+                      new_tokens=extra.get("new_tokens", 0), seconds=time.perf_counter() - t0)
     write_shards(out, episodes, cfg.shard_size)
     s = summarize(episodes, stats)
+    s["run"]["workers"] = cfg.workers
     write_json(summary, {"model": name, **s})
-    typer.echo(f"generate: {s['items']} episodes ({s['run']['computed']} computed, {stats.reused} reused), "
+    typer.echo(f"generate: {s['items']} episodes ({s['run']['computed']} computed, {s['run']['reused']} reused), "
                f"trial-1 correct {s['trial1_correct']}, reflections {s['reflections']}, "
                f"fixed by reflection {s['trial2_correct']}, {s['run']['seconds']} s")
 
