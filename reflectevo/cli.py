@@ -77,3 +77,4 @@ def presets_cmd(path: Path = typer.Argument(Path("params.yaml"))) -> None:
 
 if __name__ == "__main__":
     app()
+from reflectevo import cli_compat  # noqa: E402,F401  (registers convert, metrics)
