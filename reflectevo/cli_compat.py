@@ -23,8 +23,10 @@ from reflectevo.errors import ReflectEvoError
 from reflectevo.stage import friendly_errors
 
 PROTOCOL_NOTES = {
-    "oracle": "count.py: t2 = output[1].is_correct (first retry only) after a wrong t1; a right t1 stays right",
-    "intrinsic": "t2 = the first second answer whenever there is one (even after a right t1), else t1",
+    "oracle": "as ReflectEvo's count.py: a right t1 stays right; after a wrong t1, t2 = the first retry's "
+              "verdict (later retries ignored; no retry = wrong)",
+    "intrinsic": "t2 = the first second answer whenever there is one, even after a right t1 (so c->i shows); "
+                 "without one, t2 = t1",
 }
 
 

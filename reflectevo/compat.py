@@ -233,7 +233,8 @@ def _item_dict(item_id: str, task: str, question: str, answer: str, choices: lis
 # ---------------------------------------------------------------------------------------------------
 # raw: their run.py records <-> our episodes
 
-_RAW_TOP = ("id", "question", "answer", "test_list", "output")
+PRE_GENERATION_MARK = "prompts_before_generation"
+_RAW_TOP = ("id", "question", "answer", "test_list", "output", PRE_GENERATION_MARK)
 _OUT_NAMES = {  # field -> accepted names, the run.py (new) name first
     "generated_answer": ("generated_answer",),
     "reflections": ("reflections",),
@@ -249,8 +250,13 @@ _OUT_NAMES = {  # field -> accepted names, the run.py (new) name first
 _OUT_ALIAS = {alias: field for field, names in _OUT_NAMES.items() for alias in names}
 
 
-def _import_output(o: Any, where: str, position: int) -> tuple[dict[str, Any], str, str | None, dict[str, Any]]:
-    """One ``output[k]`` -> (our trial record, reflection text, reflection prompt, meta for the entry)."""
+def _import_output(o: Any, where: str, position: int, trusted_prompts: bool
+                   ) -> tuple[dict[str, Any], str, str | None, dict[str, Any]]:
+    """One ``output[k]`` -> (our trial record, reflection text, reflection prompt, meta for the entry).
+
+    run.py stores prompts rebuilt after the step (they hold the model's own output), so its prompts go
+    to meta; only records we exported (marked ``prompts_before_generation``) give prompts back.
+    """
     if not isinstance(o, dict):
         raise ReflectEvoError(f"{where}: expected an object, got {type(o).__name__}")
     answer, _ = _get(o, _OUT_NAMES["generated_answer"], where)
@@ -273,20 +279,24 @@ def _import_output(o: Any, where: str, position: int) -> tuple[dict[str, Any], s
     for field in ("reasoning_source", "reflection_source"):
         if field in o:
             meta[field] = o[field]
+    prompts: dict[str, Any] = {}
     for field in ("reason_prompt", "reflection_prompt"):
         value, name = _get(o, _OUT_NAMES[field], where, required=False)
         if name is not None:
-            meta[field] = value
-    if "reason_prompt" in meta or "reflection_prompt" in meta:
-        meta["prompt_note"] = LEAK_NOTE
+            prompts[field] = value
+    if not trusted_prompts:
+        meta.update(prompts)
+        if prompts:
+            meta["prompt_note"] = LEAK_NOTE
+        prompts = {}
     extra = {k: v for k, v in o.items() if k not in _OUT_ALIAS}
     if extra:
         meta["extra"] = extra
     error, _ = _get(o, _OUT_NAMES["error"], where, required=False)
-    trial = {"prompt": None, "completion": completion, "n_prompt_tokens": None, "n_new_tokens": None,
+    trial = {"prompt": prompts.get("reason_prompt"), "completion": completion, "n_prompt_tokens": None, "n_new_tokens": None,
              "extracted": answer, "correct": correct, "score": 1.0 if correct else 0.0, "error": error}
     text = reflections[-1] if reflections else ""
-    return trial, str(text), None, meta
+    return trial, str(text), prompts.get("reflection_prompt"), meta
 
 
 def raw_to_episode(rec: dict[str, Any], where: str, task: str) -> dict[str, Any]:
@@ -306,7 +316,8 @@ def raw_to_episode(rec: dict[str, Any], where: str, task: str) -> dict[str, Any]
     item = _item_dict(item_id, task, question, answer, choices, list(tests) if tests is not None else None)
     episode_id = _h({"source": SOURCE, "task": task, "id": rid, "question": question})[:20]
 
-    parsed = [_import_output(o, f"{where}: output[{k}]", k) for k, o in enumerate(outputs)]
+    trusted = rec.get(PRE_GENERATION_MARK) is True
+    parsed = [_import_output(o, f"{where}: output[{k}]", k, trusted) for k, o in enumerate(outputs)]
     trial1, _, _, m1 = parsed[0]
     source = m1.get("reasoning_source")
     samples = []
@@ -393,6 +404,7 @@ def episode_to_raw(ep: dict[str, Any], where: str) -> dict[str, Any]:
         if item.get("tests") is not None:
             out["test_list"] = item["tests"]
         out["output"] = output
+        out[PRE_GENERATION_MARK] = True  # our prompts are stored before generation: safe to import back
         return out
     extra = meta.get("extra") or {}
     return {k: (values[k] if k in values else extra.get(k)) for k in keys}
