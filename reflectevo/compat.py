@@ -141,7 +141,7 @@ def task_name(task: str | None, path: str | Path | None = None) -> str:
     if path is not None:
         stem = Path(path).name.lower()
         for ds in _DATASETS:
-            if stem.startswith(ds + "_") or stem.startswith(ds + "-"):
+            if stem.startswith((ds + "_", ds + "-")):
                 return f"{SOURCE}/{ds}"
     return UNKNOWN_TASK
 
@@ -493,7 +493,7 @@ def pair_in(rec: dict[str, Any], where: str, task: str, kind: Kind) -> dict[str,
         reasoning = _str(_get(rec, (f"second_trial_reasoning_{side}",), where)[0],
                          f"second_trial_reasoning_{side}", where)
         answer2, _ = _get(rec, (f"second_trial_answer_{side}",), where, required=False)
-        default = True if (side == "chosen" or kind == "dpref") else False
+        default = side == "chosen" or kind == "dpref"
         sides[side] = _side_in(common["item_id"], refl, rprompt, reasoning, answer2, default, meta, f"{side}_")
     extra = {k: v for k, v in rec.items() if k not in _PAIR_FIELDS}
     if extra:
