@@ -68,7 +68,7 @@ def test_existing_outputs_unchanged_and_intervals_opt_in() -> None:
 
 def test_example_raw_file_matches_a_hand_count(shared_data: Path) -> None:
     """Hand count of example_Reflection_raw.jsonl: 10 LogiQA records, every trial 1 wrong; the first retry
-    is right for ids 2, 6 and 10 (id 10's second retry is wrong; ids 4-26 otherwise stay wrong)."""
+    is right for ids 2, 6 and 10 (5 of the 20 retries are right: both of ids 2 and 6, the first of id 10)."""
     path = shared_data / "reflectevo" / "examples" / "example_Reflection_raw.jsonl"
     out = run_metrics(str(path), "--task", "logiqa")
     assert out["format"] == "reflectevo" and out["records"] == "raw" and out["protocol"] == "oracle"
