@@ -85,6 +85,10 @@ def results_metrics(path: Path, fmt: str | None, protocol: str, task: str | None
         for p in pairs:
             by_system[str(p["system"])].append(p)
         out["systems"] = {s: _block(ps) for s, ps in by_system.items()}
+        if "sft_qa" in out["systems"]:  # answers-only baseline: Acc@t1 only, as in metrics/eval.json
+            sft = out["systems"]["sft_qa"]
+            for block in [sft, *(sft.get("per_task") or {}).values()]:
+                block.update({k: None for k in ("acc_t2", "delta", "delta_i2c", "delta_c2i", "acc_t2_ci")})
     else:
         out.update(_block(pairs))
     if what == "raw" and protocol == "oracle":

@@ -125,7 +125,8 @@ def test_intrinsic_counts_second_answers_after_a_right_first(their_results: Path
 def test_our_predictions_per_system_and_task(tmp_path: Path) -> None:
     rows = []
     for system, flips in (("base_reflect", [(False, True), (True, True), (False, False), (True, False)]),
-                          ("one_stage", [(False, True), (False, True), (True, True), (True, True)])):
+                          ("one_stage", [(False, True), (False, True), (True, True), (True, True)]),
+                          ("sft_qa", [(True, True), (False, False), (True, True), (True, True)])):
         for i, (t1, t2) in enumerate(flips):
             rows.append({"system": system, "item_id": f"i{i}", "task": "t/a" if i % 2 else "t/b",
                          "t1_correct": t1, "t2_correct": t2})
@@ -137,6 +138,8 @@ def test_our_predictions_per_system_and_task(tmp_path: Path) -> None:
     assert (base["acc_t1"], base["acc_t2"], base["delta_c2i"]) == (0.5, 0.75, 0.0)  # oracle: a right t1 stays right
     assert set(base["per_task"]) == {"t/a", "t/b"} and base["per_task"]["t/b"]["acc_t2"] == 0.5
     assert oracle["systems"]["one_stage"]["acc_t2"] == 1.0
+    sft = oracle["systems"]["sft_qa"]  # Acc@t1 only, as in metrics/eval.json
+    assert sft["acc_t1"] == 0.75 and sft["acc_t2"] is None and sft["per_task"]["t/a"]["delta"] is None
     intrinsic = run_metrics(str(path), "--format", "ours", "--protocol", "intrinsic")
     assert (intrinsic["systems"]["base_reflect"]["acc_t2"], intrinsic["systems"]["base_reflect"]["delta_c2i"]) == \
         (0.5, 0.25)
