@@ -75,6 +75,9 @@ def presets_cmd(path: Path = typer.Argument(Path("params.yaml"))) -> None:
         typer.echo(f"{mark} {name:24s} {p.source:13s} {src}  dtype={p.dtype} backend={p.backend}")
 
 
-if __name__ == "__main__":
-    app()
 from reflectevo import cli_compat  # noqa: E402,F401  (registers convert, metrics)
+
+if __name__ == "__main__":  # `python -m reflectevo.cli`: run the imported module's app, where commands registered
+    from reflectevo.cli import app as registered
+
+    registered()

@@ -96,10 +96,10 @@ def answers_only(items, tasks, model, cfg: EvaluateConfig) -> list[dict[str, Any
 def summarize(system_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out = {}
     for name, rows in system_rows.items():
-        m = by_task(rows)
+        m = by_task(rows, intervals=True)  # + 95% Wilson intervals acc_t1_ci / acc_t2_ci
         if name == "sft_qa":  # Acc@t1 only
             for block in [m["overall"], *m["per_task"].values()]:
-                for k in ("acc_t2", "delta", "delta_i2c", "delta_c2i"):
+                for k in ("acc_t2", "acc_t2_ci", "delta", "delta_i2c", "delta_c2i"):
                     block[k] = None
         out[name] = m
     return out

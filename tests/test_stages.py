@@ -85,6 +85,8 @@ def test_all_stages_end_to_end_on_the_tiny_model(tmp_path):
         for task_metrics in report["per_task"].values():
             assert key in task_metrics
     assert report["overall"]["n"] == 6 and set(report["per_task"]) == {"rg/chain_sum", "rg/syllogism"}
+    lo, hi = report["overall"]["acc_t2_ci"]
+    assert 0.0 <= lo <= report["overall"]["acc_t2"] <= hi <= 1.0
 
 
 def test_generate_rerun_computes_nothing(tmp_path):
