@@ -99,3 +99,19 @@ def test_dpref_from_judge_verdicts_keeps_only_consistent_ones():
     assert rows[0]["judge"]["model"] == "j" and len(rows[0]["judge"]["votes"]) == 2
     assert parse_choice(" B.") == "B" and parse_choice("neither") is None
     assert Comparison("q", "t", "a", "b").first == "a"
+
+
+def test_curated_files_load_with_datasets(tmp_path):
+    from datasets import load_dataset
+
+    from reflectevo.jsonio import write_jsonl
+
+    texts = ["I forgot the carry; redo the tens.", "Wrong sign on the second term; flip it.", "Misread seven as one."]
+    eps = [_episode(i, False, [(texts[0], True), (texts[1], False), (texts[2], True)]) for i in range(4)]
+    out = curate(eps, CurateConfig(eval_fraction=0.0))
+    for kind in ("dplus", "dpm"):
+        write_jsonl(tmp_path / f"{kind}.jsonl", out[kind]["train"])
+        ds = load_dataset("json", data_files=str(tmp_path / f"{kind}.jsonl"), split="train",
+                          cache_dir=str(tmp_path / "hf"))
+        assert len(ds) == len(out[kind]["train"]) > 0
+    assert ds[0]["chosen"]["reflection"] in texts and ds[0]["rejected"]["trial2_correct"] is False
