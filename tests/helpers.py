@@ -40,3 +40,18 @@ def arithmetic_responder(fix_on_retry: bool = True):
         return "Thought: guess.\nAction: Finish[999999]"
 
     return respond
+
+
+def tiny_params_dict(params_file, tokens: int = 12, steps: int = 2, n_train: int = 6, n_test: int = 3) -> dict:
+    """The project's params.yaml shrunk for the synthetic tiny-random model (seconds per stage)."""
+    import yaml
+
+    p = yaml.safe_load(open(params_file).read())
+    p["model"] = "tiny-random"
+    for t in p["prepare"]["tasks"]:
+        t["n_train"], t["n_test"] = n_train, n_test
+    for section in ("generate", "evaluate"):
+        p[section].update(max_new_tokens_trial=tokens, max_new_tokens_reflection=tokens)
+    for hp in ("sft", "dpo"):
+        p["train"][hp].update(max_steps=steps, batch_size=2, max_length=1024)
+    return p

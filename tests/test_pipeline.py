@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_params_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -32,14 +33,7 @@ def project(tmp_path_factory):
     shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "tests", "bench", "__pycache__", "*.egg-info",
         "dvc.lock"))
-    p = yaml.safe_load((dst / "params.yaml").read_text())
-    p["model"] = "tiny-random"
-    for t in p["prepare"]["tasks"]:
-        t["n_train"], t["n_test"] = 6, 3
-    p["generate"].update(max_new_tokens_trial=8, max_new_tokens_reflection=8)
-    p["evaluate"].update(max_new_tokens_trial=8, max_new_tokens_reflection=8)
-    for hp in ("sft", "dpo"):
-        p["train"][hp].update(max_steps=1, batch_size=2, max_length=1024)
+    p = tiny_params_dict(dst / "params.yaml", tokens=8, steps=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     sh("git", "init", "-q", cwd=dst)
     sh("git", "add", "-A", cwd=dst)

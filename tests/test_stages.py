@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_params_dict
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,14 +23,7 @@ def stage(name):
 
 
 def tiny_params(tmp_path: Path, **overrides) -> Path:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["model"] = "tiny-random"
-    for t in p["prepare"]["tasks"]:
-        t["n_train"], t["n_test"] = 6, 3
-    p["generate"].update(max_new_tokens_trial=12, max_new_tokens_reflection=12)
-    p["evaluate"].update(max_new_tokens_trial=12, max_new_tokens_reflection=12)
-    for hp in ("sft", "dpo"):
-        p["train"][hp].update(max_steps=2, batch_size=2, max_length=1024)
+    p = tiny_params_dict(ROOT / "params.yaml")
     for section, values in overrides.items():
         p[section].update(values)
     out = tmp_path / "params.yaml"
