@@ -22,7 +22,7 @@ from typing import Any
 from reflectevo.backends import Sampling
 from reflectevo.config import GenerateConfig, to_dict
 from reflectevo.jsonio import Journal, iter_jsonl, write_jsonl
-from reflectevo.prompts import demand_pool, prompt_version, reflection_messages, trial_messages
+from reflectevo.prompts import demand_pool, prompt_version, reflection_messages, task_prompt_hash, trial_messages
 from reflectevo.tasks import Item, Task, Verdict
 
 SHARD_GLOB = "episodes-*.jsonl"
@@ -68,9 +68,11 @@ class GenSpec:
                 "max_new_tokens_reflection": c.max_new_tokens_reflection,
                 "use_previous_trial": c.use_previous_trial, "seed": c.seed}
 
-    def episode_id(self, item: Item) -> str:
+    def episode_id(self, item: Item, task: Task) -> str:
+        """Content key: model, dtype, prompt templates, the task's prompt parts, the item, generation params."""
         return _h({"model": self.model, "dtype": self.dtype, "prompt_version": self.prompt_version,
-                   "item": item.id, "task": item.task, "item_hash": item.text_hash(), "gen": self.params()})[:20]
+                   "item": item.id, "task": item.task, "item_hash": item.text_hash(),
+                   "task_prompt": task_prompt_hash(task), "gen": self.params()})[:20]
 
     def demand_for(self, item: Item, j: int) -> str:
         d = self.demands()
@@ -117,7 +119,7 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
 
     # reflections on failures, k samples each, each seeing trial 1
     jobs = [(i, j, spec.demand_for(it, j)) for i, it in enumerate(items) if not t1_v[i].correct for j in range(cfg.k)]
-    seed = cfg.seed + int(spec.episode_id(items[0])[:6], 16) if items else cfg.seed
+    seed = cfg.seed + int(spec.episode_id(items[0], tasks[items[0].task])[:6], 16) if items else cfg.seed
     refl_sampling = Sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, seed)
     r_prompts = [backend.render(reflection_messages(items[i], t1[i].text, d)) for i, _, d in jobs]
     refl = backend.generate(r_prompts, refl_sampling) if jobs else []
@@ -134,7 +136,7 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
 
     episodes = []
     for i, it in enumerate(items):
-        eid = spec.episode_id(it)
+        eid = spec.episode_id(it, tasks[it.task])
         ep = {
             "episode_id": eid, "item_id": it.id, "task": it.task, "item_hash": it.text_hash(),
             "model": spec.model, "dtype": spec.dtype, "resolved_dtype": getattr(backend, "dtype", None),
@@ -178,7 +180,7 @@ def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Cal
     """
     raw_dir.mkdir(parents=True, exist_ok=True)
     existing = load_episodes(raw_dir)
-    keys = [spec.episode_id(it) for it in items]
+    keys = [spec.episode_id(it, tasks[it.task]) for it in items]
     todo = [it for it, k in zip(items, keys) if k not in existing]
     stats = Stats(reused=len(items) - len(todo))
     t0 = time.perf_counter()

@@ -84,6 +84,9 @@ Then write "Answer:" and solve the task again: a "Thought:" line, then an "Actio
 
 ONE_STAGE_SEPARATOR = "\n\nAnswer:\n"
 
+# What the generate stage sends (trial 1, reflection under a demand, trial 2): its prompt version hashes
+# only these, so editing an evaluation-only template does not invalidate generated episodes.
+GENERATION_TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT)
 TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, RETRY_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
              ONE_STAGE_SEPARATOR)
 
@@ -103,10 +106,17 @@ def demand_pool() -> dict[str, dict[str, str]]:
 
 @functools.lru_cache(maxsize=1)
 def prompt_version() -> str:
-    """'v1-<hash>' over every template and the demand pool: recorded in each generated record."""
-    h = hashlib.sha256("\x00".join(TEMPLATES).encode())
+    """'v1-<hash>' over the generation templates and the demand pool: recorded in each generated record.
+
+    Task-specific prompt parts (answer form, few-shot examples) are keyed per task: `task_prompt_hash`."""
+    h = hashlib.sha256("\x00".join(GENERATION_TEMPLATES).encode())
     h.update(repr(sorted(demand_pool().items())).encode())
     return f"v1-{h.hexdigest()[:10]}"
+
+
+def task_prompt_hash(task: Task) -> str:
+    """Hash of what a task contributes to every prompt (answer form + few-shot examples)."""
+    return hashlib.sha256(repr((task.answer_format(), task.fewshot())).encode()).hexdigest()[:12]
 
 
 def _choices(item: Item) -> str:

@@ -87,8 +87,16 @@ def test_changed_param_changes_keys(tmp_path):
     items, tasks = _items(2)
     a = make_spec(FP, "float32", GenerateConfig(k=1))
     b = make_spec(FP, "float32", GenerateConfig(k=1, temperature=0.5))
-    assert a.episode_id(items[0]) != b.episode_id(items[0])
-    assert a.episode_id(items[0]) == make_spec(FP, "float32", GenerateConfig(k=1)).episode_id(items[0])
+    task = tasks["rg/chain_sum"]
+    assert a.episode_id(items[0], task) != b.episode_id(items[0], task)
+    assert a.episode_id(items[0], task) == make_spec(FP, "float32", GenerateConfig(k=1)).episode_id(items[0], task)
+
+    class OtherShots(type(task)):  # same task, different worked example -> different prompts -> new key
+        def fewshot(self):
+            return [("What is 1 + 1?", "Thought: one and one.\nAction: Finish[2]")]
+
+    other = OtherShots("chain_sum", task.options)
+    assert a.episode_id(items[0], other) != a.episode_id(items[0], task)
 
 
 def test_crash_keeps_finished_chunks_and_resume_completes(tmp_path):
