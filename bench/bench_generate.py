@@ -89,7 +89,7 @@ def main(preset: str = "smollm2-135m", items: int = 40, tokens: int = 48, batch:
 
         # 1. throughput vs raw batched generate on the same prompts and batches
         t0 = time.perf_counter()
-        generate(all_items, tasks, lambda: backend, spec, tmp / "raw_bench", chunk_size=max(p.gen_batch_size, 8),
+        generate(all_items, tasks, lambda b=backend: b, spec, tmp / "raw_bench", chunk_size=max(p.gen_batch_size, 8),
                  progress=False)
         ours = time.perf_counter() - t0
         model, tok = backend.inner.model, backend.inner.tokenizer
