@@ -283,14 +283,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    protocol: str = "oracle"                    # oracle: reflect only when trial 1 was wrong
+    protocol: str = "oracle"                    # oracle: reflect only when wrong; intrinsic: always, no feedback
     max_new_tokens_trial: int = 256
     max_new_tokens_reflection: int = 256
     limit: int = 0                              # 0 = every test item
 
     def validate(self, where: str) -> None:
-        if self.protocol not in ("oracle",):
-            raise unknown("protocol", self.protocol, ["oracle"], f"{where}.protocol")
+        if self.protocol not in ("oracle", "intrinsic"):
+            raise unknown("protocol", self.protocol, ["oracle", "intrinsic"], f"{where}.protocol")
 
 
 SECTIONS: dict[str, type] = {

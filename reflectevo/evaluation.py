@@ -1,4 +1,9 @@
-"""Evaluate systems on the test split (oracle protocol: reflect only when trial 1 was wrong).
+"""Evaluate systems on the test split under one of two protocols:
+
+- `oracle` (as ReflectEvo reports): reflect only when trial 1 was wrong, and say so in the prompt;
+  a right trial 1 stays right, so Δc→i is 0 by construction.
+- `intrinsic` (SCoRe's setting): reflect on every item with prompts that never reveal whether the
+  attempt was right; the second answer counts, so right answers can turn wrong (Δc→i).
 
 Trial 1 comes from the untrained base model, as in the paper, so Acc@t1 is shared by every reflecting
 system. Systems:
@@ -38,8 +43,13 @@ def trial1(items: Sequence[Item], tasks: dict[str, Task], model, cfg: EvaluateCo
     return rows
 
 
-def _start(t1_rows: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, Any]]]:
-    wrong = [i for i, r in enumerate(t1_rows) if not r["t1_correct"]]
+def _oracle(cfg: EvaluateConfig) -> bool:
+    return cfg.protocol == "oracle"
+
+
+def _start(t1_rows: list[dict[str, Any]], cfg: EvaluateConfig) -> tuple[list[int], list[dict[str, Any]]]:
+    """Indices to reflect on (oracle: the failures; intrinsic: all) and rows defaulting t2 to t1."""
+    wrong = [i for i, r in enumerate(t1_rows) if not r["t1_correct"] or not _oracle(cfg)]
     out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"], "t2_correct": r["t1_correct"]}
            for r in t1_rows]
     return wrong, out
@@ -48,7 +58,8 @@ def _start(t1_rows: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, Any
 def _retry(items, tasks, wrong, t1_rows, out, model, reflections: list[str] | None, cfg: EvaluateConfig) -> None:
     prompts = [model.render(trial_messages(tasks[items[i].task], items[i],
                                            reflection=reflections[n] if reflections is not None else None,
-                                           previous=t1_rows[i]["t1"], retry=True)) for n, i in enumerate(wrong)]
+                                           previous=t1_rows[i]["t1"], retry=True, oracle=_oracle(cfg)))
+               for n, i in enumerate(wrong)]
     gens = model.generate(prompts, Sampling(cfg.max_new_tokens_trial)) if wrong else []
     for i, p, g in zip(wrong, prompts, gens):
         v = tasks[items[i].task].verify(g.text, items[i])
@@ -57,8 +68,9 @@ def _retry(items, tasks, wrong, t1_rows, out, model, reflections: list[str] | No
 
 def reflect_then_retry(items, tasks, t1_rows, reflector, corrector, cfg: EvaluateConfig) -> list[dict[str, Any]]:
     """Oracle protocol: for each trial-1 failure, `reflector` reflects (greedy) and `corrector` retries."""
-    wrong, out = _start(t1_rows)
-    r_prompts = [reflector.render(reflection_messages(items[i], t1_rows[i]["t1"], None)) for i in wrong]
+    wrong, out = _start(t1_rows, cfg)
+    r_prompts = [reflector.render(reflection_messages(items[i], t1_rows[i]["t1"], None, oracle=_oracle(cfg)))
+                 for i in wrong]
     refl = reflector.generate(r_prompts, Sampling(cfg.max_new_tokens_reflection)) if wrong else []
     for i, p, r in zip(wrong, r_prompts, refl):
         out[i].update(reflection_prompt=p, reflection=r.text)
@@ -67,15 +79,16 @@ def reflect_then_retry(items, tasks, t1_rows, reflector, corrector, cfg: Evaluat
 
 
 def retry_without_reflection(items, tasks, t1_rows, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    """The "prompt-based w/o reflection" baseline: failure notice and previous attempt only."""
-    wrong, out = _start(t1_rows)
+    """The "prompt-based w/o reflection" baseline: failure notice (oracle) and previous attempt only."""
+    wrong, out = _start(t1_rows, cfg)
     _retry(items, tasks, wrong, t1_rows, out, model, None, cfg)
     return out
 
 
 def one_stage(items, tasks, model, t1_rows, cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    wrong, out = _start(t1_rows)
-    prompts = [model.render(one_stage_messages(tasks[items[i].task], items[i], t1_rows[i]["t1"])) for i in wrong]
+    wrong, out = _start(t1_rows, cfg)
+    prompts = [model.render(one_stage_messages(tasks[items[i].task], items[i], t1_rows[i]["t1"], oracle=_oracle(cfg)))
+               for i in wrong]
     budget = cfg.max_new_tokens_reflection + cfg.max_new_tokens_trial
     gens = model.generate(prompts, Sampling(budget)) if wrong else []
     for i, p, g in zip(wrong, prompts, gens):

@@ -77,6 +77,33 @@ Previous attempt:
 In a few complete sentences, diagnose a likely reason for the failure and devise a new, concise, \
 high-level plan that avoids it. Do not state the final answer."""
 
+# Intrinsic protocol (no oracle): the model is never told whether its attempt was right.
+REFLECT_INTRINSIC = """You are an advanced reasoning agent that improves through self-reflection. Here is a \
+question and your previous attempt at it; it may be right or wrong.
+
+Question: {question}{choices}
+
+Previous attempt:
+{trial}
+
+In a few complete sentences, verify the attempt step by step, diagnose any error you find, and devise a \
+concise plan for answering again. Do not state the final answer."""
+
+REVIEW_BLOCK = """
+
+You attempted this question before. Here is your review of that attempt:
+Reflection: {reflection}{previous}
+
+Now answer again: a "Thought:" line, then your final answer on an "Action:" line.
+{answer_format}"""
+
+RECHECK_BLOCK = """
+
+You attempted this question before; check your attempt, it may be right or wrong.{previous}
+
+Now answer again: a "Thought:" line, then your final answer on an "Action:" line.
+{answer_format}"""
+
 # One-stage: the reflection and the corrected answer in one output (train and test use the same text).
 ONE_STAGE_SUFFIX = """
 Then write "Answer:" and solve the task again: a "Thought:" line, then an "Action:" line.
@@ -87,7 +114,8 @@ ONE_STAGE_SEPARATOR = "\n\nAnswer:\n"
 # What the generate stage sends (trial 1, reflection under a demand, trial 2): its prompt version hashes
 # only these, so editing an evaluation-only template does not invalidate generated episodes.
 GENERATION_TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT)
-TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, RETRY_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
+TEMPLATES = (REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK, INSTRUCTION, TRIAL, REFLECTION_BLOCK, RETRY_BLOCK,
+              PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
              ONE_STAGE_SEPARATOR)
 
 
@@ -130,18 +158,22 @@ def _user(text: str) -> Messages:
 
 
 def trial_messages(task: Task, item: Item, reflection: str | None = None, previous: str | None = None,
-                   retry: bool = False) -> Messages:
+                   retry: bool = False, oracle: bool = True) -> Messages:
     """Trial 1, trial 2 after a reflection (optionally with the previous attempt), or, with `retry` and
-    no reflection, the "w/o reflection" retry (failure notice + previous attempt only).
+    no reflection, the "w/o reflection" retry (failure notice + previous attempt only). With
+    `oracle=False` (intrinsic protocol) no block says the attempt was wrong.
 
     The last message is the item's; any earlier turns are the task's worked few-shot examples."""
     block = ""
-    prev = PREVIOUS_TRIAL.format(trial=previous.strip()) if previous is not None else ""
+    if oracle:
+        prev = PREVIOUS_TRIAL.format(trial=previous.strip()) if previous is not None else ""
+    else:
+        prev = f"\n\nYour previous attempt:\n{previous.strip()}" if previous is not None else ""
     if reflection is not None:
-        block = REFLECTION_BLOCK.format(reflection=reflection.strip(), previous=prev,
-                                        answer_format=task.answer_format())
+        block = (REFLECTION_BLOCK if oracle else REVIEW_BLOCK).format(
+            reflection=reflection.strip(), previous=prev, answer_format=task.answer_format())
     elif retry:
-        block = RETRY_BLOCK.format(previous=prev, answer_format=task.answer_format())
+        block = (RETRY_BLOCK if oracle else RECHECK_BLOCK).format(previous=prev, answer_format=task.answer_format())
     # Few-shot examples are earlier turns of the same chat: the instruction opens the first one.
     instruction = INSTRUCTION.format(answer_format=task.answer_format())
     msgs: Messages = []
@@ -154,17 +186,20 @@ def trial_messages(task: Task, item: Item, reflection: str | None = None, previo
                                      reflection_block=block))
 
 
-def reflection_messages(item: Item, trial: str, demand_id: str | None) -> Messages:
-    """Reflection on a failed trial: under a demand (generation) or the test prompt (demand None)."""
+def reflection_messages(item: Item, trial: str, demand_id: str | None, oracle: bool = True) -> Messages:
+    """Reflection on a failed trial: under a demand (generation) or the test prompt (demand None); with
+    `oracle=False` the intrinsic prompt, which does not say whether the attempt was wrong."""
+    if not oracle:
+        return _user(REFLECT_INTRINSIC.format(question=item.question, choices=_choices(item), trial=trial.strip()))
     common = dict(question=item.question, choices=_choices(item), trial=trial.strip(), notice=FAILURE_NOTICE)
     if demand_id is None:
         return _user(REFLECT_TEST.format(**common))
     return _user(REFLECT.format(demand=demand_pool()[demand_id]["text"], **common))
 
 
-def one_stage_messages(task: Task, item: Item, trial: str) -> Messages:
+def one_stage_messages(task: Task, item: Item, trial: str, oracle: bool = True) -> Messages:
     """One-stage prompt: reflect, then answer again, in one output (same text in training and test)."""
-    msgs = reflection_messages(item, trial, None)
+    msgs = reflection_messages(item, trial, None, oracle=oracle)
     msgs[0]["content"] += ONE_STAGE_SUFFIX.format(answer_format=task.answer_format())
     return msgs
 
