@@ -1,4 +1,5 @@
-"""Task registry. Names: `rg/<generator>` for any reasoning-gym generator, plus registered tasks."""
+"""Task registry. Names: `rg/<generator>` for any reasoning-gym generator, the ReflectEvo tasks
+(`logiqa`, `math`, `mbpp`, `bigbench`, `bigbench_free`, `bigbench/<task>`), or a path to a task YAML file."""
 
 from __future__ import annotations
 
@@ -9,10 +10,43 @@ from reflectevo.registry import Registry
 from reflectevo.tasks.base import ANSWER_TYPES, Item, Task, Verdict, extract_finish
 
 TASKS: Registry[Any] = Registry("task")
+for _name, _cls in (("logiqa", "LogiQATask"), ("math", "MathTask"), ("mbpp", "MBPPTask"), ("bigbench", "BigBenchTask"),
+                    ("bigbench_free", "BigBenchFreeTask")):
+    TASKS.register(_name, f"reflectevo.tasks.reflectevo_tasks:{_cls}")
+for _name in ("vitaminc_fact_verification", "strategyqa", "social_iqa", "timedial", "analytic_entailment",
+              "physical_intuition", "squad_shifts", "coqa"):
+    TASKS.register(f"bigbench/{_name}", lambda _n=_name, **options: _bigbench_subtask(_n, options))
+
+# A group names the tasks of one ReflectEvo data set; the split is implied by the group's name.
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    # ReflectEvo's four 500-item test sets (BIG-bench's 500 = 356 multiple choice + 144 free text)
+    "reflectevo-test": ("logiqa", "math", "mbpp", "bigbench", "bigbench_free"),
+    # training sources: LogiQA, MATH, MBPP and the BIG-bench tasks of ReflectEvo-460K
+    "reflectevo-train": ("logiqa", "math", "mbpp", "bigbench/vitaminc_fact_verification", "bigbench/strategyqa",
+                         "bigbench/social_iqa", "bigbench/timedial", "bigbench/analytic_entailment",
+                         "bigbench/physical_intuition", "bigbench/coqa", "bigbench/squad_shifts"),
+}
+
+
+def _bigbench_subtask(subtask: str, options: dict[str, Any]) -> Task:
+    from reflectevo.tasks.reflectevo_tasks import BigBenchSubtask
+
+    return BigBenchSubtask(subtask, **options)
+
+
+def task_group(name: str) -> list[str]:
+    """Task names of a group (`reflectevo-test`: their `test` split; `reflectevo-train`: `train`)."""
+    if name not in TASK_GROUPS:
+        raise unknown("task group", name, TASK_GROUPS)
+    return list(TASK_GROUPS[name])
 
 
 def get_task(name: str, options: dict[str, Any] | None = None, where: str = "") -> Task:
-    """Resolve a task name to a Task object; unknown names get a "did you mean" error."""
+    """Resolve a task name (or a task YAML path) to a Task object; unknown names get a "did you mean" error."""
+    from reflectevo.tasks.yaml_task import YamlTask, is_task_file
+
+    if is_task_file(name):
+        return YamlTask(name, **(options or {}))
     if name.startswith("rg/"):
         from reflectevo.tasks.reasoning_gym_task import ReasoningGymTask, generator_names
 
@@ -28,4 +62,4 @@ def get_task(name: str, options: dict[str, Any] | None = None, where: str = "") 
     return factory(**(options or {})) if options else factory()
 
 
-__all__ = ["ANSWER_TYPES", "Item", "Task", "TASKS", "Verdict", "extract_finish", "get_task"]
+__all__ = ["ANSWER_TYPES", "Item", "Task", "TASKS", "TASK_GROUPS", "Verdict", "extract_finish", "get_task", "task_group"]

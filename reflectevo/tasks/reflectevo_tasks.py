@@ -1,0 +1,491 @@
+"""The ReflectEvo tasks: LogiQA, MATH, MBPP, BIG-bench (multiple choice and free text).
+
+Each split is read from the first place that has it:
+
+1. ReflectEvo's own `data_source` format: `<data>/reflectevo/data_source/<name>_<split>.jsonl`;
+2. the unified schema: `<data>/benchmarks/<file>.jsonl` (docs/data.md §3);
+3. online: ReflectEvo's test files by pinned raw URL (sha256-checked, cached), or a Hugging Face
+   dataset (lazy `datasets` import; a clear error when offline).
+
+`<data>` is the task option `data_dir`, else `$REFLECTEVO_DATA`, else `../shared/data` next to the
+repository when it exists. Item ids are stable: the unified files' ids (original ids where the source
+has them), whichever local format the split came from. See docs/tasks.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import random
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reflectevo.errors import ReflectEvoError, unknown
+from reflectevo.tasks.answers import last_boxed, options_from_question
+from reflectevo.tasks.base import Item
+from reflectevo.tasks.typed import TypedTask
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REFLECTEVO_COMMIT = "6634f923bd122f05287ae5573b198822315abb79"
+_RAW = f"https://raw.githubusercontent.com/bigai-nlco/ReflectEvo/{REFLECTEVO_COMMIT}/data/data_source/{{name}}_test.jsonl"
+# sha256 of ReflectEvo's four test files at that commit (docs/data.md: byte-identical local copies)
+REFLECTEVO_SHA256 = {
+    "logiqa": "341727c06cf604d90b2adbcfa39736fc81d1a2fcd25c41d4adc8441c621e7f06",
+    "math": "291551a7ade17d6a4541c386752f7d7742f11258928878f71fe4e88977add68b",
+    "mbpp": "d3605136eaa3d19d23496dd93d3623a637336768068f39835c1e6df44e9bfb81",
+    "bigbench": "d6673ddf3b6a06a362d974bd77678492aa75cd19b79033d473e9643e81cd341e",
+}
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+BIGBENCH_MC = ("vitaminc_fact_verification", "strategyqa", "social_iqa", "timedial", "analytic_entailment",
+               "physical_intuition")
+BIGBENCH_FREE = {"squad_shifts": "bigbench_squad_shifts.jsonl", "coqa": "bigbench_coqa.jsonl"}
+BIGBENCH_HUB_NAME = {"coqa": "coqa_conversational_question_answering"}
+
+MBPP_LEAD = "You are an expert Python programmer, and here is your task: "
+MBPP_TESTS = "Your code should pass these tests:"
+
+
+def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The local data folder: explicit option, else $REFLECTEVO_DATA, else ../shared/data if it exists."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("REFLECTEVO_DATA")
+    if env:
+        return Path(env)
+    default = REPO_ROOT.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hugging Face dataset split (revision pinned where one is known, see docs/tasks.md)."""
+
+    dataset: str
+    split: str
+    configs: tuple[str | None, ...] = (None,)
+    revision: str | None = None
+
+    def describe(self) -> str:
+        cfg = "" if self.configs == (None,) else f" ({', '.join(c for c in self.configs if c)})"
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"hf:{self.dataset}{rev}{cfg} split {self.split}"
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    data_source: str | None = None  # file name under <data>/reflectevo/data_source/
+    unified: tuple[str, ...] = ()  # file names under <data>/benchmarks/
+    url: str | None = None  # ReflectEvo raw file (data_source format)
+    sha256: str | None = None
+    hub: HubSource | None = None
+    size: int | None = None  # size of the full split (documentation; local copies may be subsets)
+
+    def online(self) -> str | None:
+        if self.url:
+            return self.url
+        return self.hub.describe() if self.hub else None
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    from reflectevo.jsonio import read_jsonl
+
+    return read_jsonl(path)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v) == "1" for v in ("REFLECTEVO_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def fetch_url(url: str, sha256: str | None, timeout: float = 30.0) -> Path:
+    """Download `url` once into the cache ($REFLECTEVO_CACHE or ~/.cache/reflectevo), checking its sha256."""
+    cache = Path(os.environ.get("REFLECTEVO_CACHE", Path.home() / ".cache" / "reflectevo")) / "sources"
+    target = cache / (hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + url.rsplit("/", 1)[-1])
+    if target.exists():
+        return target
+    if _offline():
+        raise ReflectEvoError(f"offline (REFLECTEVO_OFFLINE/HF_HUB_OFFLINE set): cannot download {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (fixed https URL)
+            data = resp.read()
+    except OSError as e:
+        raise ReflectEvoError(f"cannot download {url}: {e}") from None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise ReflectEvoError(f"{url}: sha256 mismatch (expected {sha256})")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target
+
+
+def load_hub(src: HubSource) -> list[tuple[str | None, dict[str, Any]]]:
+    """Rows of a hub split as (config, row); ReflectEvoError when `datasets` or the hub is unavailable."""
+    if _offline():
+        raise ReflectEvoError(f"offline (REFLECTEVO_OFFLINE/HF_HUB_OFFLINE set): cannot load {src.describe()}")
+    try:
+        import datasets
+    except ImportError:
+        raise ReflectEvoError(f"loading {src.describe()} needs the `datasets` package") from None
+    rows: list[tuple[str | None, dict[str, Any]]] = []
+    for cfg in src.configs:
+        try:
+            ds = datasets.load_dataset(src.dataset, cfg, split=src.split, revision=src.revision)
+        except Exception as e:  # network, missing dataset, script datasets: one clear line
+            raise ReflectEvoError(f"cannot load {src.describe()}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        rows.extend((cfg, dict(r)) for r in ds)
+    return rows
+
+
+def _subset(items: list[Item], n: int, seed: int) -> list[Item]:
+    if not n or n >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
+
+
+class SourcedTask(TypedTask):
+    """A task whose splits come from local files or an online source (see the module docstring)."""
+
+    name = ""
+    split_sources: dict[str, SplitSource] = {}
+
+    def __init__(self, data_dir: str | None = None, online: bool = True, timeout: float | None = None) -> None:
+        self.data_dir = resolve_data_dir(data_dir)
+        self.online = online
+        if timeout is not None:
+            self.timeout = float(timeout)
+        self._cache: dict[str, list[Item]] = {}
+
+    @property
+    def splits(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self.split_sources)
+
+    # -- per-format converters (subclasses) -----------------------------------------------------------
+    def from_data_source(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        raise ReflectEvoError(f"task {self.name}: no ReflectEvo data_source format for split {split}")
+
+    def from_unified(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        return [self._unified_item(r) for r in rows]
+
+    def from_hub(self, rows: list[tuple[str | None, dict[str, Any]]], split: str) -> list[Item]:
+        raise ReflectEvoError(f"task {self.name}: no hub source for split {split}")
+
+    def _unified_item(self, r: dict[str, Any]) -> Item:
+        meta = dict(r.get("meta") or {})
+        choices = r.get("choices")
+        if choices and meta.get("options_in_question"):
+            meta["choices"] = list(choices)  # the question already lists them: keep prompts clean
+            choices = None
+        return Item(id=str(r["id"]), task=self.name, question=str(r["question"]), answer=str(r["answer"]),
+                    choices=tuple(choices) if choices else None,
+                    tests=tuple(r["tests"]) if r.get("tests") else None, meta=meta)
+
+    # -- loading ---------------------------------------------------------------------------------------
+    def local_paths(self, split: str) -> list[Path]:
+        spec = self.split_sources[split]
+        if self.data_dir is None:
+            return []
+        paths = []
+        if spec.data_source:
+            paths.append(self.data_dir / "reflectevo" / "data_source" / spec.data_source)
+        paths += [self.data_dir / "benchmarks" / f for f in spec.unified]
+        return paths
+
+    def all_items(self, split: str) -> list[Item]:
+        if split not in self.split_sources:
+            raise unknown("split", split, self.splits, f"task {self.name}")
+        if split not in self._cache:
+            self._cache[split] = self._load_split(split)
+        return self._cache[split]
+
+    def load(self, split: str, n: int = 0, seed: int = 0) -> list[Item]:
+        return _subset(self.all_items(split), n, seed)
+
+    def _load_split(self, split: str) -> list[Item]:
+        spec = self.split_sources[split]
+        if self.data_dir is not None:
+            ds = self.data_dir / "reflectevo" / "data_source" / spec.data_source if spec.data_source else None
+            if ds is not None and ds.exists():
+                return self.from_data_source(_read_jsonl(ds), split)
+            unified = [self.data_dir / "benchmarks" / f for f in spec.unified]
+            if unified and all(p.exists() for p in unified):
+                return self.from_unified([r for p in unified for r in _read_jsonl(p)], split)
+        looked = ", ".join(str(p) for p in self.local_paths(split)) or "no data folder (set REFLECTEVO_DATA)"
+        where = f"task {self.name}, split {split}: no local copy (looked for {looked})"
+        online = spec.online()
+        if online is None:
+            raise ReflectEvoError(f"{where} and no online source is known")
+        if not self.online:
+            raise ReflectEvoError(f"{where}; online source {online} disabled (online: false)")
+        try:
+            if spec.url:
+                return self.from_data_source(_read_jsonl(fetch_url(spec.url, spec.sha256)), split)
+            assert spec.hub is not None
+            return self.from_hub(load_hub(spec.hub), split)
+        except ReflectEvoError as e:
+            raise ReflectEvoError(f"{where}, and the online source failed: {e}") from None
+
+    def describe(self) -> dict[str, Any]:
+        """Source and size of each split (local line counts where a local copy exists)."""
+        sizes: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for split, spec in self.split_sources.items():
+            local = [p for p in self.local_paths(split) if p.exists()]
+            if local and split in self._cache:
+                sizes[split] = len(self._cache[split])
+                sources[split] = f"local {local[0]}"
+            elif local and not self._needs_filter(split):
+                sizes[split] = _count_lines(local[0]) if spec.data_source and local[0].name == spec.data_source \
+                    else sum(_count_lines(p) for p in local)
+                sources[split] = f"local {local[0]}" + (f" (+{len(local) - 1} files)" if len(local) > 1 else "")
+            elif local:
+                sizes[split] = len(self.all_items(split))
+                sources[split] = f"local {local[0]}" + (f" (+{len(local) - 1} files)" if len(local) > 1 else "")
+            else:
+                sizes[split] = spec.size
+                sources[split] = f"online {spec.online()}"
+        return {"source": sources, "sizes": sizes}
+
+    def _needs_filter(self, split: str) -> bool:
+        """True when a local file holds more than the split (rows are filtered on load)."""
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------
+class LogiQATask(SourcedTask):
+    """LogiQA (English), 4-way multiple choice; ReflectEvo's 500 test items keep the options in the question."""
+
+    name = "logiqa"
+    answer_type = "choice"
+    split_sources = {
+        "train": SplitSource(data_source="logiqa_train.jsonl", hub=HubSource("lucasmccabe/logiqa", "train",
+                             revision="refs/convert/parquet"), size=7376),
+        "test": SplitSource(data_source="logiqa_test.jsonl", unified=("reflectevo_logiqa_test.jsonl",),
+                            url=_RAW.format(name="logiqa"), sha256=REFLECTEVO_SHA256["logiqa"], size=500),
+        "upstream_test": SplitSource(unified=("logiqa_en_test.jsonl",), hub=HubSource(
+            "lucasmccabe/logiqa", "test", revision="refs/convert/parquet"), size=651),
+    }
+
+    def from_data_source(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        items = []
+        for i, r in enumerate(rows, start=1):
+            oid = r.get("id", i)
+            q = str(r["question"])
+            items.append(Item(id=f"logiqa-en-{split}-{oid}", task=self.name, question=q,
+                              answer=str(r["answer"]).strip().upper(),
+                              meta={"original_id": oid, "original_answer": r["answer"], "options_in_question": True,
+                                    "choices": options_from_question(q)}))
+        return items
+
+    def from_hub(self, rows: list[tuple[str | None, dict[str, Any]]], split: str) -> list[Item]:
+        items = []
+        for i, (_, r) in enumerate(rows, start=1):
+            items.append(Item(id=f"logiqa-en-{split}-{i}", task=self.name,
+                              question=f"{r['context']}\n{r['query']}", choices=tuple(r["options"]),
+                              answer=chr(65 + int(r["correct_option"]))))
+        return items
+
+
+class MathTask(SourcedTask):
+    """Hendrycks MATH: the gold is the last \\boxed{} of the solution; answers as Finish<<<...>>>."""
+
+    name = "math"
+    answer_type = "math"
+    split_sources = {
+        "train": SplitSource(data_source="math_train.jsonl", hub=HubSource("EleutherAI/hendrycks_math", "train",
+                             configs=MATH_SUBJECTS), size=7500),
+        "test": SplitSource(data_source="math_test.jsonl", unified=("reflectevo_math_test.jsonl",),
+                            url=_RAW.format(name="math"), sha256=REFLECTEVO_SHA256["math"], size=500),
+        "upstream_test": SplitSource(unified=("math_test.jsonl",), hub=HubSource(
+            "EleutherAI/hendrycks_math", "test", configs=MATH_SUBJECTS), size=5000),
+    }
+
+    def _item(self, iid: str, r: dict[str, Any]) -> Item:
+        gold = last_boxed(str(r["solution"]))
+        if gold is None:
+            raise ReflectEvoError(f"task math: item {iid} has no \\boxed{{}} answer in its solution")
+        return Item(id=iid, task=self.name, question=str(r["problem"]), answer=gold,
+                    meta={"solution": r["solution"], "level": r.get("level"), "type": r.get("type")})
+
+    def from_data_source(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        return [self._item(f"reflectevo-math-{split}-{i}", r) for i, r in enumerate(rows, start=1)]
+
+    def from_hub(self, rows: list[tuple[str | None, dict[str, Any]]], split: str) -> list[Item]:
+        counters: dict[str | None, int] = {}
+        items = []
+        for cfg, r in rows:
+            counters[cfg] = counters.get(cfg, 0) + 1
+            items.append(self._item(f"math-{split}-{cfg}-{counters[cfg] - 1}", r))
+        return items
+
+
+def mbpp_question(text: str, tests: Iterable[str]) -> str:
+    """ReflectEvo's MBPP prompt text: lead-in, the task, and the tests the code must pass."""
+    return f"{MBPP_LEAD}{text}\n{MBPP_TESTS}\n{list(tests)}"
+
+
+class MBPPTask(SourcedTask):
+    """MBPP: Python code between [BEGIN] and [END], judged by the item's asserts in the sandbox."""
+
+    name = "mbpp"
+    answer_type = "code"
+    split_sources = {
+        "train": SplitSource(data_source="mbpp_train.jsonl", hub=HubSource("google-research-datasets/mbpp", "train",
+                             configs=("full",)), size=374),
+        "test": SplitSource(data_source="mbpp_test.jsonl", unified=("reflectevo_mbpp_test.jsonl",),
+                            url=_RAW.format(name="mbpp"), sha256=REFLECTEVO_SHA256["mbpp"], size=500),
+    }
+
+    def _item(self, r: dict[str, Any]) -> Item:
+        tests = tuple(r["test_list"])
+        return Item(id=f"mbpp-{r['task_id']}", task=self.name, question=mbpp_question(r["text"], tests),
+                    answer=str(r["code"]), tests=tests,
+                    meta={"task_id": r["task_id"], "text": r["text"], "test_setup_code": r.get("test_setup_code") or "",
+                          "challenge_test_list": list(r.get("challenge_test_list") or [])})
+
+    def from_data_source(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        return [self._item(r) for r in rows]
+
+    def from_hub(self, rows: list[tuple[str | None, dict[str, Any]]], split: str) -> list[Item]:
+        return [self._item(r) for _, r in rows]
+
+    def from_unified(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        return [self._item({"task_id": r["meta"]["task_id"], "text": r["question"], "code": r["answer"],
+                            "test_list": r["tests"], "test_setup_code": r["meta"].get("test_setup_code", ""),
+                            "challenge_test_list": r["meta"].get("challenge_test_list", [])}) for r in rows]
+
+
+class _ReflectEvoBigBench(SourcedTask):
+    """ReflectEvo's BIG-bench test file mixes 356 MC rows (with `id`) and 144 free-text rows."""
+
+    want_mc = True
+    split_sources = {
+        "test": SplitSource(data_source="bigbench_test.jsonl", unified=("reflectevo_bigbench_test.jsonl",),
+                            url=_RAW.format(name="bigbench"), sha256=REFLECTEVO_SHA256["bigbench"]),
+    }
+
+    def _needs_filter(self, split: str) -> bool:
+        return True
+
+    def from_data_source(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        items = []
+        for i, r in enumerate(rows, start=1):
+            is_mc = "id" in r
+            if is_mc != self.want_mc:
+                continue
+            q = str(r["question"])
+            meta: dict[str, Any] = {"original_answer": r["answer"], "options_in_question": is_mc}
+            if is_mc:
+                meta.update(original_id=r["id"], choices=options_from_question(q))
+            items.append(Item(id=f"reflectevo-bigbench-{split}-{i}", task=self.name, question=q,
+                              answer=str(r["answer"]).strip().upper() if is_mc else str(r["answer"]), meta=meta))
+        return items
+
+    def from_unified(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        kind = "multiple_choice" if self.want_mc else "free_text"
+        return [self._unified_item(r) for r in rows if r.get("task_type") == kind]
+
+
+class BigBenchTask(_ReflectEvoBigBench):
+    """BIG-bench multiple choice in ReflectEvo's test set (VitaminC, StrategyQA, Social IQa, TimeDial)."""
+
+    name = "bigbench"
+    answer_type = "choice"
+    want_mc = True
+    split_sources = {"test": SplitSource(**{**_ReflectEvoBigBench.split_sources["test"].__dict__, "size": 356})}
+
+
+class BigBenchFreeTask(_ReflectEvoBigBench):
+    """BIG-bench free text in ReflectEvo's test set (SQuADShifts, CoQA): normalised EM, token-F1 score."""
+
+    name = "bigbench_free"
+    answer_type = "text"
+    want_mc = False
+    split_sources = {"test": SplitSource(**{**_ReflectEvoBigBench.split_sources["test"].__dict__, "size": 144})}
+
+
+@functools.lru_cache(maxsize=8)
+def _reflectevo_bigbench_text(data_dir: str | None) -> str:
+    """All question texts of ReflectEvo's BIG-bench test set, joined (to drop test items from train)."""
+    parts: list[str] = []
+    for cls in (BigBenchTask, BigBenchFreeTask):
+        try:
+            parts += [it.question for it in cls(data_dir=data_dir, online=False).all_items("test")]
+        except ReflectEvoError:
+            pass
+    return "\x00".join(parts)
+
+
+class BigBenchSubtask(SourcedTask):
+    """One BIG-bench task as a training source: the local subset minus ReflectEvo's test items, or the hub."""
+
+    def __init__(self, subtask: str, data_dir: str | None = None, online: bool = True,
+                 timeout: float | None = None) -> None:
+        free = subtask in BIGBENCH_FREE
+        if subtask not in BIGBENCH_MC and not free:
+            raise unknown("BIG-bench task", subtask, [*BIGBENCH_MC, *BIGBENCH_FREE])
+        self.subtask = subtask
+        self.name = f"bigbench/{subtask}"
+        self.answer_type = "text" if free else "choice"
+        local = BIGBENCH_FREE.get(subtask, f"bigbench_{subtask}.jsonl")
+        hub_name = BIGBENCH_HUB_NAME.get(subtask, subtask)
+        self.split_sources = {
+            "train": SplitSource(unified=(local,), hub=HubSource("tasksource/bigbench", "train", configs=(hub_name,))),
+            "validation": SplitSource(hub=HubSource("tasksource/bigbench", "validation", configs=(hub_name,))),
+        }
+        super().__init__(data_dir, online, timeout)
+
+    def _needs_filter(self, split: str) -> bool:
+        return True
+
+    def from_unified(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
+        test_text = _reflectevo_bigbench_text(str(self.data_dir) if self.data_dir else None)
+        items = []
+        for r in rows:
+            if str(r["question"]).strip() and str(r["question"]).strip() in test_text:
+                continue  # the same item is in ReflectEvo's test set
+            it = self._unified_item(r)
+            prefix = str(it.meta.get("prompt_prefix") or "")
+            if prefix:
+                it = Item(id=it.id, task=it.task, question=prefix + it.question, answer=it.answer, choices=it.choices,
+                          tests=it.tests, meta=it.meta)
+            items.append(it)
+        return items
+
+    def from_hub(self, rows: list[tuple[str | None, dict[str, Any]]], split: str) -> list[Item]:
+        items = []
+        for i, (_, r) in enumerate(rows):
+            iid = f"bigbench-{self.subtask}-{split}-{r.get('idx', i)}"
+            if self.answer_type == "choice":
+                opts, scores = list(r["multiple_choice_targets"]), list(r["multiple_choice_scores"])
+                if not opts:
+                    continue
+                items.append(Item(id=iid, task=self.name, question=str(r["inputs"]), choices=tuple(opts),
+                                  answer=chr(65 + max(range(len(opts)), key=lambda k: scores[k]))))
+            else:
+                targets = list(r["targets"])
+                if targets:
+                    items.append(Item(id=iid, task=self.name, question=str(r["inputs"]), answer=str(targets[0]),
+                                      meta={"all_answers": targets}))
+        return items
+
+
+def bigbench_subtask_factory(subtask: str) -> Callable[..., BigBenchSubtask]:
+    def make(**options: Any) -> BigBenchSubtask:
+        return BigBenchSubtask(subtask, **options)
+
+    make.__name__ = f"bigbench_{subtask}"
+    return make
+
+
+SUBTASK_FACTORIES = {f"bigbench/{s}": bigbench_subtask_factory(s) for s in [*BIGBENCH_MC, *BIGBENCH_FREE]}
