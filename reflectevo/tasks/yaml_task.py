@@ -5,7 +5,7 @@
     source: quiz.jsonl             # one JSONL file for the `test` split (relative to the YAML file) ...
     splits: {train: a.jsonl, test: b.jsonl}   # ... or several named splits
     fields:                        # where each value is in a row (dotted paths reach nested keys)
-      id: id                       # optional: default "<split>-<line>"
+      id: id                       # optional (default `id`); rows without one get "<split>-<line>"
       question: question
       answer: answer               # choice: a letter, an option index (int) or the option text
       choices: choices             # choice: the option texts (optional when listed in the question)
@@ -81,7 +81,7 @@ class YamlTask(TypedTask):
         for key in fields:
             if key not in _FIELDS:
                 raise unknown("field", key, _FIELDS, f"{self.path}: fields")
-        self.fields = {"question": "question", "answer": "answer", **{k: str(v) for k, v in fields.items()}}
+        self.fields = {"id": "id", "question": "question", "answer": "answer", **{k: str(v) for k, v in fields.items()}}
         if self.answer_type == "code" and "tests" not in self.fields:
             self.fields["tests"] = "tests"
         self._cache: dict[str, list[Item]] = {}
