@@ -182,10 +182,12 @@ def _in_main_thread() -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _mv_parse(text: str, timeouts: bool):
-    from math_verify import parse
+    from math_verify import LatexExtractionConfig, parse
 
+    # answers are LaTeX: the LaTeX extractor alone is about twice as fast as the default pair
     wrapped = text if "$" in text or "\\boxed" in text else f"${text}$"
-    return parse(wrapped, parsing_timeout=3 if timeouts else None)  # type: ignore[arg-type]
+    return parse(wrapped, extraction_config=[LatexExtractionConfig()],
+                 parsing_timeout=3 if timeouts else None)  # type: ignore[arg-type]
 
 
 def math_verify_equal(pred: str, gold: str) -> bool:
