@@ -254,9 +254,6 @@ class CurateConfig:
             raise ReflectEvoError(f"{where}.dedup_threshold: must be in (0, 1]")
 
 
-SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa")
-
-
 @dataclass(frozen=True)
 class SFTHyper:
     epochs: float = 1.0
