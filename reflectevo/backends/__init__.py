@@ -2,11 +2,16 @@
 
 A backend renders chat messages with the model's own chat template (`render`) and generates
 completions for already-rendered prompts (`generate`), so records store prompts exactly as sent.
+
+Sampled generation takes one seed per prompt (`seeds`): a sample depends on its prompt, its seed and
+the sampling parameters only, never on which other prompts share its batch, how many devices there
+are, or where a resumed run restarted. Greedy generation ignores seeds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from reflectevo.registry import Registry
@@ -36,7 +41,8 @@ class Backend(Protocol):
 
     def render(self, messages: list[dict[str, str]]) -> str: ...
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]: ...
+    def generate(self, prompts: list[str], sampling: Sampling,
+                 seeds: Sequence[int] | None = None) -> list[Generation]: ...
 
 
 BACKENDS: Registry[Any] = Registry("backend")
