@@ -127,9 +127,11 @@ def to_dict(obj: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 # Model presets
 
-SOURCES = ("tiny-random", "gguf-package", "hub")
+SOURCES = ("tiny-random", "gguf-package", "hub", "api")   # api: weights only behind an endpoint (backend openai)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("transformers", "vllm", "openai")
+API_MODES = ("auto", "completions", "chat")
+ENGINES = ("local", "ray")        # generate.engine: how episodes are computed (records are the same)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,14 @@ class ModelPreset:
     lr_sft: float = 2.0e-4
     lr_dpo: float = 5.0e-6
     seed: int = 0                    # tiny-random: weight init seed
+    # backend: openai (an OpenAI-compatible endpoint; see reflectevo/backends/openai_backend.py)
+    api_model: str = ""              # model name the endpoint serves; default: hub_id, else the preset name
+    api_mode: str = "auto"           # completions (chat template applied here) | chat | auto (chat for source api)
+    api_base_url: str = ""           # empty: $REFLECTEVO_OPENAI_BASE_URL, else $OPENAI_BASE_URL
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (never the key)
+    api_concurrency: int = 0         # requests in flight; 0: $REFLECTEVO_OPENAI_CONCURRENCY, else 8
+    api_retries: int = 5             # retries on 408/409/429/5xx and connection errors, exponential backoff
+    api_extra: dict[str, Any] = field(default_factory=dict)  # extra request fields (vllm serve: add_special_tokens)
 
     def validate(self, where: str) -> None:
         if self.source not in SOURCES:
@@ -176,6 +186,17 @@ class ModelPreset:
             raise ReflectEvoError(f"{where}: a gguf-package preset needs package and file")
         if self.gen_batch_size < 1:
             raise ReflectEvoError(f"{where}.gen_batch_size: must be >= 1")
+        if self.api_mode not in API_MODES:
+            raise unknown("api_mode", self.api_mode, API_MODES, f"{where}.api_mode")
+        if self.source == "api" and self.backend != "openai":
+            raise ReflectEvoError(f"{where}.backend: a source: api preset runs only through backend: openai")
+        if self.source == "api" and not (self.api_model or self.hub_id):
+            raise ReflectEvoError(f"{where}.api_model: a source: api preset needs the endpoint's model name")
+        if self.source == "api" and self.api_mode == "completions":
+            raise ReflectEvoError(f"{where}.api_mode: completions needs the model's chat template (a tokenizer), "
+                                  "which a source: api preset has not; use chat")
+        if self.api_concurrency < 0 or self.api_retries < 0:
+            raise ReflectEvoError(f"{where}: api_concurrency and api_retries must be >= 0")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,16 +238,27 @@ class GenerateConfig:
     max_new_tokens_trial: int = 256
     max_new_tokens_reflection: int = 256
     use_previous_trial: bool = True             # show trial 1 in the trial-2 prompt
+    protocol: str = "oracle"                    # oracle: reflect on failures, told so; intrinsic: on every item, not told
+    reflect: bool = True                        # false: the "w/o reflection" baseline (retry sees notice + attempt only)
+    rounds: int = 1                             # reflect -> retry rounds per sample (multi-round, Figure 4)
     seed: int = 0
     limit: int = 0                              # 0 = every train item
     shard_size: int = 50000                     # episodes per output shard
     workers: int = 1                            # parallel generation processes (one per GPU), merged at the end
+    engine: str = "local"                       # local: processes on this machine; ray: a Ray Data pipeline
+    ray_address: str = ""                       # engine ray: "" starts a local Ray; "auto" or "ray://head:10001" joins a cluster
 
     def validate(self, where: str) -> None:
         if self.workers < 1:
             raise ReflectEvoError(f"{where}.workers: must be >= 1")
+        if self.engine not in ENGINES:
+            raise unknown("engine", self.engine, ENGINES, f"{where}.engine")
         if self.k < 1:
             raise ReflectEvoError(f"{where}.k: must be >= 1")
+        if self.protocol not in ("oracle", "intrinsic"):
+            raise unknown("protocol", self.protocol, ["oracle", "intrinsic"], f"{where}.protocol")
+        if not 1 <= self.rounds <= 10:
+            raise ReflectEvoError(f"{where}.rounds: must be in [1, 10]")
         if not 0.0 <= self.temperature <= 5.0:
             raise ReflectEvoError(f"{where}.temperature: must be in [0, 5]")
         from reflectevo.prompts import demand_pool
@@ -281,6 +313,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     protocol: str = "oracle"                    # oracle: reflect only when wrong; intrinsic: always, no feedback
+    rounds: int = 1                             # reflect -> retry rounds: Acc@t1 .. Acc@t(rounds+1) (Figure 4)
     max_new_tokens_trial: int = 256
     max_new_tokens_reflection: int = 256
     limit: int = 0                              # 0 = every test item
@@ -288,6 +321,8 @@ class EvaluateConfig:
     def validate(self, where: str) -> None:
         if self.protocol not in ("oracle", "intrinsic"):
             raise unknown("protocol", self.protocol, ["oracle", "intrinsic"], f"{where}.protocol")
+        if not 1 <= self.rounds <= 10:
+            raise ReflectEvoError(f"{where}.rounds: must be in [1, 10]")
 
 
 SECTIONS: dict[str, type] = {

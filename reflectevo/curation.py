@@ -92,6 +92,9 @@ def curate(episodes: Sequence[dict], cfg: CurateConfig, judge=None, judge_info: 
             continue
         kept = []
         for s in ep["samples"]:
+            if s.get("reflection") is None:  # generated with `reflect: false` (the w/o-reflection baseline)
+                drops["no_reflection"] += 1
+                continue
             why = reflection_problem(s["reflection"]["text"], cfg)
             if why:
                 drops[why] += 1
@@ -156,7 +159,7 @@ def statistics(episodes: Sequence[dict]) -> dict[str, Any]:
             "avg_question_words": _avg(len(ep["item"]["question"].split()) for ep in eps),
             "avg_trial1_words": _avg(len(ep["trial1"]["completion"].split()) for ep in eps),
             "avg_trial2_words": _avg(len(s["trial2"]["completion"].split()) for s in samples),
-            "avg_reflection_words": _avg(len(s["reflection"]["text"].split()) for s in samples),
+            "avg_reflection_words": _avg(len(s["reflection"]["text"].split()) for s in samples if s.get("reflection")),
         }
 
     return {"per_task": {t: row(eps) for t, eps in sorted(by_task.items())}, "total": row(list(episodes))}

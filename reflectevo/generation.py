@@ -28,6 +28,9 @@ from reflectevo.tasks import Item, Task, Verdict
 SHARD_GLOB = "episodes-*.jsonl"
 JOURNAL = "journal.jsonl"          # single-process runs
 JOURNAL_GLOB = "journal*.jsonl"     # plus journal-<i>-of-<n>.jsonl, one per shard worker
+# How sampled reflections are drawn (part of every key): one seed per sample (`sample_seed`), one random
+# generator per row (reflectevo.backends.hf.SeededSampler).
+SAMPLER = "per-sample-seed-v1"
 
 
 def shard_slice(items: Sequence[Item], shard: tuple[int, int]) -> list[Item]:
@@ -58,6 +61,8 @@ class GenSpec:
     cfg: GenerateConfig
 
     def demands(self) -> list[str]:
+        if not self.cfg.reflect or self.cfg.protocol != "oracle":
+            return []  # the intrinsic reflection prompt and the w/o-reflection retry take no demand
         pool = list(demand_pool())
         return pool if "all" in self.cfg.demands else list(self.cfg.demands)
 
@@ -66,7 +71,8 @@ class GenSpec:
         return {"k": c.k, "demands": self.demands(), "temperature": c.temperature, "top_p": c.top_p,
                 "max_new_tokens_trial": c.max_new_tokens_trial,
                 "max_new_tokens_reflection": c.max_new_tokens_reflection,
-                "use_previous_trial": c.use_previous_trial, "seed": c.seed}
+                "use_previous_trial": c.use_previous_trial, "protocol": c.protocol, "reflect": c.reflect,
+                "rounds": c.rounds, "seed": c.seed, "sampler": SAMPLER}
 
     def episode_id(self, item: Item, task: Task) -> str:
         """Content key: model, dtype, prompt templates, the task's prompt parts, the item, generation params."""
@@ -101,58 +107,95 @@ def _trial_record(prompt: str, gen, verdict: Verdict) -> dict[str, Any]:
             "n_new_tokens": gen.n_new_tokens, **verdict.to_dict()}
 
 
+def sample_seed(episode_id: str, sample_idx: int, round_: int = 1) -> int:
+    """The seed of one sampled reflection: a function of its episode key, sample index and round only,
+    so a sample is the same whatever batch, chunk, worker or resumed run computes it."""
+    return int(hashlib.sha256(f"{episode_id}:{sample_idx}:{round_}".encode()).hexdigest()[:15], 16)
+
+
+def _reflection_record(prompt: str, gen, sampling: Sampling, seed: int) -> dict[str, Any]:
+    return {"prompt": prompt, "text": gen.text, "n_new_tokens": gen.n_new_tokens,
+            "sampling": {**sampling.to_dict(), "seed": seed}}
+
+
 def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenSpec, stats: Stats) -> list[dict]:
-    """Compute the episodes of `items` (one batched pass per phase)."""
+    """Compute the episodes of `items`: one batched pass per phase (trial 1, then per round: reflect, retry).
+
+    - oracle protocol: failed items get `k` samples, each told its attempt failed;
+      intrinsic: every item gets `k` samples and no prompt says whether the attempt was right.
+    - `reflect: false` (w/o-reflection baseline): one retry that sees the notice and its attempt only.
+    - `rounds` > 1: a sample whose retry is still wrong (oracle) or every sample (intrinsic) reflects on
+      its latest retry and retries again; rounds 2.. go to the sample's `later_rounds`.
+    Round 1 of every sample sees trial 1 (never another sample's retry); no prompt carries the answer.
+    """
     cfg = spec.cfg
+    oracle = cfg.protocol == "oracle"
     greedy_t = Sampling(cfg.max_new_tokens_trial, 0.0, 1.0, 0)
+    refl_sampling = Sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, cfg.seed)
+    ids = [spec.episode_id(it, tasks[it.task]) for it in items]
 
     def count(gens) -> None:
         stats.generations += len(gens)
         stats.prompt_tokens += sum(g.n_prompt_tokens for g in gens)
         stats.new_tokens += sum(g.n_new_tokens for g in gens)
 
-    # trial 1
+    # trial 1 (greedy)
     t1_prompts = [backend.render(trial_messages(tasks[it.task], it)) for it in items]
     t1 = backend.generate(t1_prompts, greedy_t)
     count(t1)
     t1_v = [tasks[it.task].verify(g.text, it) for it, g in zip(items, t1)]
 
-    # reflections on failures, k samples each, each seeing trial 1
-    jobs = [(i, j, spec.demand_for(it, j)) for i, it in enumerate(items) if not t1_v[i].correct for j in range(cfg.k)]
-    seed = cfg.seed + int(spec.episode_id(items[0], tasks[items[0].task])[:6], 16) if items else cfg.seed
-    refl_sampling = Sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, seed)
-    r_prompts = [backend.render(reflection_messages(items[i], t1[i].text, d)) for i, _, d in jobs]
-    refl = backend.generate(r_prompts, refl_sampling) if jobs else []
-    count(refl)
-
-    # trial 2 after each reflection (greedy)
-    t2_prompts = [
-        backend.render(trial_messages(tasks[items[i].task], items[i], reflection=r.text,
-                                      previous=t1[i].text if cfg.use_previous_trial else None))
-        for (i, _, _), r in zip(jobs, refl)
-    ]
-    t2 = backend.generate(t2_prompts, greedy_t) if jobs else []
-    count(t2)
+    k = cfg.k if cfg.reflect else 1   # without reflection the greedy retry is the same for every sample
+    jobs = [(i, j, spec.demand_for(it, j) if cfg.reflect and oracle else None)
+            for i, it in enumerate(items) if oracle is False or not t1_v[i].correct for j in range(k)]
+    latest = [t1[i].text for i, _, _ in jobs]               # what the next reflection / retry looks at
+    rounds: list[list[dict[str, Any]]] = [[] for _ in jobs]  # per job: one record per round
+    active = list(range(len(jobs)))
+    for rnd in range(1, cfg.rounds + 1):
+        if not active:
+            break
+        refl: list[Any] = [None] * len(active)
+        r_prompts: list[str | None] = [None] * len(active)
+        seeds = [sample_seed(ids[jobs[a][0]], jobs[a][1], rnd) for a in active]
+        if cfg.reflect:
+            r_prompts = [backend.render(reflection_messages(items[jobs[a][0]], latest[a], jobs[a][2], oracle=oracle))
+                         for a in active]
+            refl = backend.generate(r_prompts, refl_sampling, seeds=seeds)
+            count(refl)
+        t2_prompts = [
+            backend.render(trial_messages(tasks[items[jobs[a][0]].task], items[jobs[a][0]],
+                                          reflection=r.text if r is not None else None,
+                                          previous=latest[a] if cfg.use_previous_trial else None,
+                                          retry=True, oracle=oracle))
+            for a, r in zip(active, refl)
+        ]
+        t2 = backend.generate(t2_prompts, greedy_t)
+        count(t2)
+        still = []
+        for a, rp, r, seed, tp, g in zip(active, r_prompts, refl, seeds, t2_prompts, t2):
+            it = items[jobs[a][0]]
+            v = tasks[it.task].verify(g.text, it)
+            rounds[a].append({"reflection": _reflection_record(rp, r, refl_sampling, seed) if r is not None else None,
+                              "trial": _trial_record(tp, g, v)})
+            latest[a] = g.text
+            if not oracle or not v.correct:
+                still.append(a)
+        active = still
 
     episodes = []
     for i, it in enumerate(items):
-        eid = spec.episode_id(it, tasks[it.task])
-        ep = {
-            "episode_id": eid, "item_id": it.id, "task": it.task, "item_hash": it.text_hash(),
+        episodes.append({
+            "episode_id": ids[i], "item_id": it.id, "task": it.task, "item_hash": it.text_hash(),
             "model": spec.model, "dtype": spec.dtype, "resolved_dtype": getattr(backend, "dtype", None),
             "prompt_version": spec.prompt_version, "gen": spec.params(), "item": it.to_dict(),
             "trial1": _trial_record(t1_prompts[i], t1[i], t1_v[i]), "samples": [],
-        }
-        episodes.append(ep)
-    for (i, j, d), rp, r, tp, g in zip(jobs, r_prompts, refl, t2_prompts, t2):
-        it = items[i]
-        v = tasks[it.task].verify(g.text, it)
-        episodes[i]["samples"].append({
-            "sample_id": f"{episodes[i]['episode_id']}-{j}", "sample_idx": j, "demand_id": d,
-            "reflection": {"prompt": rp, "text": r.text, "n_new_tokens": r.n_new_tokens,
-                           "sampling": refl_sampling.to_dict()},
-            "trial2": _trial_record(tp, g, v),
         })
+    for (i, j, d), recs in zip(jobs, rounds):
+        sample = {"sample_id": f"{ids[i]}-{j}", "sample_idx": j, "demand_id": d,
+                  "reflection": recs[0]["reflection"], "trial2": recs[0]["trial"]}
+        if cfg.rounds > 1:
+            sample["later_rounds"] = [{"round": n, **rec} for n, rec in enumerate(recs[1:], start=2)]
+        episodes[i]["samples"].append(sample)
     stats.computed += len(items)
     return episodes
 

@@ -113,7 +113,8 @@ ONE_STAGE_SEPARATOR = "\n\nAnswer:\n"
 
 # What the generate stage sends (trial 1, reflection under a demand, trial 2): its prompt version hashes
 # only these, so editing an evaluation-only template does not invalidate generated episodes.
-GENERATION_TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT)
+GENERATION_TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT,
+                        RETRY_BLOCK, REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK)  # + variants of generate
 TEMPLATES = (REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK, INSTRUCTION, TRIAL, REFLECTION_BLOCK, RETRY_BLOCK,
               PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
              ONE_STAGE_SEPARATOR)

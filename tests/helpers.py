@@ -18,12 +18,14 @@ class ScriptedBackend:
     def __init__(self, respond: Callable[[str, Sampling], str]) -> None:
         self.respond = respond
         self.calls: list[tuple[list[str], Sampling]] = []
+        self.seeds: list[list[int] | None] = []
 
     def render(self, messages):
         return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
 
-    def generate(self, prompts, sampling):
+    def generate(self, prompts, sampling, seeds=None):
         self.calls.append((list(prompts), sampling))
+        self.seeds.append(None if seeds is None else list(seeds))
         return [Generation(self.respond(p, sampling), len(p.split()), 5) for p in prompts]
 
 

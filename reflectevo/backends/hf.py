@@ -1,7 +1,16 @@
-"""transformers backend: batched generation with left padding, greedy or sampled."""
+"""transformers backend: batched generation with left padding, greedy or sampled.
+
+Sampling is per row: each prompt has its own seed and its own random generator, and the token drawn at
+each step depends only on that row's logits and generator. A sample therefore does not change with the
+batch it lands in, the batch size, the device count or the point where a resumed run restarted
+(`model.generate(do_sample=True)` draws all rows from one global generator, so it does). Technically,
+`SeededSampler` is a logits processor that draws the next token of every row and masks all others;
+generation then runs in greedy mode and picks exactly that token.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +37,33 @@ class TransformersBackend:
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
-        out: list[Generation] = []
+    def generate(self, prompts: list[str], sampling: Sampling,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        if seeds is None:  # one seed per position of this call
+            seeds = [sampling.seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         # Sort by length so each batch pads little; restore order at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: dict[int, Generation] = {}
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            batch = self._generate_batch([prompts[i] for i in idx], sampling, start)
+            batch = self._generate_batch([prompts[i] for i in idx], sampling, [seeds[i] for i in idx])
             results.update(zip(idx, batch))
-        out = [results[i] for i in range(len(prompts))]
-        return out
+        return [results[i] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts: list[str], sampling: Sampling, offset: int) -> list[Generation]:
+    def _generate_batch(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[Generation]:
         import torch
+        from transformers import LogitsProcessorList
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id,
+                                      do_sample=False, temperature=None, top_p=None, top_k=None)
         if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-            torch.manual_seed(sampling.seed + offset)  # same prompts + seed -> same samples, any hardware
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [SeededSampler(seeds, sampling.temperature, sampling.top_p)])
         with torch.inference_mode():
             gen = self.model.generate(**enc, **kwargs)
         new = gen[:, enc["input_ids"].shape[1]:]
@@ -60,6 +72,34 @@ class TransformersBackend:
         n_prompt = enc["attention_mask"].sum(dim=1).tolist()
         n_new = [(row != pad).sum().item() for row in new]
         return [Generation(t, int(p), int(n)) for t, p, n in zip(texts, n_prompt, n_new)]
+
+
+class SeededSampler:
+    """Logits processor: draw each row's next token from softmax(logits / T) after top-p filtering,
+    with that row's own generator, and leave only that token possible (greedy then picks it)."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float = 1.0) -> None:
+        import torch
+
+        self.generators = [torch.Generator(device="cpu").manual_seed(int(s) % (2**63)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            drop = cum - sorted_logits.softmax(dim=-1) >= self.top_p   # keep the smallest set reaching top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
+        probs = logits.softmax(dim=-1).cpu()
+        picks = [int(torch.multinomial(probs[r], 1, generator=g)) for r, g in enumerate(self.generators)]
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(picks)), torch.tensor(picks, device=scores.device)] = 0.0
+        return out
 
 
 def make_backend(preset_name: str, preset: ModelPreset, adapter: str | Path | None = None):
