@@ -5,6 +5,9 @@
 - `intrinsic` (SCoRe's setting): reflect on every item with prompts that never reveal whether the
   attempt was right; the second answer counts, so right answers can turn wrong (Δc→i).
 
+`rounds` > 1 repeats reflect -> retry on the latest attempt (Figure 4: Acc@t1 .. Acc@t(R+1)); under the
+oracle protocol a right answer is final, under the intrinsic one every round counts.
+
 Trial 1 comes from the untrained base model, as in the paper, so Acc@t1 is shared by every reflecting
 system. Systems:
 
@@ -20,7 +23,7 @@ system. Systems:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from reflectevo.backends import Sampling
@@ -47,55 +50,90 @@ def _oracle(cfg: EvaluateConfig) -> bool:
     return cfg.protocol == "oracle"
 
 
-def _start(t1_rows: list[dict[str, Any]], cfg: EvaluateConfig) -> tuple[list[int], list[dict[str, Any]]]:
-    """Indices to reflect on (oracle: the failures; intrinsic: all) and rows defaulting t2 to t1."""
-    wrong = [i for i, r in enumerate(t1_rows) if not r["t1_correct"] or not _oracle(cfg)]
-    out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"], "t2_correct": r["t1_correct"]}
-           for r in t1_rows]
-    return wrong, out
+# One reflect -> retry step for the rows `idx`, each looking at its latest attempt: returns per row the
+# fields to record, including `t2` (the new attempt's text), `t2_answer` and `t2_correct`.
+Step = Callable[[list[int], list[str]], list[dict[str, Any]]]
 
 
-def _retry(items, tasks, wrong, t1_rows, out, model, reflections: list[str] | None, cfg: EvaluateConfig) -> None:
+def _rounds(items: Sequence[Item], t1_rows: list[dict[str, Any]], cfg: EvaluateConfig, step: Step) -> list[dict[str, Any]]:
+    """Run `cfg.rounds` reflect -> retry rounds. Oracle: only rows still wrong go on (a right answer is
+    final); intrinsic: every row goes on, and the last answer counts. Each row gets `correct_by_round`
+    (trial 1, after round 1, ..., after round R), `t2_correct` (after round 1) and `final_correct`."""
+    oracle = _oracle(cfg)
+    out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"],
+            "correct_by_round": [r["t1_correct"]]} for r in t1_rows]
+    latest = [r["t1"] for r in t1_rows]
+    active = [i for i, r in enumerate(t1_rows) if not (oracle and r["t1_correct"])]
+    for rnd in range(1, cfg.rounds + 1):
+        records = step(active, [latest[i] for i in active]) if active else []
+        for i, rec in zip(active, records):
+            if rnd == 1:
+                out[i].update(rec)
+            else:
+                out[i].setdefault("rounds", []).append({"round": rnd, **rec})
+            latest[i] = rec["t2"]
+            out[i]["correct_by_round"].append(bool(rec["t2_correct"]))
+        done = set(active)
+        for i, row in enumerate(out):  # rows that did not reflect this round keep their answer
+            if i not in done:
+                row["correct_by_round"].append(row["correct_by_round"][-1])
+        active = [i for i in active if not (oracle and out[i]["correct_by_round"][-1])]
+    for row in out:
+        row["t2_correct"] = row["correct_by_round"][1]
+        row["final_correct"] = row["correct_by_round"][-1]
+    return out
+
+
+def _retry_step(items, tasks, model, cfg: EvaluateConfig, idx: list[int], latest: list[str],
+                reflections: list[str] | None) -> list[dict[str, Any]]:
     prompts = [model.render(trial_messages(tasks[items[i].task], items[i],
                                            reflection=reflections[n] if reflections is not None else None,
-                                           previous=t1_rows[i]["t1"], retry=True, oracle=_oracle(cfg)))
-               for n, i in enumerate(wrong)]
-    gens = model.generate(prompts, Sampling(cfg.max_new_tokens_trial)) if wrong else []
-    for i, p, g in zip(wrong, prompts, gens):
+                                           previous=latest[n], retry=True, oracle=_oracle(cfg)))
+               for n, i in enumerate(idx)]
+    gens = model.generate(prompts, Sampling(cfg.max_new_tokens_trial)) if idx else []
+    recs = []
+    for i, p, g in zip(idx, prompts, gens):
         v = tasks[items[i].task].verify(g.text, items[i])
-        out[i].update(t2_prompt=p, t2=g.text, t2_answer=v.extracted, t2_correct=v.correct)
+        recs.append({"t2_prompt": p, "t2": g.text, "t2_answer": v.extracted, "t2_correct": v.correct})
+    return recs
 
 
 def reflect_then_retry(items, tasks, t1_rows, reflector, corrector, cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    """Oracle protocol: for each trial-1 failure, `reflector` reflects (greedy) and `corrector` retries."""
-    wrong, out = _start(t1_rows, cfg)
-    r_prompts = [reflector.render(reflection_messages(items[i], t1_rows[i]["t1"], None, oracle=_oracle(cfg)))
-                 for i in wrong]
-    refl = reflector.generate(r_prompts, Sampling(cfg.max_new_tokens_reflection)) if wrong else []
-    for i, p, r in zip(wrong, r_prompts, refl):
-        out[i].update(reflection_prompt=p, reflection=r.text)
-    _retry(items, tasks, wrong, t1_rows, out, corrector, [r.text for r in refl], cfg)
-    return out
+    """Each round: `reflector` reflects (greedy, test prompt, no demand) on the latest attempt and
+    `corrector` retries after it."""
+
+    def step(idx: list[int], latest: list[str]) -> list[dict[str, Any]]:
+        r_prompts = [reflector.render(reflection_messages(items[i], t, None, oracle=_oracle(cfg)))
+                     for i, t in zip(idx, latest)]
+        refl = [g.text for g in reflector.generate(r_prompts, Sampling(cfg.max_new_tokens_reflection))]
+        recs = _retry_step(items, tasks, corrector, cfg, idx, latest, refl)
+        return [{"reflection_prompt": p, "reflection": r, **rec} for p, r, rec in zip(r_prompts, refl, recs)]
+
+    return _rounds(items, t1_rows, cfg, step)
 
 
 def retry_without_reflection(items, tasks, t1_rows, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
     """The "prompt-based w/o reflection" baseline: failure notice (oracle) and previous attempt only."""
-    wrong, out = _start(t1_rows, cfg)
-    _retry(items, tasks, wrong, t1_rows, out, model, None, cfg)
-    return out
+    return _rounds(items, t1_rows, cfg, lambda idx, latest: _retry_step(items, tasks, model, cfg, idx, latest, None))
 
 
 def one_stage(items, tasks, model, t1_rows, cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    wrong, out = _start(t1_rows, cfg)
-    prompts = [model.render(one_stage_messages(tasks[items[i].task], items[i], t1_rows[i]["t1"], oracle=_oracle(cfg)))
-               for i in wrong]
+    """The one-stage adapter writes the reflection and the new answer in one output; the answer part is
+    the attempt the next round looks at."""
     budget = cfg.max_new_tokens_reflection + cfg.max_new_tokens_trial
-    gens = model.generate(prompts, Sampling(budget)) if wrong else []
-    for i, p, g in zip(wrong, prompts, gens):
-        reflection, answer = split_one_stage(g.text)
-        v = tasks[items[i].task].verify(answer or g.text, items[i])
-        out[i].update(prompt=p, output=g.text, reflection=reflection, t2_answer=v.extracted, t2_correct=v.correct)
-    return out
+
+    def step(idx: list[int], latest: list[str]) -> list[dict[str, Any]]:
+        prompts = [model.render(one_stage_messages(tasks[items[i].task], items[i], t, oracle=_oracle(cfg)))
+                   for i, t in zip(idx, latest)]
+        recs = []
+        for i, p, g in zip(idx, prompts, model.generate(prompts, Sampling(budget))):
+            reflection, answer = split_one_stage(g.text)
+            v = tasks[items[i].task].verify(answer or g.text, items[i])
+            recs.append({"prompt": p, "output": g.text, "reflection": reflection, "t2": answer or g.text,
+                         "t2_answer": v.extracted, "t2_correct": v.correct})
+        return recs
+
+    return _rounds(items, t1_rows, cfg, step)
 
 
 def answers_only(items, tasks, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
@@ -107,6 +145,8 @@ def answers_only(items, tasks, model, cfg: EvaluateConfig) -> list[dict[str, Any
 
 
 def summarize(system_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per system: by_task metrics with 95% Wilson intervals, plus `acc_by_round` (Acc@t1..Acc@t(R+1))
+    and, after several rounds, `acc_final` / `delta_final` (last round vs trial 1)."""
     out = {}
     for name, rows in system_rows.items():
         m = by_task(rows, intervals=True)  # + 95% Wilson intervals acc_t1_ci / acc_t2_ci
@@ -114,5 +154,38 @@ def summarize(system_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             for block in [m["overall"], *m["per_task"].values()]:
                 for k in ("acc_t2", "acc_t2_ci", "delta", "delta_i2c", "delta_c2i"):
                     block[k] = None
+        else:
+            _add_rounds(m["overall"], rows)
+            for task, block in m["per_task"].items():
+                _add_rounds(block, [r for r in rows if r["task"] == task])
         out[name] = m
     return out
+
+
+def _add_rounds(block: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    if not rows or "correct_by_round" not in rows[0]:
+        return
+    n, depth = len(rows), len(rows[0]["correct_by_round"])
+    block["acc_by_round"] = [round(sum(bool(r["correct_by_round"][k]) for r in rows) / n, 4) for k in range(depth)]
+    if depth > 2:
+        block["acc_final"] = block["acc_by_round"][-1]
+        block["delta_final"] = round(block["acc_by_round"][-1] - block["acc_by_round"][0], 4)
+
+
+def plot_rows(system_rows: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Data for `dvc plots`: accuracy by round per system, and the trial-1 -> final transition counts."""
+    by_round, transitions = [], []
+    for name, rows in system_rows.items():
+        if not rows or name == "sft_qa":
+            continue
+        n = len(rows)
+        for k in range(len(rows[0]["correct_by_round"])):
+            by_round.append({"system": name, "round": k + 1, "n": n,
+                             "accuracy": round(sum(bool(r["correct_by_round"][k]) for r in rows) / n, 4)})
+        for a in (True, False):
+            for b in (True, False):
+                transitions.append({"system": name, "trial1": "correct" if a else "incorrect",
+                                    "final": "correct" if b else "incorrect",
+                                    "count": sum(bool(r["t1_correct"]) == a and bool(r["final_correct"]) == b
+                                                 for r in rows)})
+    return by_round, transitions

@@ -6,7 +6,9 @@
 Trial 1 by the base model; for its failures (oracle protocol) each system reflects and retries: the
 prompt baselines without and with reflection, and every trained setting found under --models
 (settings whose card says "no training data", or that are missing, are listed under `skipped` with
-the reason). Per-sample predictions go to data/eval/predictions.jsonl. Reads `evaluate` and
+the reason). With `evaluate.rounds` R > 1 each reflecting system repeats reflect -> retry on its latest
+attempt (Acc@t1 .. Acc@t(R+1)). Per-sample predictions go to data/eval/predictions.jsonl, plot data
+(accuracy by round, trial-1 -> final transitions) to plots/eval/. Reads `evaluate` and
 `models.<model>` in params.yaml.
 """
 
@@ -27,7 +29,7 @@ MAIN_ORDER = ("one_stage", "two_stage", "dpo_pm", "dpo_pref")
 @friendly_errors
 def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/test.jsonl"),
          models: Path = Path("models"), predictions: Path = Path("data/eval/predictions.jsonl"),
-         metrics: Path = Path("metrics/eval.json")) -> None:
+         metrics: Path = Path("metrics/eval.json"), plots: Path = Path("plots/eval")) -> None:
     import gc
     import json
 
@@ -89,9 +91,13 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     t1_by_id = {r["item_id"]: r for r in t1}
     rows = [{"system": s, **r, "t1": r.get("t1", t1_by_id[r["item_id"]]["t1"])} for s, rs in systems.items() for r in rs]
     write_jsonl(predictions, rows)
+    by_round, transitions = ev.plot_rows(systems)
+    write_json(plots / "accuracy_by_round.json", by_round)
+    write_json(plots / "transitions.json", transitions)
     for s, m in summary.items():
         o = m["overall"]
-        typer.echo(f"evaluate[{s}]: n={o['n']} acc_t1={o['acc_t1']} acc_t2={o['acc_t2']} delta={o['delta']}")
+        rounds = f" by round {o['acc_by_round']}" if len(o.get("acc_by_round", [])) > 2 else ""
+        typer.echo(f"evaluate[{s}]: n={o['n']} acc_t1={o['acc_t1']} acc_t2={o['acc_t2']} delta={o['delta']}{rounds}")
     if skipped:
         typer.echo(f"evaluate: skipped {skipped}")
 

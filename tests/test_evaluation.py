@@ -59,3 +59,60 @@ def test_unknown_protocol():
 
     with pytest.raises(ReflectEvoError, match="unknown protocol 'intrinsc'. Did you mean 'intrinsic'"):
         from_dict(EvaluateConfig, {"protocol": "intrinsc"}, "evaluate")
+
+
+def slow_fixer(prompt, sampling):
+    """q1 is fixed at the second retry, q3 never; q0/q2 right at trial 1 (q2 turns wrong on any retry)."""
+    if "improves through self-reflection" in prompt:
+        return "Re-check the addition step by step."
+    i = int(re.findall(r"Q(\d+)", prompt)[-1])
+    if "attempted this question before" not in prompt:
+        return f"Thought: ok.\nAction: Finish[{i + 1 if i % 2 == 0 else 99}]"
+    prev = re.findall(r"Finish\[(\d+)\]", prompt.split("Question number")[-1])
+    fixed = i == 1 and prev and prev[-1] == "77"   # the second retry (after a 77) is right
+    return f"Thought: ok.\nAction: Finish[{i + 1 if fixed else 77}]"
+
+
+def run_rounds(protocol, rounds):
+    cfg = EvaluateConfig(protocol=protocol, rounds=rounds, max_new_tokens_trial=8, max_new_tokens_reflection=8)
+    backend = ScriptedBackend(slow_fixer)
+    tasks = {TASK.name: TASK}
+    t1 = ev.trial1(ITEMS, tasks, backend, cfg)
+    systems = {"base_reflect": ev.reflect_then_retry(ITEMS, tasks, t1, backend, backend, cfg),
+               "base_noreflect": ev.retry_without_reflection(ITEMS, tasks, t1, backend, cfg)}
+    return systems, ev.summarize(systems)
+
+
+def test_multi_round_oracle_accuracy_by_round():
+    systems, m = run_rounds("oracle", 3)
+    for name in ("base_reflect", "base_noreflect"):
+        o = m[name]["overall"]
+        # t1: q0,q2 right; round 1: nobody fixed; round 2: q1 fixed; round 3: q3 still wrong
+        assert o["acc_by_round"] == [0.5, 0.5, 0.75, 0.75]
+        assert (o["acc_t1"], o["acc_t2"], o["acc_final"], o["delta_final"]) == (0.5, 0.5, 0.75, 0.25)
+        rows = {r["item_id"]: r for r in systems[name]}
+        assert [x["round"] for x in rows["q1"]["rounds"]] == [2]          # fixed: no round 3 (oracle)
+        assert [x["round"] for x in rows["q3"]["rounds"]] == [2, 3]
+        assert "rounds" not in rows["q0"] and rows["q0"]["correct_by_round"] == [True] * 4
+        # round 2 looks at round 1's retry, not at trial 1
+        assert "Finish[77]" in rows["q1"]["rounds"][0]["t2_prompt"]
+    by_round, transitions = ev.plot_rows(systems)
+    assert [r["accuracy"] for r in by_round if r["system"] == "base_reflect"] == [0.5, 0.5, 0.75, 0.75]
+    t = {(r["trial1"], r["final"]): r["count"] for r in transitions if r["system"] == "base_reflect"}
+    assert t == {("correct", "correct"): 2, ("correct", "incorrect"): 0, ("incorrect", "correct"): 1,
+                 ("incorrect", "incorrect"): 1}
+
+
+def test_multi_round_intrinsic_every_round_counts():
+    systems, m = run_rounds("intrinsic", 2)
+    o = m["base_reflect"]["overall"]
+    # round 1: every retry says 77 (q0, q2 turn wrong); round 2: q1 fixed from its 77
+    assert o["acc_by_round"] == [0.5, 0.0, 0.25]
+    assert o["delta_c2i"] == 0.5
+    assert all(len(r["rounds"]) == 1 for r in systems["base_reflect"])  # everyone goes on
+
+
+def test_one_round_keeps_the_table_2_fields():
+    _, m = run_rounds("oracle", 1)
+    o = m["base_reflect"]["overall"]
+    assert o["acc_by_round"] == [o["acc_t1"], o["acc_t2"]] and "acc_final" not in o

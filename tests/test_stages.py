@@ -68,7 +68,7 @@ def test_all_stages_end_to_end_on_the_tiny_model(tmp_path):
     assert json.loads((d / "train_qa.json").read_text())["trained"] is True
 
     r = run("evaluate", "--params", params, "--sources", d / "sources/test.jsonl", "--models", d / "models",
-            "--predictions", d / "pred.jsonl", "--metrics", d / "eval.json")
+            "--predictions", d / "pred.jsonl", "--metrics", d / "eval.json", "--plots", d / "plots")
     assert r.exit_code == 0, r.output
     report = json.loads((d / "eval.json").read_text())
     assert {"base_noreflect", "base_reflect", "sft_qa"} <= set(report["systems"])
@@ -158,7 +158,8 @@ def test_empty_dplus_is_recorded_and_evaluate_completes(tmp_path):
     assert json.loads((tmp_path / "train.json").read_text())["trained"] is False
     run("prepare", "--params", params, "--out", tmp_path / "sources")
     r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models",
-            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json")
+            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json",
+            "--plots", tmp_path / "plots")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["system"] == "base_reflect" and "no reflection fixed" in report["skipped"]["one_stage"]
@@ -177,7 +178,8 @@ def test_evaluate_runs_every_trained_setting(tmp_path, tiny_preset):
     for setting, rows in (("one_stage", dplus_rows(2)), ("two_stage", dplus_rows(2)), ("dpo_pm", dpm_rows(2))):
         assert train_setting(setting, "tiny-random", tiny_preset, fp, rows, [], CFG, tmp_path / "models" / setting)["trained"]
     r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models",
-            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json")
+            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json",
+            "--plots", tmp_path / "plots")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "eval.json").read_text())
     assert {"base_noreflect", "base_reflect", "one_stage", "two_stage", "dpo_pm"} <= set(report["systems"])
@@ -189,6 +191,18 @@ def test_evaluate_runs_every_trained_setting(tmp_path, tiny_preset):
     assert {p["system"] for p in preds} == set(report["systems"]) and len(preds) == 6 * 5
     reflected = [p for p in preds if p["system"] == "two_stage" and not p["t1_correct"]]
     assert reflected and all("reflection" in p and "t2" in p for p in reflected)
+    # multi-round (params.yaml evaluate.rounds = 2): Acc@t1..t3 per system, and the plot data
+    rounds = yaml.safe_load(open(params))["evaluate"]["rounds"]
+    assert rounds >= 2
+    for s, m in report["systems"].items():
+        if s != "sft_qa":
+            assert len(m["overall"]["acc_by_round"]) == rounds + 1
+    by_round = json.loads((tmp_path / "plots/accuracy_by_round.json").read_text())
+    assert {(r["system"], r["round"]) for r in by_round} == {(s, k) for s in report["systems"] if s != "sft_qa"
+                                                            for k in range(1, rounds + 2)}
+    transitions = json.loads((tmp_path / "plots/transitions.json").read_text())
+    for s in ("base_reflect", "one_stage", "two_stage", "dpo_pm"):
+        assert sum(r["count"] for r in transitions if r["system"] == s) == 6
 
 
 def test_curate_with_a_judge_preset_and_a_bad_one(tmp_path):
