@@ -8,7 +8,7 @@
 3. incremental: add 10% new items and rerun -> cost / full-run cost (target <= 0.15);
 4. crash: kill -9 a generating subprocess at about 50%, resume -> resumed cost / full-run cost
    (target <= 0.60), and the final records equal an uninterrupted run (greedy trial 1 byte for byte,
-   every episode key present).
+   every episode key present, and, since each sample has its own seed, the sampled reflections too).
 Writes bench/results/generate.json.
 """
 
@@ -40,9 +40,9 @@ class Recording:
     def render(self, m):
         return self.inner.render(m)
 
-    def generate(self, prompts, sampling):
+    def generate(self, prompts, sampling, seeds=None):
         self.calls.append((list(prompts), sampling))
-        return self.inner.generate(prompts, sampling)
+        return self.inner.generate(prompts, sampling, seeds=seeds)
 
 
 def _params(tmp: Path, preset: str, items: int, tokens: int, batch: int) -> Path:
@@ -75,7 +75,7 @@ def main(preset: str = "smollm2-135m", items: int = 40, tokens: int = 48, batch:
     from reflectevo.stage import load_items
 
     report: dict = {"preset": preset, "items": items, "max_new_tokens": tokens, "batch_size": batch,
-                    "cpus": os.cpu_count()}
+                    "cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         params = _params(tmp, preset, items, tokens, batch)
@@ -153,7 +153,12 @@ def main(preset: str = "smollm2-135m", items: int = 40, tokens: int = 48, batch:
         report["crash_resume"] = {"episodes_saved_at_kill": saved, "full_s": round(ref_s, 2),
                                   "resume_s": round(resume_s, 2), "cost_ratio": round(resume_s / ref_s, 3),
                                   "target": 0.60, "same_keys": set(a) == set(b),
-                                  "greedy_trial1_identical": all(a[k]["trial1"] == b[k]["trial1"] for k in a)}
+                                  "greedy_trial1_identical": all(a[k]["trial1"] == b[k]["trial1"] for k in a),
+                                  "sampled_reflections_identical": all(
+                                      [s["reflection"] for s in a[k]["samples"]] == [s["reflection"] for s in b[k]["samples"]]
+                                      for k in a),
+                                  "episodes_identical": all(a[k] == b[k] for k in a)}
+    report["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]   # other load distorts absolute times
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
