@@ -100,6 +100,8 @@ def test_generate_rerun_computes_nothing(tmp_path):
     (lambda p: p["generate"].update(temprature=1.0), "generate.temprature: unknown key. Did you mean 'temperature'?"),
     (lambda p: p["generate"].update(k="x"), "generate.k: expected an integer"),
     (lambda p: p["generate"].pop("seed"), "generate.seed: required key is missing"),
+    (lambda p: p["generate"].update(demands=["1-1-1", "9-9-9"]), "generate.demands: unknown demand id '9-9-9'"),
+    (lambda p: p["generate"].update(protocol="oracel"), "Did you mean 'oracle'?"),
 ])
 def test_bad_params_one_line_exit_2_nothing_written(tmp_path, mutate, message):
     p = yaml.safe_load(tiny_params(tmp_path).read_text())
@@ -135,6 +137,16 @@ def test_unknown_task_in_prepare(tmp_path):
     r = run("prepare", "--params", params, "--out", tmp_path / "sources")
     assert r.exit_code == 2 and "Did you mean 'rg/chain_sum'" in r.output
     assert not (tmp_path / "sources").exists()
+
+
+def test_empty_task_source_is_a_clear_error(tmp_path):
+    params = tiny_params(tmp_path)
+    src = tmp_path / "train.jsonl"
+    src.write_text("")
+    r = run("generate", "--params", params, "--sources", src, "--out", tmp_path / "raw", "--summary",
+            tmp_path / "g.json", "--no-progress")
+    assert r.exit_code == 2 and f"{src}: no train items to generate from" in r.output
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "g.json").exists()
 
 
 def test_malformed_sources_name_file_and_line(tmp_path):
