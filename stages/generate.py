@@ -105,14 +105,20 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
 
     t0 = time.perf_counter()
     extra = None
-    if cfg.workers > 1:
+    if cfg.engine == "ray":  # a Ray Data pipeline of `workers` actors (local Ray or generate.ray_address)
+        from reflectevo.ray_engine import generate_ray
+
+        episodes, stats = generate_ray(items, tasks, name, preset, spec, out, batch_size=chunk,
+                                       concurrency=cfg.workers, address=cfg.ray_address, progress=progress)
+    elif cfg.workers > 1:
         extra = run_workers(cfg.workers, ["--params", str(params), "--sources", str(sources), "--out", str(out)], out)
 
     def nothing_left():
         raise ReflectEvoError("internal: workers finished but episodes are missing")
 
-    episodes, stats = generate(items, tasks, (lambda: make_backend(name, preset)) if extra is None else nothing_left,
-                               spec, out, chunk_size=chunk, progress=progress)
+    if cfg.engine != "ray":
+        episodes, stats = generate(items, tasks, (lambda: make_backend(name, preset)) if extra is None else nothing_left,
+                                   spec, out, chunk_size=chunk, progress=progress)
     if extra is not None:
         stats = Stats(reused=extra.get("reused", 0), computed=extra.get("computed", 0),
                       generations=extra.get("generations", 0), prompt_tokens=extra.get("prompt_tokens", 0),
@@ -120,6 +126,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     write_shards(out, episodes, cfg.shard_size)
     s = summarize(episodes, stats)
     s["run"]["workers"] = cfg.workers
+    s["run"]["engine"] = cfg.engine
     write_json(summary, {"model": name, **s})
     typer.echo(f"generate: {s['items']} episodes ({s['run']['computed']} computed, {s['run']['reused']} reused), "
                f"trial-1 correct {s['trial1_correct']}, reflections {s['reflections']}, "

@@ -1,0 +1,163 @@
+"""`generate.engine: ray` in a local Ray on the CPU (tiny-random model): the plain engine's records.
+
+One local Ray (2 CPUs, no dashboard) serves the module's Ray tests (marked slow: Ray and two actors
+that each load the model take ~30 s); `generate_ray` uses a running Ray and leaves it running, and
+starts and stops its own otherwise (checked without Ray, on a stand-in module).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import tiny_params_dict
+from typer.testing import CliRunner
+
+from reflectevo.backends.hf import make_backend
+from reflectevo.config import GenerateConfig, from_dict, load_section, read_params
+from reflectevo.errors import ReflectEvoError
+from reflectevo.generation import JOURNAL, generate, load_episodes, make_spec, write_shards
+from reflectevo.models import model_fingerprint
+from reflectevo.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "tiny-random"
+CHUNK = 3
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_preset):
+    """A few reasoning-gym items of two tasks (one with generator options) and a short-token spec."""
+    tasks = {t.name: t for t in (get_task("rg/chain_sum", {"min_terms": 2, "max_terms": 2, "max_digits": 1}),
+                                 get_task("rg/syllogism"))}
+    items = tasks["rg/chain_sum"].load("train", 5) + tasks["rg/syllogism"].load("train", 3)
+    spec = make_spec(model_fingerprint(NAME, tiny_preset), tiny_preset.dtype,
+                     GenerateConfig(k=2, max_new_tokens_trial=10, max_new_tokens_reflection=10))
+    return items, tasks, spec
+
+
+@pytest.fixture(scope="module")
+def plain(setup, tiny_preset, tmp_path_factory):
+    items, tasks, spec = setup
+    raw = tmp_path_factory.mktemp("plain")
+    eps, _ = generate(items, tasks, lambda: make_backend(NAME, tiny_preset), spec, raw, chunk_size=CHUNK,
+                      progress=False)
+    write_shards(raw, eps, 50000)
+    return raw, eps
+
+
+def _shard_bytes(raw: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(raw.glob("episodes-*.jsonl"))]
+
+
+@pytest.mark.slow
+def test_ray_engine_matches_the_plain_engine_then_reuses_everything(local_ray, setup, tiny_preset, plain, tmp_path):
+    """A plain run killed after its first chunk, finished by the ray engine (two actors, other chunk
+    boundaries): the plain engine's records, byte for byte; a second ray run computes nothing."""
+    from reflectevo.ray_engine import generate_ray
+
+    items, tasks, spec = setup
+    plain_raw, plain_eps = plain
+    raw = tmp_path / "ray"
+    generate(items[:CHUNK], tasks, lambda: make_backend(NAME, tiny_preset), spec, raw, chunk_size=CHUNK,
+             progress=False)                               # what a run killed after one chunk leaves: a journal
+    assert len(load_episodes(raw)) == CHUNK and not list(raw.glob("episodes-*"))
+    eps, stats = generate_ray(items, tasks, NAME, tiny_preset, spec, raw, batch_size=CHUNK + 1, concurrency=2,
+                              progress=False)
+    assert stats.reused == CHUNK and stats.computed == len(items) - CHUNK and stats.generations >= stats.computed
+    assert len(load_episodes(raw)) == len(items)          # streamed into the same journal as chunks finished
+    assert local_ray.is_initialized()                      # a running Ray is used and left running
+    a, b = {e["episode_id"]: e for e in plain_eps}, {e["episode_id"]: e for e in eps}
+    assert list(a) == list(b)                              # key for key, in item order
+    for k in a:
+        assert json.dumps(a[k]["trial1"]) == json.dumps(b[k]["trial1"])   # greedy trial 1: byte for byte
+    assert sum(len(e["samples"]) for e in eps[CHUNK:]) > 0  # the ray part sampled reflections ...
+    assert eps == plain_eps                                # ... the same ones (per-sample seeds, any batching)
+    write_shards(raw, eps, 50000)
+    assert _shard_bytes(raw) == _shard_bytes(plain_raw)    # the shards are the same bytes
+
+    again, stats2 = generate_ray(items, tasks, NAME, tiny_preset, spec, raw, batch_size=CHUNK, concurrency=2,
+                                 progress=False)
+    assert stats2.computed == 0 and stats2.reused == len(items) and again == eps
+
+
+@pytest.mark.slow
+def test_generate_stage_dispatches_to_ray(local_ray, tmp_path):
+    spec_ = importlib.util.spec_from_file_location("stage_generate_ray", ROOT / "stages" / "generate.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    p = tiny_params_dict(ROOT / "params.yaml", tokens=6)
+    p["generate"].update(engine="ray", workers=2, limit=4)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    tasks = get_task("rg/chain_sum")
+    sources = tmp_path / "train.jsonl"
+    sources.write_text("".join(json.dumps(it.to_dict()) + "\n" for it in tasks.load("train", 4)))
+    args = ["--params", params, "--sources", sources, "--out", tmp_path / "raw", "--summary", tmp_path / "g.json",
+            "--no-progress"]
+    r = CliRunner().invoke(mod.app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    g = json.loads((tmp_path / "g.json").read_text())
+    assert g["items"] == 4 and g["run"]["computed"] == 4 and g["run"]["engine"] == "ray"
+    assert len(_shard_bytes(tmp_path / "raw")) == 1 and not (tmp_path / "raw" / JOURNAL).exists()
+
+
+def test_engine_is_validated_with_a_hint():
+    with pytest.raises(ReflectEvoError, match=r"generate\.engine: unknown engine 'rya'\. Did you mean 'ray'\?"):
+        from_dict(GenerateConfig, {"engine": "rya"}, "generate")
+    cfg = load_section(read_params(ROOT / "params.yaml"), "generate")
+    assert cfg.engine in ("local", "ray") and isinstance(cfg.ray_address, str)
+
+
+
+class _FakeRay:
+    def __init__(self, running=False):
+        self.running, self.calls = running, []
+
+    def is_initialized(self):
+        return self.running
+
+    def init(self, address=None, **kwargs):
+        self.calls.append(("init", address, kwargs))
+        self.running = True
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+        self.running = False
+
+
+def test_ray_session_starts_and_always_stops_its_own_ray(monkeypatch):
+    import reflectevo
+    from reflectevo.ray_engine import ray_session
+
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(RuntimeError), ray_session(""):
+        raise RuntimeError("a worker failed")
+    assert fake.calls == [("init", None, {"include_dashboard": False}), ("shutdown",)] and not fake.running
+
+    fake.calls.clear()
+    with ray_session("ray://head:10001"):
+        pass
+    (_, address, kwargs), last = fake.calls
+    assert address == "ray://head:10001" and last == ("shutdown",)
+    assert kwargs["runtime_env"]["py_modules"] == [reflectevo]   # the cluster runs the driver's code
+
+    running = _FakeRay(running=True)                             # someone else's Ray: used, left running
+    monkeypatch.setitem(sys.modules, "ray", running)
+    with ray_session("auto"):
+        pass
+    assert running.calls == [] and running.running
