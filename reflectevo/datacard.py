@@ -17,6 +17,13 @@ def git_revision() -> str:
         return "unknown"
 
 
+def _judge_line(j: dict[str, Any]) -> str:
+    model = j.get("model") or {}
+    where = f", endpoint `{j['endpoint']}` model `{j.get('api_model')}` ({j.get('api_mode')})" if j.get("endpoint") else ""
+    return (f"- Dpref judge: `{j.get('preset', model.get('preset'))}` via {j.get('backend', 'transformers')} "
+            f"({model.get('source')}, revision `{model.get('revision')}`{where}), judge prompt `{j.get('prompt_version')}`")
+
+
 def curated_card(info: dict[str, Any]) -> str:
     gen = info["generator"]
     lines = [
@@ -24,6 +31,7 @@ def curated_card(info: dict[str, Any]) -> str:
         "Schemas: see `data/README.md` (D+: `dplus_*.jsonl`, D±: `dpm_*.jsonl`). Train/eval are split by item.", "",
         f"- generator: `{gen['preset']}` ({gen['source']}, revision `{gen['revision']}`)",
         f"- prompt version: `{info['prompt_version']}`",
+        *([_judge_line(info["judge"])] if info.get("judge") else []),
         f"- git revision: `{git_revision()}`", "",
         "## Counts", "", "| file | rows |", "|---|---|",
         *[f"| {k}.jsonl | {v} |" for k, v in info["counts"].items()], "",

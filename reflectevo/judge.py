@@ -1,8 +1,10 @@
 """A judge that ranks two fixing reflections of the same failed attempt (to build Dpref).
 
-ReflectEvo used GPT-4o; here any model preset (or, later, an OpenAI-compatible endpoint) can judge.
-Each pair is asked in both orders; a verdict counts only when both orders agree, which cancels the
-position bias small judges have. The prompt is versioned and recorded with every Dpref row.
+ReflectEvo used GPT-4o; here any model preset can judge, through any backend: transformers, vllm, or an
+OpenAI-compatible endpoint (`backend: openai`, in completions or chat mode). Each pair is asked in both
+orders; a verdict counts only when both orders agree, which cancels the position bias small judges have.
+The prompt is versioned, and `judge_record` (preset, backend, model, endpoint host, prompt version) is
+recorded with every Dpref row and in the data card.
 """
 
 from __future__ import annotations
@@ -42,6 +44,19 @@ class Comparison:
     trial: str
     first: str
     second: str
+
+
+def judge_record(preset_name: str, preset: Any, backend: Any) -> dict[str, Any]:
+    """Who judged: preset, backend, base-model fingerprint, prompt version; for an endpoint also its URL
+    (scheme, host, port, path: never a key), the served model name and the request mode."""
+    from reflectevo.models import model_fingerprint
+
+    record: dict[str, Any] = {"preset": preset_name, "backend": preset.backend,
+                              "model": model_fingerprint(preset_name, preset), "prompt_version": JUDGE_PROMPT_VERSION}
+    describe = getattr(backend, "describe", None)
+    if describe is not None:
+        record.update({k: v for k, v in describe().items() if k != "backend"})
+    return record
 
 
 def parse_choice(text: str) -> str | None:

@@ -73,6 +73,8 @@ def model_fingerprint(name: str, preset: ModelPreset) -> dict[str, str]:
     if preset.source == "gguf-package":
         return {"preset": name, "source": f"{preset.package}=={preset.package_version}:{preset.file}",
                 "revision": preset.package_version}
+    if preset.source == "api":  # weights behind an endpoint: the served model name (pin a dated one)
+        return {"preset": name, "source": f"api:{preset.api_model or preset.hub_id}", "revision": preset.revision}
     return {"preset": name, "source": f"{TINY_RECIPE}(seed={preset.seed})", "revision": TINY_RECIPE}
 
 

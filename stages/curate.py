@@ -4,7 +4,10 @@
     python stages/curate.py --params params.yaml --raw data/raw --out data/curated
 
 Reads `curate` in params.yaml. An empty D+ is a normal outcome for a tiny model: it is recorded, and
-the later stages record "no training data".
+the later stages record "no training data". `curate.judge` names a model preset that ranks fixing
+reflections into Dpref; an `openai` preset judges through an endpoint (base URL and key from the
+environment, see reflectevo/backends/openai_backend.py), and the judge is recorded in every Dpref row,
+`stats.json` and the card.
 """
 
 from __future__ import annotations
@@ -37,12 +40,12 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
         from functools import partial
 
         from reflectevo.backends.hf import make_backend
-        from reflectevo.judge import JUDGE_PROMPT_VERSION, judge
-        from reflectevo.models import model_fingerprint
+        from reflectevo.judge import judge, judge_record
 
         jname, jpreset = load_preset(read_params(params), cfg.judge, where="curate.judge")
-        judge_fn = partial(judge, backend=make_backend(jname, jpreset))
-        judge_info = {"model": model_fingerprint(jname, jpreset), "prompt_version": JUDGE_PROMPT_VERSION}
+        jbackend = make_backend(jname, jpreset)  # any backend: transformers, vllm, openai (an endpoint)
+        judge_fn = partial(judge, backend=jbackend)
+        judge_info = judge_record(jname, jpreset, jbackend)
     shards = sorted(raw.glob(SHARD_GLOB))
     if not shards:
         raise ReflectEvoError(f"{raw}: no episode shards ({SHARD_GLOB}); run the generate stage first")

@@ -47,3 +47,14 @@ class Backend(Protocol):
 
 BACKENDS: Registry[Any] = Registry("backend")
 BACKENDS.register("transformers", "reflectevo.backends.hf:TransformersBackend")
+BACKENDS.register("vllm", "reflectevo.backends.vllm_backend:VLLMBackend")        # GPU extra: pip install '.[vllm]'
+BACKENDS.register("openai", "reflectevo.backends.openai_backend:OpenAIBackend")  # any OpenAI-compatible endpoint
+
+
+def make_backend(preset_name: str, preset: Any, adapter: Any = None) -> Any:
+    """Build the backend `preset.backend` names (transformers | vllm | openai) for a model preset.
+
+    Each backend class takes `(preset_name, preset, adapter=None)`; vllm and openai import their
+    client libraries only here, so a CPU install never needs them."""
+    cls = BACKENDS.get(preset.backend, where=f"models.{preset_name}.backend")
+    return cls(preset_name, preset, adapter=adapter)

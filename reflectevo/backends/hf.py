@@ -103,12 +103,7 @@ class SeededSampler:
 
 
 def make_backend(preset_name: str, preset: ModelPreset, adapter: str | Path | None = None):
-    """Build the preset's backend (transformers on CPU; vllm/openai are added by later issues)."""
-    from reflectevo.backends import BACKENDS
-    from reflectevo.errors import ReflectEvoError
+    """Build the preset's backend: transformers, vllm or openai (`reflectevo.backends.make_backend`)."""
+    from reflectevo.backends import make_backend as build
 
-    if preset.backend != "transformers":
-        # Only the transformers backend exists so far; fail with the reason instead of guessing.
-        BACKENDS.get(preset.backend, where=f"models.{preset_name}.backend")
-        raise ReflectEvoError(f"models.{preset_name}.backend: {preset.backend!r} is not available")
-    return TransformersBackend(preset_name, preset, adapter=adapter)
+    return build(preset_name, preset, adapter=adapter)
