@@ -4,6 +4,7 @@
     reflectevo items rg/chain_sum --split test -n 5
     reflectevo params check [params.yaml]
     reflectevo presets [params.yaml]
+    reflectevo report [--metrics metrics/eval.json] [--out report/index.html]   # the HTML report
     reflectevo serve --model tiny-random --port 8000    # OpenAI-compatible server for a preset
 """
 
@@ -74,6 +75,21 @@ def presets_cmd(path: Path = typer.Argument(Path("params.yaml"))) -> None:
         mark = "*" if name == params.get("model") else " "
         src = p.hub_id if p.source == "hub" else (f"{p.package}:{p.file}" if p.source == "gguf-package" else p.source)
         typer.echo(f"{mark} {name:24s} {p.source:13s} {src}  dtype={p.dtype} backend={p.backend}")
+
+
+@app.command("report")
+@friendly_errors
+def report_cmd(metrics: Path = typer.Option(Path("metrics/eval.json"), "--metrics"),
+               stats: Path = typer.Option(Path("data/curated/stats.json"), "--stats", help="curate's stats.json"),
+               predictions: Path = typer.Option(Path("data/eval/predictions.jsonl"), "--predictions"),
+               plots: Path = typer.Option(Path("plots/eval"), "--plots", help="accuracy_by_round.json, transitions.json"),
+               out: Path = typer.Option(Path("report/index.html"), "--out"),
+               episodes: int = typer.Option(3, "--episodes", help="best and worst episodes shown per system")) -> None:
+    """Write the evaluation report: one self-contained HTML page (no network needed to view it)."""
+    from reflectevo.report import render_report
+
+    path = render_report(metrics, stats, predictions, out, plots_dir=plots, n_episodes=episodes)
+    typer.echo(f"report: {path}")
 
 
 @app.command("verify")

@@ -1,0 +1,772 @@
+"""The evaluation report (one self-contained HTML page) and the offline `dvc plots show` template.
+
+    reflectevo report --metrics metrics/eval.json --stats data/curated/stats.json \
+        --predictions data/eval/predictions.jsonl --plots plots/eval --out report/index.html
+
+The page holds: a Table-2-style matrix (systems × tasks, Acc@t2 (Δ) [95% CI] with Acc@t1), the
+accuracy-by-round chart (Vega-Lite, drawn by the vendored Vega builds inlined into the page), the
+trial-1 → final transition matrix per system, the ReflectEvo-460K-style data statistics, and an
+episode browser with the best and worst reflections of every system (prompts included). Nothing is
+loaded from the network. Model text is always HTML-escaped.
+
+Missing or empty inputs are reported on the page; malformed inputs raise ReflectEvoError naming the
+file. The vendored Vega builds live in `resources/vega/` (see its README; `scripts/vendor_vega.sh`
+re-fetches them); `write_plots_template()` builds `resources/plots_template.html` from them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reflectevo.errors import ReflectEvoError
+
+RESOURCES = Path(__file__).parent / "resources"
+VEGA_DIR = RESOURCES / "vega"
+VEGA_FILES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")  # load order: vega-lite and embed need vega
+PLOTS_TEMPLATE = RESOURCES / "plots_template.html"
+
+# Display order and labels (the paper's Table 2 rows); unknown systems follow in file order.
+SYSTEM_LABELS = {
+    "base_noreflect": "prompt, w/o reflection",
+    "base_reflect": "prompt, w/ reflection",
+    "sft_qa": "SFT on QA pairs (Acc@t1 only)",
+    "one_stage": "one-stage w/ D+",
+    "two_stage": "two-stage w/ D+",
+    "dpo_pm": "DPO w/ D±",
+    "dpo_pref": "DPO w/ Dpref",
+}
+OUTCOMES = ("correct", "incorrect")
+EPISODE_KEYS = ("reflection", "t2", "output", "rounds")  # a prediction row with any of these is an episode
+MAX_TEXT = 6000  # characters shown per model text / prompt in the episode browser
+
+
+# --------------------------------------------------------------------------------------------------
+# Vendored Vega
+
+
+def vega_manifest() -> dict[str, Any]:
+    """resources/vega/manifest.json: name, version, tarball URL, integrity, sha256 of each vendored build."""
+    path = VEGA_DIR / "manifest.json"
+    if not path.exists():
+        raise ReflectEvoError(f"{path}: missing; run scripts/vendor_vega.sh")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def vega_scripts() -> str:
+    """Inline <script> elements holding the vendored vega, vega-lite and vega-embed builds."""
+    versions = {p["file"]: p["version"] for p in vega_manifest()["packages"]}
+    parts = []
+    for name in VEGA_FILES:
+        path = VEGA_DIR / name
+        if not path.exists():
+            raise ReflectEvoError(f"{path}: vendored Vega build missing; run scripts/vendor_vega.sh")
+        js = path.read_text(encoding="utf-8")
+        # The source map is not vendored; drop the comment pointing at it.
+        js = "\n".join(line for line in js.splitlines() if not line.startswith("//# sourceMappingURL="))
+        if "</script" in js.lower() or "<!--" in js:
+            raise ReflectEvoError(f"{path}: contains '</script' or '<!--' and cannot be inlined")
+        parts.append(f'<script data-vendored="{name} {versions.get(name, "?")}">\n{js}\n</script>')
+    return "\n".join(parts)
+
+
+_PLOTS_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 20px; margin: 0 0 12px; }
+#plots > div { margin: 0 0 28px; }
+table { border-spacing: 15px; }
+.render-error { color: #b00020; white-space: pre-wrap; }
+"""
+
+_ERROR_HOOK = """
+<script>
+/* Show script failures on the page (vega-embed otherwise fails silently). */
+(function () {
+  function show(msg) {
+    var pre = document.createElement("pre");
+    pre.className = "render-error";
+    pre.textContent = "render error: " + msg;
+    (document.body || document.documentElement).appendChild(pre);
+  }
+  window.addEventListener("error", function (e) { show(e.message); });
+  window.addEventListener("unhandledrejection", function (e) { show(String(e.reason)); });
+})();
+</script>
+"""
+
+
+def plots_template_html() -> str:
+    """The HTML template for `dvc plots show --html-template`: vendored Vega inlined, no {scripts}.
+
+    DVC's renderer (dvc_render.html) fills the template by plain `str.replace` of `{plot_divs}` (and of
+    `{scripts}` / `{refresh_tag}` if present). Leaving out `{scripts}` drops DVC's CDN <script> tags;
+    each plot div calls the global `vegaEmbed`, which the inlined builds define.
+    """
+    pkgs = ", ".join(f'{p["name"]} {p["version"]}' for p in vega_manifest()["packages"])
+    return (
+        "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>reflectevo: DVC plots</title>\n"
+        f"<!-- Generated by scripts/vendor_vega.sh (reflectevo.report.write_plots_template) from\n"
+        f"     reflectevo/resources/vega ({pkgs}, BSD-3-Clause, from registry.npmjs.org).\n"
+        "     Do not edit by hand. Renders offline: no external resources. -->\n"
+        f"<style>{_PLOTS_CSS}</style>\n{_ERROR_HOOK}\n{vega_scripts()}\n</head>\n<body>\n"
+        "<h1>reflectevo: DVC plots</h1>\n<div id=\"plots\">\n{plot_divs}\n</div>\n</body>\n</html>\n"
+    )
+
+
+def write_plots_template(path: str | Path = PLOTS_TEMPLATE) -> Path:
+    from reflectevo.jsonio import write_text
+
+    path = Path(path)
+    write_text(path, plots_template_html())
+    path.chmod(0o644)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class ReportInputs:
+    """Everything the page shows; None = that input is missing (the reason is in `missing`)."""
+
+    eval: dict[str, Any] | None = None
+    stats: dict[str, Any] | None = None
+    accuracy_by_round: list[dict[str, Any]] | None = None
+    transitions: list[dict[str, Any]] | None = None
+    episodes: dict[str, Any] | None = None  # from predictions: see collect_episodes
+    sources: dict[str, str] = field(default_factory=dict)  # input kind -> path
+    missing: dict[str, str] = field(default_factory=dict)  # path -> why it is not shown
+    n_episodes: int = 3  # best and worst episodes shown per system
+
+
+def _read_json(path: Path, missing: dict[str, str]) -> Any:
+    """Parsed JSON, or None (recorded in `missing`) when the file is absent or empty."""
+    if not path.exists():
+        missing[str(path)] = "not found"
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        missing[str(path)] = "empty file"
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReflectEvoError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_block(path: Path, where: str, block: Any) -> None:
+    if not isinstance(block, dict):
+        raise ReflectEvoError(f"{path}: {where} must be an object, got {type(block).__name__}")
+    for key in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i"):
+        v = block.get(key)
+        if v is not None and not _is_num(v):
+            raise ReflectEvoError(f"{path}: {where}.{key} must be a number or null, got {v!r}")
+    n = block.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        raise ReflectEvoError(f"{path}: {where}.n must be a non-negative integer, got {n!r}")
+    for key in ("acc_t1_ci", "acc_t2_ci"):
+        ci = block.get(key)
+        if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_is_num(c) for c in ci)):
+            raise ReflectEvoError(f"{path}: {where}.{key} must be [lo, hi] or null, got {ci!r}")
+    rounds = block.get("acc_by_round")
+    if rounds is not None and not (isinstance(rounds, list) and all(r is None or _is_num(r) for r in rounds)):
+        raise ReflectEvoError(f"{path}: {where}.acc_by_round must be a list of numbers, got {rounds!r}")
+
+
+def validate_eval(path: Path, data: Any) -> dict[str, Any]:
+    """metrics/eval.json, normalised so that `systems` always exists (old files: the main system only)."""
+    if not isinstance(data, dict):
+        raise ReflectEvoError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    systems = data.get("systems")
+    if systems is None and isinstance(data.get("overall"), dict):
+        systems = {str(data.get("system") or "main"): {"overall": data["overall"],
+                                                       "per_task": data.get("per_task") or {}}}
+    systems = systems or {}
+    if not isinstance(systems, dict):
+        raise ReflectEvoError(f"{path}: 'systems' must be an object of system -> metrics")
+    for name, entry in systems.items():
+        if not isinstance(entry, dict):
+            raise ReflectEvoError(f"{path}: systems.{name} must be an object")
+        if entry.get("overall") is not None:
+            _check_block(path, f"systems.{name}.overall", entry["overall"])
+        per_task = entry.get("per_task") or {}
+        if not isinstance(per_task, dict):
+            raise ReflectEvoError(f"{path}: systems.{name}.per_task must be an object of task -> metrics")
+        for task, block in per_task.items():
+            _check_block(path, f"systems.{name}.per_task.{task}", block)
+    skipped = data.get("skipped") or {}
+    if not isinstance(skipped, dict):
+        raise ReflectEvoError(f"{path}: 'skipped' must be an object of setting -> reason")
+    return {**data, "systems": systems, "skipped": {str(k): str(v) for k, v in skipped.items()}}
+
+
+def validate_stats(path: Path, data: Any) -> dict[str, Any]:
+    """data/curated/stats.json (table under `stats`) or a bare {per_task, total} table, or metrics/curate.json."""
+    if not isinstance(data, dict):
+        raise ReflectEvoError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    table = data.get("stats") if isinstance(data.get("stats"), dict) else data
+    per_task = table.get("per_task") or {}
+    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
+        raise ReflectEvoError(f"{path}: 'per_task' must be an object of task -> statistics")
+    total = table.get("total")
+    if total is not None and not isinstance(total, dict):
+        raise ReflectEvoError(f"{path}: 'total' must be an object")
+    for key in ("counts", "drops"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ReflectEvoError(f"{path}: {key!r} must be an object")
+    return {"per_task": per_task, "total": total, "counts": data.get("counts") or {},
+            "drops": data.get("drops") or {}, "generator": data.get("generator"), "notes": data.get("notes") or {},
+            "pct_correct_after_reflection": data.get("pct_correct_after_reflection")}
+
+
+def _rows(path: Path, data: Any, what: str) -> list[dict[str, Any]]:
+    if not isinstance(data, list):
+        raise ReflectEvoError(f"{path}: expected a JSON list of {what} rows, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise ReflectEvoError(f"{path}: row {i} must be an object, got {type(row).__name__}")
+        if not isinstance(row.get("system"), str):
+            raise ReflectEvoError(f"{path}: row {i}: 'system' must be a string")
+    return data
+
+
+def validate_accuracy_by_round(path: Path, data: Any) -> list[dict[str, Any]]:
+    """plots/eval/accuracy_by_round.json: [{system, round (1 = trial 1), accuracy in [0, 1], n}]."""
+    rows = _rows(path, data, "accuracy-by-round")
+    for i, row in enumerate(rows):
+        r, acc, n = row.get("round"), row.get("accuracy"), row.get("n")
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ReflectEvoError(f"{path}: row {i}: 'round' must be an integer >= 1, got {r!r}")
+        if not _is_num(acc) or not 0 <= acc <= 1:
+            raise ReflectEvoError(f"{path}: row {i}: 'accuracy' must be a number in [0, 1], got {acc!r}")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise ReflectEvoError(f"{path}: row {i}: 'n' must be a non-negative integer, got {n!r}")
+    return rows
+
+
+def validate_transitions(path: Path, data: Any) -> list[dict[str, Any]]:
+    """plots/eval/transitions.json: [{system, trial1: correct|incorrect, final: correct|incorrect, count}]."""
+    rows = _rows(path, data, "transition")
+    for i, row in enumerate(rows):
+        for key in ("trial1", "final"):
+            if row.get(key) not in OUTCOMES:
+                raise ReflectEvoError(f"{path}: row {i}: {key!r} must be 'correct' or 'incorrect', got {row.get(key)!r}")
+        c = row.get("count")
+        if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+            raise ReflectEvoError(f"{path}: row {i}: 'count' must be a non-negative integer, got {c!r}")
+    return rows
+
+
+def _final_correct(row: dict[str, Any]) -> bool:
+    """The last answer's verdict: final_correct, else correct_by_round[-1], else the last round's, else t2_correct."""
+    if isinstance(row.get("final_correct"), bool):
+        return row["final_correct"]
+    by_round = row.get("correct_by_round")
+    if isinstance(by_round, list) and by_round and isinstance(by_round[-1], bool):
+        return by_round[-1]
+    rounds = row.get("rounds")
+    if isinstance(rounds, list) and rounds and isinstance(rounds[-1], dict):
+        for key in ("t2_correct", "correct"):
+            if isinstance(rounds[-1].get(key), bool):
+                return rounds[-1][key]
+    if "t2_correct" in row:
+        return bool(row["t2_correct"])
+    return bool(row.get("t1_correct"))
+
+
+def _category(t1: bool, final: bool) -> str:
+    return {(False, True): "i→c", (True, False): "c→i", (False, False): "i→i", (True, True): "c→c"}[(t1, final)]
+
+
+BEST = ("i→c", "c→c")   # best reflections: fixes first, then kept-right answers (intrinsic protocol)
+WORST = ("c→i", "i→i")  # worst: broke a right answer first, then still wrong
+
+
+def collect_episodes(path: Path, n_episodes: int = 3) -> dict[str, Any]:
+    """Stream predictions.jsonl; keep per system the counts per outcome and the first few episodes of each.
+
+    Returns {system: {"rows": n, "episodes": n with a reflection or retry, "counts": {cat: n},
+    "transitions": {(t1, final): n}, "keep": {cat: {task: [rows]}}}} in file order of systems.
+    """
+    from reflectevo.jsonio import iter_jsonl
+
+    out: dict[str, Any] = {}
+    for line, row in enumerate(iter_jsonl(path), start=1):
+        system = row.get("system")
+        if not isinstance(system, str) or not system:
+            raise ReflectEvoError(f"{path}:{line}: missing or non-string 'system' field")
+        if not isinstance(row.get("t1_correct"), bool):
+            raise ReflectEvoError(f"{path}:{line}: 't1_correct' must be true or false")
+        s = out.setdefault(system, {"rows": 0, "episodes": 0, "counts": defaultdict(int),
+                                    "transitions": defaultdict(int), "keep": defaultdict(dict)})
+        s["rows"] += 1
+        t1, final = row["t1_correct"], _final_correct(row)
+        if any(row.get(k) not in (None, "", []) for k in EPISODE_KEYS):
+            s["transitions"][(t1, final)] += 1
+            cat = _category(t1, final)
+            s["episodes"] += 1
+            s["counts"][cat] += 1
+            kept = s["keep"][cat].setdefault(str(row.get("task")), [])
+            if len(kept) < n_episodes:  # up to n per task, so the browser can show several tasks
+                kept.append(row)
+        elif t1 and "t2_correct" in row:
+            s["transitions"][(t1, final)] += 1  # oracle protocol: right at trial 1, no retry needed
+    for s in out.values():
+        if not s["episodes"]:  # answers only (sft_qa): no final answer, no transitions
+            s["transitions"].clear()
+    return out
+
+
+def load_inputs(metrics_eval: str | Path | None, curate_stats: str | Path | None, predictions: str | Path | None,
+                plots_dir: str | Path | None = None, n_episodes: int = 3) -> ReportInputs:
+    """Read and validate every input; missing/empty ones are noted, malformed ones raise ReflectEvoError."""
+    inp = ReportInputs(n_episodes=n_episodes)
+    if metrics_eval is not None:
+        p = Path(metrics_eval)
+        inp.sources["metrics"] = str(p)
+        data = _read_json(p, inp.missing)
+        inp.eval = None if data is None else validate_eval(p, data)
+    if curate_stats is not None:
+        p = Path(curate_stats)
+        inp.sources["stats"] = str(p)
+        data = _read_json(p, inp.missing)
+        inp.stats = None if data is None else validate_stats(p, data)
+    if plots_dir is not None:
+        for name, check, attr in (("accuracy_by_round.json", validate_accuracy_by_round, "accuracy_by_round"),
+                                  ("transitions.json", validate_transitions, "transitions")):
+            p = Path(plots_dir) / name
+            inp.sources[attr] = str(p)
+            data = _read_json(p, inp.missing)
+            setattr(inp, attr, None if data is None else check(p, data))
+    if predictions is not None:
+        p = Path(predictions)
+        inp.sources["predictions"] = str(p)
+        if not p.exists():
+            inp.missing[str(p)] = "not found"
+        elif p.stat().st_size < 4096 and not p.read_bytes().strip():
+            inp.missing[str(p)] = "empty file"
+        else:
+            inp.episodes = collect_episodes(p, n_episodes)
+    return inp
+
+
+# --------------------------------------------------------------------------------------------------
+# Page
+
+
+def esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _pct(x: Any) -> str:
+    return "–" if not _is_num(x) else f"{100 * x:.1f}"
+
+
+def _signed(x: Any) -> str:
+    return "–" if not _is_num(x) else f"{100 * x:+.1f}"
+
+
+def _ci(ci: Any) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
+
+
+def _order(systems: list[str]) -> list[str]:
+    known = [s for s in SYSTEM_LABELS if s in systems]
+    return known + [s for s in systems if s not in SYSTEM_LABELS]
+
+
+def _label(system: str) -> str:
+    return SYSTEM_LABELS.get(system, system)
+
+
+def _json_for_script(obj: Any) -> str:
+    """JSON safe inside <script>: no '</script>', '<!--' or '&' can appear literally."""
+    return (json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _missing_note(inp: ReportInputs, kind: str, what: str) -> str:
+    path = inp.sources.get(kind)
+    if path is None:
+        return f'<p class="missing">No {esc(what)}: no input given.</p>'
+    why = inp.missing.get(path, "no data")
+    return f'<p class="missing">No {esc(what)}: <code>{esc(path)}</code> {esc(why)}.</p>'
+
+
+def _cell(block: dict[str, Any] | None, best: float | None) -> str:
+    if not block:
+        return '<td class="na">–</td>'
+    n = block.get("n")
+    t1 = f'Acc@t1 {_pct(block.get("acc_t1"))}'
+    if block.get("acc_t2") is None:  # answers-only system (sft_qa)
+        title = f'n={n}; Acc@t1 only'
+        return (f'<td title="{esc(title)}"><span class="main">{_pct(block.get("acc_t1"))}</span>'
+                f' <span class="ci">{_ci(block.get("acc_t1_ci"))}</span><br><span class="sub">Acc@t1 only</span></td>')
+    acc2 = block["acc_t2"]
+    cls = ' class="best"' if best is not None and _is_num(acc2) and abs(acc2 - best) < 1e-12 else ""
+    title = (f'n={n}; Δi→c {_signed(block.get("delta_i2c"))}, Δc→i {_signed(block.get("delta_c2i"))}; '
+             f'Acc@t1 {_pct(block.get("acc_t1"))} {_ci(block.get("acc_t1_ci"))}')
+    return (f'<td{cls} title="{esc(title)}"><span class="main">{_pct(acc2)}</span> '
+            f'<span class="delta">({_signed(block.get("delta"))})</span> '
+            f'<span class="ci">{_ci(block.get("acc_t2_ci"))}</span><br><span class="sub">{esc(t1)} · '
+            f'i→c {_signed(block.get("delta_i2c"))} · c→i {_signed(block.get("delta_c2i"))}</span></td>')
+
+
+def section_matrix(inp: ReportInputs) -> str:
+    head = '<h2 id="results">Results (Table 2 style)</h2>'
+    ev = inp.eval
+    if ev is None:
+        return head + _missing_note(inp, "metrics", "evaluation metrics")
+    systems = _order(list(ev["systems"]))
+    tasks = sorted({t for s in ev["systems"].values() for t in (s.get("per_task") or {})})
+    parts = [head, ('<p class="explain">Each cell: <b>Acc@t2</b> (Δ = Acc@t2 − Acc@t1) [95% Wilson interval of '
+                    'Acc@t2], in %; below it Acc@t1, Δi→c and Δc→i. Bold: best Acc@t2 in the column. '
+                    f'Protocol: <b>{esc(ev.get("protocol", "?"))}</b>.</p>')]
+    if not systems:
+        parts.append(f'<p class="missing">No evaluated systems in <code>{esc(inp.sources.get("metrics"))}</code>.</p>')
+    else:
+        cols = [*tasks, None]
+        best = {}
+        for t in cols:
+            vals = [(s.get("overall") if t is None else (s.get("per_task") or {}).get(t)) or {}
+                    for s in ev["systems"].values()]
+            accs = [b.get("acc_t2") for b in vals if _is_num(b.get("acc_t2"))]
+            best[t] = max(accs) if accs and max(accs) > min(accs) else None  # no mark when all tie
+        rows = ["<tr><th>system</th>" + "".join(f"<th>{esc(t)}</th>" for t in tasks) + "<th>overall</th></tr>"]
+        for s in systems:
+            entry = ev["systems"][s]
+            mark = ' <span class="tag">main</span>' if s == ev.get("system") else ""
+            cells = "".join(_cell((entry.get("per_task") or {}).get(t), best[t]) for t in tasks)
+            cells += _cell(entry.get("overall"), best[None])
+            rows.append(f'<tr><th class="sys">{esc(_label(s))}<br><code>{esc(s)}</code>{mark}</th>{cells}</tr>')
+        parts.append('<table class="matrix">' + "".join(rows) + "</table>")
+    if ev["skipped"]:
+        items = "".join(f"<li><code>{esc(k)}</code>: {esc(v)}</li>" for k, v in ev["skipped"].items())
+        parts.append(f'<p>Not evaluated:</p><ul class="skipped">{items}</ul>')
+    return "\n".join(parts)
+
+
+def _round_rows(inp: ReportInputs) -> tuple[list[dict[str, Any]], str]:
+    if inp.accuracy_by_round is not None:
+        return inp.accuracy_by_round, f'from <code>{esc(inp.sources.get("accuracy_by_round"))}</code>'
+    rows: list[dict[str, Any]] = []
+    if inp.eval is not None:
+        for s, entry in inp.eval["systems"].items():
+            o = entry.get("overall") or {}
+            accs = o.get("acc_by_round") or [o.get("acc_t1"), o.get("acc_t2")]
+            for r, acc in enumerate(accs, start=1):
+                if _is_num(acc):
+                    rows.append({"system": s, "round": r, "accuracy": acc, "n": o.get("n")})
+    src = f'<code>{esc(inp.sources.get("accuracy_by_round", "accuracy_by_round.json"))}</code>'
+    return rows, f'derived from <code>{esc(inp.sources.get("metrics"))}</code> ({src} missing)'
+
+
+def section_rounds(inp: ReportInputs) -> str:
+    head = '<h2 id="rounds">Accuracy by round</h2>'
+    rows, origin = _round_rows(inp)
+    if not rows:
+        return head + _missing_note(inp, "accuracy_by_round", "accuracy-by-round data")
+    systems = _order(list(dict.fromkeys(r["system"] for r in rows)))
+    rounds = sorted({r["round"] for r in rows})
+    spec = {
+        "width": 560, "height": 280, "background": "white",
+        "data": {"values": [{"system": r["system"], "round": r["round"], "accuracy": r["accuracy"],
+                             "n": r.get("n")} for r in rows]},
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": {"field": "round", "type": "ordinal", "title": "round (1 = trial 1)", "axis": {"labelAngle": 0}},
+            "y": {"field": "accuracy", "type": "quantitative", "title": "accuracy",
+                  "scale": {"domain": [0, 1]}, "axis": {"format": "%"}},
+            "color": {"field": "system", "type": "nominal", "sort": systems, "title": "system"},
+            "tooltip": [{"field": "system"}, {"field": "round"},
+                        {"field": "accuracy", "format": ".1%"}, {"field": "n"}],
+        },
+    }
+    by = {(r["system"], r["round"]): r["accuracy"] for r in rows}
+    table = ["<tr><th>system</th>" + "".join(f"<th>round {r}</th>" for r in rounds) + "</tr>"]
+    for s in systems:
+        table.append(f"<tr><th>{esc(s)}</th>" + "".join(f"<td>{_pct(by.get((s, r)))}</td>" for r in rounds) + "</tr>")
+    return "\n".join([
+        head,
+        f'<p class="explain">Accuracy (%) after each round, over all tasks; round 1 is trial 1; {origin}.</p>',
+        '<div id="acc-by-round-chart" class="chart"></div>',
+        f'<script id="acc-by-round-spec" type="application/json">{_json_for_script(spec)}</script>',
+        '<table class="small">' + "".join(table) + "</table>",
+    ])
+
+
+def _transition_counts(inp: ReportInputs) -> tuple[dict[str, dict[tuple[str, str], int]], str]:
+    counts: dict[str, dict[tuple[str, str], int]] = {}
+    if inp.transitions is not None:
+        for r in inp.transitions:
+            c = counts.setdefault(r["system"], defaultdict(int))
+            c[(r["trial1"], r["final"])] += r["count"]
+        return counts, f'from <code>{esc(inp.sources.get("transitions"))}</code>'
+    skip = set()
+    if inp.eval is not None:  # answers-only systems have no final answer
+        skip = {s for s, e in inp.eval["systems"].items() if (e.get("overall") or {}).get("acc_t2") is None
+                and (e.get("overall") or {}).get("acc_t1") is not None}
+    for s, info in (inp.episodes or {}).items():
+        if s in skip or not info["transitions"]:
+            continue
+        c = counts.setdefault(s, defaultdict(int))
+        for (t1, fin), n in info["transitions"].items():
+            c[("correct" if t1 else "incorrect", "correct" if fin else "incorrect")] += n
+    src = f'<code>{esc(inp.sources.get("transitions", "transitions.json"))}</code>'
+    return counts, f'derived from <code>{esc(inp.sources.get("predictions"))}</code> ({src} missing)'
+
+
+def section_transitions(inp: ReportInputs) -> str:
+    head = '<h2 id="transitions">Trial 1 → final answer</h2>'
+    counts, origin = _transition_counts(inp)
+    if not counts:
+        return head + _missing_note(inp, "transitions", "transition counts")
+    boxes = []
+    for s in _order(list(counts)):
+        c = counts[s]
+        rows = ["<tr><th>trial 1 \\ final</th><th>correct</th><th>incorrect</th></tr>"]
+        for a in OUTCOMES:
+            rows.append(f"<tr><th>{a}</th>" + "".join(f"<td>{c.get((a, b), 0)}</td>" for b in OUTCOMES) + "</tr>")
+        boxes.append(f'<div class="tbox"><div class="tname">{esc(s)}</div><table class="trans">{"".join(rows)}</table></div>')
+    return "\n".join([head, f'<p class="explain">Item counts per system; {origin}.</p>',
+                      '<div class="tgrid">' + "".join(boxes) + "</div>"])
+
+
+STAT_COLUMNS = (
+    ("items", "items"), ("trial1_correct", "trial-1 correct"), ("reflection_samples", "reflections"),
+    ("qa_reflection_samples", "Q&A with reflection"), ("pct_correct_after_reflection", "% correct after reflection"),
+    ("avg_question_words", "avg words: question"), ("avg_trial1_words", "trial 1"), ("avg_trial2_words", "trial 2"),
+    ("avg_reflection_words", "reflection"),
+)
+
+
+def section_stats(inp: ReportInputs) -> str:
+    head = '<h2 id="data">Data statistics</h2>'
+    st = inp.stats
+    if st is None:
+        return head + _missing_note(inp, "stats", "data statistics")
+    parts = [head]
+    gen = st.get("generator")
+    if isinstance(gen, dict):
+        parts.append(f'<p class="explain">Generated by <code>{esc(gen.get("preset"))}</code> '
+                     f'({esc(gen.get("source"))}); from <code>{esc(inp.sources.get("stats"))}</code>.</p>')
+    rows = [(t, r) for t, r in sorted(st["per_task"].items())]
+    if st.get("total"):
+        rows.append(("total", st["total"]))
+    if rows:
+        table = ["<tr><th>task</th>" + "".join(f"<th>{esc(lab)}</th>" for _, lab in STAT_COLUMNS) + "</tr>"]
+        for t, r in rows:
+            cls = ' class="total"' if t == "total" else ""
+            vals = "".join(f"<td>{'–' if r.get(k) is None else esc(r.get(k))}</td>" for k, _ in STAT_COLUMNS)
+            table.append(f"<tr{cls}><th>{esc(t)}</th>{vals}</tr>")
+        parts.append('<table class="stats">' + "".join(table) + "</table>")
+    else:
+        parts.append(f'<p class="missing">No per-task statistics in <code>{esc(inp.sources.get("stats"))}</code>.</p>')
+    if st["counts"]:
+        parts.append("<p>Curated rows: " + ", ".join(f"{esc(k)} {esc(v)}" for k, v in st["counts"].items()) + "</p>")
+    if st["drops"]:
+        parts.append("<p>Reflections dropped: " + ", ".join(f"{esc(k)} {esc(v)}" for k, v in st["drops"].items()) + "</p>")
+    for k, v in st["notes"].items():
+        parts.append(f"<p>Note ({esc(k)}): {esc(v)}</p>")
+    return "\n".join(parts)
+
+
+def _text(label: str, value: Any, *, collapsed: bool = False) -> str:
+    if value in (None, ""):
+        return ""
+    s = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
+    more = ""
+    if len(s) > MAX_TEXT:
+        more = f'<div class="more">… {len(s) - MAX_TEXT} more characters not shown</div>'
+        s = s[:MAX_TEXT]
+    body = f"<pre>{esc(s)}</pre>{more}"
+    if collapsed:
+        return f'<details class="prompt"><summary>{esc(label)}</summary>{body}</details>'
+    return f'<div class="field"><div class="flabel">{esc(label)}</div>{body}</div>'
+
+
+def _verdict(x: Any) -> str:
+    return "" if not isinstance(x, bool) else (' <span class="ok">✓</span>' if x else ' <span class="bad">✗</span>')
+
+
+ROUND_LABELS = {"reflection_prompt": "reflection prompt", "t2_prompt": "retry prompt", "t2": "retry",
+                "t2_answer": "retry answer", "prompt": "one-stage prompt", "output": "output (reflection + answer)"}
+
+
+def _episode(row: dict[str, Any], cat: str, opened: bool = False) -> str:
+    t1, final = bool(row.get("t1_correct")), _final_correct(row)
+    by_round = row.get("correct_by_round")
+    path = ""
+    if isinstance(by_round, list) and len(by_round) > 2:
+        path = " · by round " + "".join("✓" if x else "✗" for x in by_round)
+    summary = (f'<span class="cat cat-{"good" if cat in BEST else "bad"}">{esc(cat)}</span> '
+               f'<code>{esc(row.get("task"))}</code> · <code>{esc(row.get("item_id"))}</code> · trial 1{_verdict(t1)}'
+               f' → final{_verdict(final)}{esc(path)}')
+    parts = [_text("trial-1 prompt", row.get("t1_prompt"), collapsed=True), _text("trial 1", row.get("t1"))]
+    if row.get("output") not in (None, ""):  # one-stage: reflection and answer in one output
+        same = row.get("reflection") == row.get("output")  # the reflection is the output up to the answer
+        parts += [_text("one-stage prompt", row.get("prompt"), collapsed=True),
+                  "" if same else _text("reflection", row.get("reflection")),
+                  _text("output (reflection + answer)", row.get("output"))]
+    else:
+        parts += [_text("reflection prompt", row.get("reflection_prompt"), collapsed=True),
+                  _text("reflection", row.get("reflection")),
+                  _text("retry prompt", row.get("t2_prompt"), collapsed=True), _text("retry", row.get("t2"))]
+    if row.get("t2_answer") not in (None, ""):
+        parts.append(f'<div class="field"><span class="flabel">retry answer</span> <code>{esc(row["t2_answer"])}</code>'
+                     f'{_verdict(row.get("t2_correct"))}</div>')
+    rounds = row.get("rounds")
+    if isinstance(rounds, list) and rounds:  # rounds 2..R (round 1 is the top-level fields)
+        rparts = []
+        for i, rd in enumerate(rounds, start=2):
+            if isinstance(rd, dict):
+                num = rd.get("round", i)
+                ok = rd.get("t2_correct", rd.get("correct"))
+                inner = "".join(
+                    _text(ROUND_LABELS.get(k, k), v, collapsed=k.endswith("prompt")) for k, v in rd.items()
+                    if k not in ("round", "t2_correct", "correct") and not isinstance(v, bool))
+                rparts.append(f'<details class="round"><summary>round {esc(num)}{_verdict(ok)}</summary>'
+                              f"{inner}</details>")
+            else:
+                rparts.append(_text(f"round {i}", rd))
+        parts.append('<div class="rounds">' + "".join(rparts) + "</div>")
+    return f'<details class="episode"{" open" if opened else ""}><summary>{summary}</summary>{"".join(parts)}</details>'
+
+
+def _pick(keep: dict[str, dict[str, list]], cats: tuple[str, ...], n: int) -> list[tuple[str, dict]]:
+    """Up to n episodes: categories in order; within one, round-robin over tasks (sorted), file order per task."""
+    out: list[tuple[str, dict]] = []
+    for cat in cats:
+        by_task = [keep.get(cat, {})[t] for t in sorted(keep.get(cat, {}))]
+        for i in range(max((len(v) for v in by_task), default=0)):
+            out += [(cat, rows[i]) for rows in by_task if i < len(rows)]
+    return out[:n]
+
+
+def section_episodes(inp: ReportInputs, n: int = 3) -> str:
+    head = '<h2 id="episodes">Episodes: best and worst reflections</h2>'
+    if inp.episodes is None:
+        return head + _missing_note(inp, "predictions", "predictions")
+    if not inp.episodes:
+        return head + f'<p class="missing">No rows in <code>{esc(inp.sources.get("predictions"))}</code>.</p>'
+    parts = [head, ('<p class="explain">Per system: best = fixed a wrong trial 1 (i→c), then kept a right one (c→c); '
+                    'worst = broke a right trial 1 (c→i), then still wrong (i→i). Click to open; prompts are folded.</p>')]
+    main = (inp.eval or {}).get("system")
+    for s in _order(list(inp.episodes)):
+        info = inp.episodes[s]
+        if not info["episodes"]:
+            parts.append(f'<h3>{esc(_label(s))} <code>{esc(s)}</code></h3><p class="missing">No reflections or retries '
+                         f'({info["rows"]} rows: answers only).</p>')
+            continue
+        counts = " · ".join(f"{c} {info['counts'].get(c, 0)}" for c in ("i→c", "c→i", "i→i", "c→c"))
+        best, worst = _pick(info["keep"], BEST, n), _pick(info["keep"], WORST, n)
+        parts.append(f'<h3>{esc(_label(s))} <code>{esc(s)}</code></h3><p class="explain">{info["episodes"]} episodes of '
+                     f'{info["rows"]} rows: {esc(counts)}</p>')
+        parts.append('<div class="cols"><div class="col"><h4>best</h4>'
+                     + ("".join(_episode(r, c, opened=(s == main and i == 0)) for i, (c, r) in enumerate(best))
+                        or '<p class="missing">none</p>')
+                     + '</div><div class="col"><h4>worst</h4>'
+                     + ("".join(_episode(r, c) for c, r in worst) or '<p class="missing">none</p>') + "</div></div>")
+    return "\n".join(parts)
+
+
+PAGE_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto; max-width: 1220px;
+       color: #1d2330; background: #fff; line-height: 1.4; padding: 0 16px; }
+h1 { font-size: 24px; margin-bottom: 4px; } h2 { font-size: 19px; margin-top: 32px; border-bottom: 1px solid #dde;
+padding-bottom: 4px; } h3 { font-size: 16px; margin: 20px 0 4px; } h4 { margin: 6px 0; font-size: 14px; }
+nav a { margin-right: 14px; color: #3656c9; }
+code { font-size: 12px; background: #f2f3f7; padding: 0 3px; border-radius: 3px; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+th, td { border: 1px solid #d6d9e3; padding: 5px 8px; text-align: right; vertical-align: top; }
+th { background: #f5f6fa; } th.sys, .stats th, .small th { text-align: left; }
+.matrix td { min-width: 150px; } .matrix .main { font-size: 15px; font-weight: 600; }
+.matrix td.best .main { color: #0a6b2d; font-weight: 800; } .matrix td.na { color: #999; text-align: center; }
+.delta { color: #444; } .ci, .sub { color: #6b7080; font-size: 11px; }
+.tag { background: #3656c9; color: #fff; border-radius: 3px; padding: 0 4px; font-size: 10px; }
+.missing { color: #8a4b00; background: #fff6e6; border-left: 3px solid #f0a020; padding: 4px 8px; }
+.explain { color: #555; font-size: 13px; } tr.total th, tr.total td { font-weight: 700; }
+.chart { min-height: 40px; } .render-error { color: #b00020; white-space: pre-wrap; }
+.tgrid { display: flex; flex-wrap: wrap; gap: 18px; } .tname { font-weight: 600; font-size: 13px; }
+.trans td { min-width: 56px; text-align: center; }
+.cols { display: flex; gap: 16px; } .col { flex: 1; min-width: 0; }
+details.episode { border: 1px solid #d6d9e3; border-radius: 4px; margin: 6px 0; padding: 4px 8px; background: #fbfbfd; }
+details.episode > summary { cursor: pointer; font-size: 13px; }
+details.prompt > summary, details.round > summary { cursor: pointer; color: #3656c9; font-size: 12px; }
+pre { white-space: pre-wrap; word-break: break-word; background: #f4f5f8; padding: 6px; margin: 2px 0 6px;
+      font-size: 12px; max-height: 360px; overflow: auto; }
+.flabel { font-size: 12px; font-weight: 600; color: #444; } .more { font-size: 11px; color: #888; }
+.cat { font-family: monospace; padding: 0 4px; border-radius: 3px; color: #fff; }
+.cat-good { background: #1f8a4c; } .cat-bad { background: #b3362b; } .ok { color: #1f8a4c; } .bad { color: #b3362b; }
+footer { margin-top: 40px; font-size: 11px; color: #888; }
+"""
+
+_EMBED = """
+<script>
+(function () {
+  var el = document.getElementById("acc-by-round-chart"), specEl = document.getElementById("acc-by-round-spec");
+  if (!el || !specEl) return;
+  function fail(msg) {
+    var pre = document.createElement("pre"); pre.className = "render-error";
+    pre.textContent = "chart render error: " + msg; el.appendChild(pre);
+  }
+  if (typeof vegaEmbed !== "function") { fail("vega-embed not loaded"); return; }
+  vegaEmbed(el, JSON.parse(specEl.textContent), {renderer: "svg", actions: false, mode: "vega-lite"})
+    .then(function () { el.setAttribute("data-rendered", "1"); })
+    .catch(function (e) { fail(String(e)); });
+})();
+</script>
+"""
+
+
+def build_report(inp: ReportInputs, *, title: str = "ReflectEvo evaluation report") -> str:
+    """The whole page as a string (pure: no I/O besides reading the vendored Vega builds)."""
+    ev = inp.eval or {}
+    meta = []
+    if ev:
+        meta.append(f'model <code>{esc(ev.get("model", "?"))}</code>, protocol <code>{esc(ev.get("protocol", "?"))}</code>, '
+                    f'main system <code>{esc(ev.get("system", "?"))}</code>')
+    inputs = ", ".join(f"<code>{esc(p)}</code>" for p in inp.sources.values())
+    missing = ""
+    if inp.missing:
+        missing = ('<div class="missing"><b>Missing inputs</b> (their sections say so):<ul>'
+                   + "".join(f"<li><code>{esc(p)}</code>: {esc(why)}</li>" for p, why in inp.missing.items()) + "</ul></div>")
+    rounds = section_rounds(inp)
+    scripts = vega_scripts() + _EMBED if 'id="acc-by-round-chart"' in rounds else ""
+    body = "\n".join([
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="explain">{"; ".join(meta)}{"; " if meta else ""}inputs: {inputs or "none"}.</p>',
+        missing,
+        ('<nav><a href="#results">results</a><a href="#rounds">accuracy by round</a><a href="#transitions">transitions</a>'
+         '<a href="#data">data statistics</a><a href="#episodes">episodes</a></nav>'),
+        section_matrix(inp), rounds, section_transitions(inp), section_stats(inp), section_episodes(inp, inp.n_episodes),
+        ("<footer>Self-contained page written by <code>reflectevo report</code>; charts drawn by the vendored Vega "
+         "builds (BSD-3-Clause) inlined above; no network access needed.</footer>"),
+    ])
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc(title)}</title>\n'
+            f"<style>{PAGE_CSS}</style>\n{_ERROR_HOOK}\n</head>\n<body>\n{body}\n{scripts}\n</body>\n</html>\n")
+
+
+def render_report(metrics_eval: str | Path | None, curate_stats: str | Path | None, predictions: str | Path | None,
+                  out_html: str | Path, *, plots_dir: str | Path | None = None, n_episodes: int = 3,
+                  title: str = "ReflectEvo evaluation report") -> Path:
+    """Read the inputs, build the page and write it atomically to `out_html`; returns the path."""
+    from reflectevo.jsonio import write_text
+
+    if n_episodes < 0:
+        raise ReflectEvoError(f"episodes per kind must be >= 0, got {n_episodes}")
+    inp = load_inputs(metrics_eval, curate_stats, predictions, plots_dir, n_episodes)
+    out = Path(out_html)
+    write_text(out, build_report(inp, title=title))
+    out.chmod(0o644)
+    return out
