@@ -286,6 +286,10 @@ class CurateConfig:
             raise ReflectEvoError(f"{where}.dedup_threshold: must be in (0, 1]")
 
 
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+
+
 @dataclass(frozen=True)
 class SFTHyper:
     epochs: float = 1.0
@@ -294,6 +298,18 @@ class SFTHyper:
     grad_accum: int = 1
     max_length: int = 1024
     warmup_ratio: float = 0.0
+    lr_scheduler: str = "linear"                # transformers' lr_scheduler_type (paper DPO: cosine)
+    weight_decay: float = 0.0                   # paper two-stage SFT: 0.01
+    save_steps: int = 50                        # checkpoint every N optimizer steps (resume after a kill); 0 = none
+    save_total_limit: int = 2                   # checkpoints kept per adapter role (newest)
+
+    def validate(self, where: str) -> None:
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise unknown("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS, f"{where}.lr_scheduler")
+        if self.save_steps < 0:
+            raise ReflectEvoError(f"{where}.save_steps: must be >= 0 (0 = no checkpoints)")
+        if self.save_total_limit < 1:
+            raise ReflectEvoError(f"{where}.save_total_limit: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -308,6 +324,7 @@ class TrainConfig:
     seed: int = 0
     sft: SFTHyper = field(default_factory=SFTHyper)
     dpo: DPOHyper = field(default_factory=DPOHyper)
+    keep_checkpoints: bool = False              # keep checkpoints/<setting>/ after a successful run
 
 
 @dataclass(frozen=True)

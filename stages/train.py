@@ -7,6 +7,11 @@
 Settings: one_stage, two_stage (reflector + corrector), dpo_pm (D±), dpo_pref (Dpref), sft_qa (answers).
 Reads `train` and `models.<model>` in params.yaml. Empty data -> the folder holds only a card saying
 "no training data", and evaluate reports the setting as skipped.
+
+Checkpoints (every `train.sft|dpo.save_steps`) go to `--checkpoints` (default `checkpoints/<setting>` beside
+the folder holding `--out`, i.e. `checkpoints/<setting>` for `--out models/<setting>`; `none` disables):
+outside the DVC output, so a killed run (or `dvc repro` after one) resumes where it stopped. They are
+removed after a successful run unless `train.keep_checkpoints: true`.
 """
 
 from __future__ import annotations
@@ -26,19 +31,27 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
          params: Path = Path("params.yaml"), train_data: Path = typer.Option(...),
          eval_data: str = typer.Option("none", help="a JSONL file, or 'none'"),
          out: Path = typer.Option(...), metrics: Path = typer.Option(...),
-         curves: Path = typer.Option(None, help="dvclive folder for train/eval curves")) -> None:
+         curves: Path = typer.Option(None, help="dvclive folder for train/eval curves"),
+         checkpoints: str = typer.Option("auto", help="checkpoint folder to resume from: a path, 'auto' "
+                                         "(checkpoints/<setting> beside the models folder) or 'none'")) -> None:
     from reflectevo.errors import unknown
-    from reflectevo.jsonio import read_jsonl, write_json
+    from reflectevo.jsonio import write_json
     from reflectevo.models import model_fingerprint
     from reflectevo.training import SETTINGS, train_setting
 
     if setting not in SETTINGS:
         raise unknown("training setting", setting, SETTINGS, "--setting")
     name, preset, cfg = stage_params(params, "train")
-    train_rows = read_jsonl(train_data)
-    eval_rows = [] if eval_data == "none" else read_jsonl(eval_data)
+    train_rows = _read_rows(train_data, setting)
+    eval_rows = [] if eval_data == "none" else _read_rows(Path(eval_data), setting)
+    if checkpoints == "none":
+        ckpt_dir = None
+    elif checkpoints == "auto":
+        ckpt_dir = out.parent.parent / "checkpoints" / setting
+    else:
+        ckpt_dir = Path(checkpoints)
     result = train_setting(setting, name, preset, model_fingerprint(name, preset), train_rows, eval_rows, cfg, out,
-                           curves_dir=curves)
+                           curves_dir=curves, checkpoint_dir=ckpt_dir)
     from reflectevo.training import is_main_process
 
     if not is_main_process():  # under `accelerate launch`, only rank 0 writes
@@ -47,6 +60,21 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
         (curves / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     write_json(metrics, {"model": name, **result})
     typer.echo(f"train[{setting}]: {result}")
+
+
+def _read_rows(path: Path, setting: str) -> list[dict]:
+    """The rows of a training file; a malformed or unusable row fails with `file:line: what`."""
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.jsonio import read_jsonl
+    from reflectevo.training import row_problem
+
+    rows = read_jsonl(path)  # malformed JSON -> file:line
+    lines = [i for i, raw in enumerate(path.read_bytes().split(b"\n"), start=1) if raw.strip()]
+    for row, line in zip(rows, lines, strict=True):
+        problem = row_problem(setting, row)
+        if problem:
+            raise ReflectEvoError(f"{path}:{line}: {problem} (a {setting} training row)")
+    return rows
 
 
 if __name__ == "__main__":

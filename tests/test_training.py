@@ -36,6 +36,18 @@ def item_rows(n=6):
              "answer": str(i + 2), "tests": None, "meta": {}} for i in range(n)]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: a ~100k-parameter model gains nothing from more, and on a busy 2-core machine
+    thread spinning makes each step several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 HP = SFTHyper(epochs=1.0, max_steps=3, batch_size=2, grad_accum=1, max_length=1024, warmup_ratio=0.0)
 CFG = TrainConfig(seed=0, sft=HP, dpo=DPOHyper(**dataclasses.asdict(HP), beta=0.1))
 FP = None
@@ -78,9 +90,10 @@ def test_sft_loss_covers_exactly_the_target(tiny_preset, tmp_path, setting, role
     assert f"Finish[{rows[0]['answer']}]" not in prompt  # the target never leaks into its own prompt
 
 
-def test_dpo_pairs_share_the_prompt_and_differ_in_the_reflection(tiny_preset, tmp_path):
-    rows = dpm_rows(2)
-    trainer = build_dpo_trainer("tiny-random", tiny_preset, examples("dpo_pm", rows)["reflector"], [], CFG, tmp_path)
+@pytest.mark.parametrize("setting", ["dpo_pm", "dpo_pref"])
+def test_dpo_pairs_share_the_prompt_and_differ_in_the_reflection(tiny_preset, tmp_path, setting):
+    rows = dpm_rows(2)  # D± and Dpref rows have the same schema
+    trainer = build_dpo_trainer("tiny-random", tiny_preset, examples(setting, rows)["reflector"], [], CFG, tmp_path)
     tok = trainer.processing_class
     ex = trainer.train_dataset[0]
     prompt = tok.decode(ex["prompt_ids"])
@@ -88,6 +101,15 @@ def test_dpo_pairs_share_the_prompt_and_differ_in_the_reflection(tiny_preset, tm
     assert rows[0]["chosen"]["reflection"] not in prompt and rows[0]["rejected"]["reflection"] not in prompt
     assert tok.decode(ex["chosen_ids"]).startswith(rows[0]["chosen"]["reflection"])
     assert tok.decode(ex["rejected_ids"]).startswith(rows[0]["rejected"]["reflection"])
+    # the mask the DPO loss uses (the collator's completion_mask): exactly the chosen / rejected reflection turn
+    batch = trainer.data_collator([ex])
+    for row, side in ((0, "chosen"), (1, "rejected")):
+        ids, mask = batch["input_ids"][row].tolist(), batch["completion_mask"][row].tolist()
+        first = mask.index(1)
+        assert all(mask[first:first + sum(mask)]) and ids[:first] == ex["prompt_ids"]
+        target = tok.decode([i for i, m in zip(ids, mask) if m])
+        assert target.startswith(rows[0][side]["reflection"])
+        assert target[len(rows[0][side]["reflection"]):].strip() in ("<|im_end|>", "")
 
 
 def test_one_stage_writes_a_portable_adapter_that_loads(tiny_preset, tmp_path):
@@ -103,6 +125,9 @@ def test_one_stage_writes_a_portable_adapter_that_loads(tiny_preset, tmp_path):
     assert str(tmp_path) not in (out / "adapter_config.json").read_text() + (out / "README.md").read_text()
     card = json.loads((out / "model_card.json").read_text())
     assert card["status"] == "trained" and card["base"]["preset"] == "tiny-random" and card["adapters"] == {"one_stage": "."}
+    assert card["vllm_lora_compatible"] is True and card["vllm_lora"]["one_stage"]["reasons"] == []
+    assert card["resumed_from_step"] == {"one_stage": 0} and res["one_stage"]["resumed_from_step"] == 0
+    assert "vLLM LoRA: compatible by static check" in (out / "README.md").read_text()
 
     import torch
     from safetensors.torch import load_file
@@ -130,7 +155,8 @@ def test_two_stage_trains_two_adapters_and_dpo_one(tiny_preset, tmp_path):
     assert a != (tmp_path / "ts/corrector/adapter_model.safetensors").read_bytes()
     res = train_setting("dpo_pm", "tiny-random", tiny_preset, _fp(tiny_preset), dpm_rows(4), [], CFG, tmp_path / "dpo")
     assert res["trained"] and res["reflector"]["reward_accuracy"] is not None
-    assert json.loads((tmp_path / "dpo/model_card.json").read_text())["adapters"] == {"reflector": "."}
+    card = json.loads((tmp_path / "dpo/model_card.json").read_text())
+    assert card["adapters"] == {"reflector": "."} and card["vllm_lora_compatible"] is True
 
 
 def test_training_is_reproducible(tiny_preset, tmp_path):
