@@ -133,12 +133,72 @@ def test_bigbench_train_excludes_test_items(shared_data: Path, test_items: dict[
 
 def test_missing_split_names_task_and_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REFLECTEVO_OFFLINE", "1")
-    with pytest.raises(ReflectEvoError, match=r"task logiqa, split train: no local copy \(looked for .*logiqa_train"):
+    monkeypatch.setenv("REFLECTEVO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ReflectEvoError, match=r"task logiqa, split train: no local copy \(looked for .*logiqa_train"
+                                              r".*data folder .* from task option data_dir .*hf:lucasmccabe/logiqa"):
         get_task("logiqa", {"data_dir": str(tmp_path)}).load("train")
-    with pytest.raises(ReflectEvoError, match="raw.githubusercontent.com/bigai-nlco/ReflectEvo/6634f92"):
+    with pytest.raises(ReflectEvoError) as err:
         get_task("mbpp", {"data_dir": str(tmp_path)}).load("test")
-    with pytest.raises(ReflectEvoError, match="online source .* disabled"):
+    for part in ("task mbpp, split test", str(tmp_path / "reflectevo" / "data_source" / "mbpp_test.jsonl"),
+                 str(tmp_path / "benchmarks" / "reflectevo_mbpp_test.jsonl"),
+                 "raw.githubusercontent.com/bigai-nlco/ReflectEvo/6634f923bd122f05287ae5573b198822315abb79"):
+        assert part in str(err.value)
+    with pytest.raises(ReflectEvoError, match=r"online source .* disabled \(task option online: false\)"):
         get_task("math", {"data_dir": str(tmp_path), "online": False}).load("train")
+
+
+def test_missing_split_without_any_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No option, no $REFLECTEVO_DATA, no ../shared/data: the error says which of the three it tried."""
+    from reflectevo.tasks import reflectevo_tasks
+
+    monkeypatch.setenv("REFLECTEVO_OFFLINE", "1")
+    monkeypatch.setenv("REFLECTEVO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("REFLECTEVO_DATA", raising=False)
+    monkeypatch.setattr(reflectevo_tasks, "REPO_ROOT", tmp_path / "repo")
+    with pytest.raises(ReflectEvoError) as err:
+        get_task("math").load("upstream_test")
+    message = str(err.value)
+    for part in ("task math, split upstream_test", "task option data_dir", "prepare.tasks[].options.data_dir",
+                 "$REFLECTEVO_DATA", str(tmp_path / "shared" / "data"),
+                 "hf:EleutherAI/hendrycks_math@21a5633873b6a120296cce3e2df9d5550074f4a3"):
+        assert part in message, (part, message)
+
+
+def test_hub_sources_pinned_or_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Pinned datasets load at their commit; the others load from a branch with a warning."""
+    import sys
+    import types
+
+    from reflectevo.tasks.reflectevo_tasks import HUB_REVISIONS, HubSource, MathTask
+
+    calls: list[tuple[str, str | None, str, str]] = []
+    rows = {"lucasmccabe/logiqa": {"context": "C", "query": "Q?", "options": ["a", "b", "c", "d"], "correct_option": 2},
+            "EleutherAI/hendrycks_math": {"problem": "1+1?", "solution": "\\boxed{2}", "level": "Level 1",
+                                          "type": "Algebra"}}
+
+    def load_dataset(name: str, cfg: str | None, split: str, revision: str) -> list[dict]:
+        calls.append((name, cfg, split, revision))
+        return [rows[name]]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    for var in ("REFLECTEVO_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with caplog.at_level("WARNING", logger="reflectevo.tasks.reflectevo_tasks"):
+        (item,) = get_task("logiqa", {"data_dir": str(tmp_path)}).load("train")
+    assert item.answer == "C" and calls == [("lucasmccabe/logiqa", None, "train", "refs/convert/parquet")]
+    assert "hf:lucasmccabe/logiqa is not pinned" in caplog.text
+    caplog.clear()
+    calls.clear()
+    with caplog.at_level("WARNING", logger="reflectevo.tasks.reflectevo_tasks"):
+        items = get_task("math", {"data_dir": str(tmp_path)}).load("train")
+    assert len(items) == 7 and items[0].answer == "2"
+    assert {c[3] for c in calls} == {HUB_REVISIONS["EleutherAI/hendrycks_math"]} and "not pinned" not in caplog.text
+    assert MathTask.split_sources["train"].hub.pinned
+    assert HubSource("google-research-datasets/mbpp", "train").resolved_revision == \
+        "4bb6404fdc6cacfda99d4ac4205087b89d32030c"
+    assert not HubSource("tasksource/bigbench", "train").pinned
+    assert HubSource("tasksource/bigbench", "train").describe().endswith("[unpinned]")
 
 
 def test_data_dir_from_environment(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,4 +252,11 @@ def test_yaml_errors(tmp_path: Path) -> None:
         get_task(str(missing))
     path = _yaml_task(tmp_path, "text", [{"id": "a", "question": "?"}])
     with pytest.raises(ReflectEvoError, match=r"rows.jsonl:1: missing field 'answer'"):
+        get_task(str(path)).load("test")
+    with open(tmp_path / "rows.jsonl", "w") as fh:
+        fh.write('{"id": "a", "question": "?", "answer": "x"}\n{"id": "b", \n')
+    with pytest.raises(ReflectEvoError, match=r"rows.jsonl:2: malformed JSON line"):
+        get_task(str(path)).load("test")
+    path.write_text("answer_type: text\nsource: gone.jsonl\n")
+    with pytest.raises(ReflectEvoError, match=r"split test: source file .*gone.jsonl not found"):
         get_task(str(path)).load("test")

@@ -89,3 +89,21 @@ def test_tasks_lists_sizes_and_sources(shared_data: Path, monkeypatch) -> None:
     assert rows["mbpp"]["sizes"]["test"] == 500 and "mbpp_test.jsonl" in rows["mbpp"]["source"]["test"]
     assert rows["logiqa"]["source"]["train"].startswith("online hf:lucasmccabe/logiqa")
     assert rows["bigbench_free"]["sizes"] == {"test": 144}
+
+
+@pytest.mark.parametrize("task,split,parts", [
+    ("mbpp", "test", ["reflectevo/data_source/mbpp_test.jsonl", "benchmarks/reflectevo_mbpp_test.jsonl",
+                      "raw.githubusercontent.com/bigai-nlco/ReflectEvo/"]),
+    ("logiqa", "train", ["reflectevo/data_source/logiqa_train.jsonl", "hf:lucasmccabe/logiqa"]),
+])
+def test_items_missing_split_names_task_split_and_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str,
+                                                         split: str, parts: list[str]) -> None:
+    monkeypatch.setenv("REFLECTEVO_DATA", str(tmp_path))
+    monkeypatch.setenv("REFLECTEVO_OFFLINE", "1")
+    monkeypatch.setenv("REFLECTEVO_CACHE", str(tmp_path / "cache"))
+    r = CliRunner().invoke(app, ["items", task, "--split", split])
+    assert r.exit_code == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert f"task {task}, split {split}: no local copy" in r.stderr and "$REFLECTEVO_DATA" in r.stderr
+    for part in parts:
+        assert part in r.stderr, (part, r.stderr)

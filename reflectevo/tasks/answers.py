@@ -3,8 +3,9 @@
 - Multiple choice: the option letter, compared case-insensitively after stripping whitespace and
   the usual wrappers (`B.`, `(B)`, `[B]`, `B) text`); an exact option text also counts as its letter.
 - MATH: the gold is the content of the last `\\boxed{}`/`\\fbox{}` of the solution. Two answers are
-  equal when their Hendrycks-style normal forms agree (`normalize_math`, fast and exact), or else
-  when `math_verify` parses both and finds them equivalent.
+  equal when their Hendrycks-style normal forms agree (`normalize_math`, fast and exact), when both
+  are plain numbers with the same exact value, or else when `math_verify` parses both and finds them
+  equivalent; pairs that provably differ (`math_fast`) skip `math_verify`.
 - Free text: SQuAD-style normalised exact match decides correctness; token F1 is the score.
 - Code: the text between `[BEGIN]` and `[END]`, else the last ```python fence.
 """
@@ -16,8 +17,10 @@ import functools
 import re
 import string
 import threading
-from fractions import Fraction
 from collections.abc import Sequence
+from fractions import Fraction
+
+from reflectevo.tasks.math_fast import certainly_different
 
 # ----------------------------------------------------------------------------------------------------
 # Multiple choice
@@ -145,6 +148,7 @@ def _simple_slash(s: str) -> str:
     return f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}" if m else s
 
 
+@functools.lru_cache(maxsize=16384)
 def normalize_math(answer: str) -> str:
     """A Hendrycks-style normal form of a MATH answer string (our implementation).
 
@@ -210,6 +214,7 @@ _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _PLAIN_FRAC = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
 
 
+@functools.lru_cache(maxsize=16384)
 def _as_number(normal: str) -> Fraction | None:
     """A normal form that is a plain integer, decimal or integer fraction, as an exact number."""
     s = normal.replace("{,}", "").replace(",", "") if re.fullmatch(r"-?\d{1,3}(?:(?:\{,\}|,)\d{3})+", normal) else normal
@@ -225,15 +230,22 @@ def _as_number(normal: str) -> Fraction | None:
 def math_equal(pred: str | None, gold: str) -> bool:
     """Is a predicted MATH answer equivalent to the gold one?
 
-    Equal normal forms -> True; two plain numbers -> exact numeric comparison; otherwise math_verify."""
+    Cheapest test first: equal strings or equal normal forms -> True; two plain numbers -> exact
+    comparison (fractions.Fraction); values that provably differ (`math_fast.certainly_different`:
+    plain LaTeX arithmetic, tuples, sets, intervals, matrices, word answers) -> False; only the rest
+    goes to math_verify. Normal forms and parses are cached per string, so a gold is parsed once."""
     if pred is None or not pred.strip():
         return False
+    if pred.strip() == gold.strip():
+        return True
     p, g = normalize_math(pred), normalize_math(gold)
     if p == g:
         return True
     pn, gn = _as_number(p), _as_number(g)
     if pn is not None and gn is not None:
         return pn == gn
+    if certainly_different(p, g, pred, gold):
+        return False
     return math_verify_equal(pred, gold)
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import random
+import re
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +31,16 @@ from reflectevo.tasks.answers import last_boxed, options_from_question
 from reflectevo.tasks.base import Item
 from reflectevo.tasks.typed import TypedTask
 
+log = logging.getLogger(__name__)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Hugging Face dataset commits (docs/tasks.md "Pinned sources" says where each SHA was found).
+# Datasets without a known commit load from a branch and log a warning that they are unpinned.
+HUB_REVISIONS = {
+    "EleutherAI/hendrycks_math": "21a5633873b6a120296cce3e2df9d5550074f4a3",
+    "google-research-datasets/mbpp": "4bb6404fdc6cacfda99d4ac4205087b89d32030c",
+}
+_SHA = re.compile(r"[0-9a-f]{40}")
 REFLECTEVO_COMMIT = "6634f923bd122f05287ae5573b198822315abb79"
 _RAW = f"https://raw.githubusercontent.com/bigai-nlco/ReflectEvo/{REFLECTEVO_COMMIT}/data/data_source/{{name}}_test.jsonl"
 # sha256 of ReflectEvo's four test files at that commit (docs/data.md: byte-identical local copies)
@@ -46,34 +57,57 @@ BIGBENCH_MC = ("vitaminc_fact_verification", "strategyqa", "social_iqa", "timedi
 BIGBENCH_FREE = {"squad_shifts": "bigbench_squad_shifts.jsonl", "coqa": "bigbench_coqa.jsonl"}
 BIGBENCH_HUB_NAME = {"coqa": "coqa_conversational_question_answering"}
 
+# lucasmccabe/logiqa is a loading-script dataset: read the hub's parquet conversion branch (no commit
+# of it is known, so it is unpinned)
+LOGIQA_PARQUET = "refs/convert/parquet"
+
 MBPP_LEAD = "You are an expert Python programmer, and here is your task: "
 MBPP_TESTS = "Your code should pass these tests:"
 
 
+DATA_DIR_ORIGINS = ("task option data_dir (params: prepare.tasks[].options.data_dir)", "$REFLECTEVO_DATA",
+                    "the default ../shared/data next to the repository")
+
+
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The local data folder: explicit option, else $REFLECTEVO_DATA, else ../shared/data if it exists."""
+    return data_dir_and_origin(explicit)[0]
+
+
+def data_dir_and_origin(explicit: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
+    """The local data folder and where it came from (for error messages)."""
     if explicit:
-        return Path(explicit)
+        return Path(explicit), DATA_DIR_ORIGINS[0]
     env = os.environ.get("REFLECTEVO_DATA")
     if env:
-        return Path(env)
+        return Path(env), DATA_DIR_ORIGINS[1]
     default = REPO_ROOT.parent / "shared" / "data"
-    return default if default.is_dir() else None
+    if default.is_dir():
+        return default, DATA_DIR_ORIGINS[2]
+    return None, (f"none: {DATA_DIR_ORIGINS[0]} and $REFLECTEVO_DATA are unset and {default} does not exist")
 
 
 @dataclass(frozen=True)
 class HubSource:
-    """A Hugging Face dataset split (revision pinned where one is known, see docs/tasks.md)."""
+    """A Hugging Face dataset split at a commit (`HUB_REVISIONS`) or, where none is known, a branch."""
 
     dataset: str
     split: str
     configs: tuple[str | None, ...] = (None,)
-    revision: str | None = None
+    revision: str = ""  # "" = the pinned commit from HUB_REVISIONS, else "main"
+
+    @property
+    def resolved_revision(self) -> str:
+        return self.revision or HUB_REVISIONS.get(self.dataset, "main")
+
+    @property
+    def pinned(self) -> bool:
+        return bool(_SHA.fullmatch(self.resolved_revision))
 
     def describe(self) -> str:
         cfg = "" if self.configs == (None,) else f" ({', '.join(c for c in self.configs if c)})"
-        rev = f"@{self.revision}" if self.revision else ""
-        return f"hf:{self.dataset}{rev}{cfg} split {self.split}"
+        pin = "" if self.pinned else " [unpinned]"
+        return f"hf:{self.dataset}@{self.resolved_revision}{cfg} split {self.split}{pin}"
 
 
 @dataclass(frozen=True)
@@ -136,10 +170,13 @@ def load_hub(src: HubSource) -> list[tuple[str | None, dict[str, Any]]]:
         import datasets
     except ImportError:
         raise ReflectEvoError(f"loading {src.describe()} needs the `datasets` package") from None
+    if not src.pinned:
+        log.warning("source hf:%s is not pinned to a commit (revision %s): its content may change upstream "
+                    "(docs/tasks.md, Pinned sources)", src.dataset, src.resolved_revision)
     rows: list[tuple[str | None, dict[str, Any]]] = []
     for cfg in src.configs:
         try:
-            ds = datasets.load_dataset(src.dataset, cfg, split=src.split, revision=src.revision)
+            ds = datasets.load_dataset(src.dataset, cfg, split=src.split, revision=src.resolved_revision)
         except Exception as e:  # network, missing dataset, script datasets: one clear line
             raise ReflectEvoError(f"cannot load {src.describe()}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         rows.extend((cfg, dict(r)) for r in ds)
@@ -160,7 +197,7 @@ class SourcedTask(TypedTask):
     split_sources: dict[str, SplitSource] = {}
 
     def __init__(self, data_dir: str | None = None, online: bool = True, timeout: float | None = None) -> None:
-        self.data_dir = resolve_data_dir(data_dir)
+        self.data_dir, self.data_dir_origin = data_dir_and_origin(data_dir)
         self.online = online
         if timeout is not None:
             self.timeout = float(timeout)
@@ -220,13 +257,12 @@ class SourcedTask(TypedTask):
             unified = [self.data_dir / "benchmarks" / f for f in spec.unified]
             if unified and all(p.exists() for p in unified):
                 return self.from_unified([r for p in unified for r in _read_jsonl(p)], split)
-        looked = ", ".join(str(p) for p in self.local_paths(split)) or "no data folder (set REFLECTEVO_DATA)"
-        where = f"task {self.name}, split {split}: no local copy (looked for {looked})"
+        where = f"task {self.name}, split {split}: no local copy ({self._looked_for(split)})"
         online = spec.online()
         if online is None:
             raise ReflectEvoError(f"{where} and no online source is known")
         if not self.online:
-            raise ReflectEvoError(f"{where}; online source {online} disabled (online: false)")
+            raise ReflectEvoError(f"{where}; online source {online} disabled (task option online: false)")
         try:
             if spec.url:
                 return self.from_data_source(_read_jsonl(fetch_url(spec.url, spec.sha256)), split)
@@ -234,6 +270,13 @@ class SourcedTask(TypedTask):
             return self.from_hub(load_hub(spec.hub), split)
         except ReflectEvoError as e:
             raise ReflectEvoError(f"{where}, and the online source failed: {e}") from None
+
+    def _looked_for(self, split: str) -> str:
+        """Every local place a split is read from, and where the data folder came from."""
+        if self.data_dir is None:
+            return f"data folder: {self.data_dir_origin}"
+        paths = ", ".join(str(p) for p in self.local_paths(split))
+        return f"looked for {paths}; data folder {self.data_dir} from {self.data_dir_origin}"
 
     def describe(self) -> dict[str, Any]:
         """Source and size of each split (local line counts where a local copy exists)."""
@@ -269,11 +312,11 @@ class LogiQATask(SourcedTask):
     answer_type = "choice"
     split_sources = {
         "train": SplitSource(data_source="logiqa_train.jsonl", hub=HubSource("lucasmccabe/logiqa", "train",
-                             revision="refs/convert/parquet"), size=7376),
+                             revision=LOGIQA_PARQUET), size=7376),
         "test": SplitSource(data_source="logiqa_test.jsonl", unified=("reflectevo_logiqa_test.jsonl",),
                             url=_RAW.format(name="logiqa"), sha256=REFLECTEVO_SHA256["logiqa"], size=500),
         "upstream_test": SplitSource(unified=("logiqa_en_test.jsonl",), hub=HubSource(
-            "lucasmccabe/logiqa", "test", revision="refs/convert/parquet"), size=651),
+            "lucasmccabe/logiqa", "test", revision=LOGIQA_PARQUET), size=651),
     }
 
     def from_data_source(self, rows: list[dict[str, Any]], split: str) -> list[Item]:
