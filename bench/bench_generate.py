@@ -1,6 +1,7 @@
 """Generate-stage benchmarks (issue: reflection generation at scale), all measured in one run.
 
-    .venv/bin/python bench/bench_generate.py [--preset smollm2-135m] [--items 32] [--tokens 64]
+    .venv/bin/python bench/bench_generate.py [--preset smollm2-135m] [--items 400] [--batch 64] [--tokens 48]
+    .venv/bin/python bench/bench_generate.py --no-stage-runs --merge   # throughput + batching only
 
 1. throughput: our `generate()` (all phases) vs raw batched `model.generate` replaying exactly the prompts
    our run sent, with the same batch composition -> ratio raw_time / our_time (target >= 0.85);
@@ -64,8 +65,11 @@ def _stage(*args) -> float:
     return time.perf_counter() - t0
 
 
-def main(preset: str = "smollm2-135m", items: int = 40, tokens: int = 48, batch: int = 16, batch1_prompts: int = 16,
-         out: Path = ROOT / "bench/results/generate.json") -> None:
+def main(preset: str = "smollm2-135m", items: int = 400, tokens: int = 48, batch: int = 64, batch1_prompts: int = 24,
+         out: Path = ROOT / "bench/results/generate.json",
+         stage_runs: bool = typer.Option(True, help="also measure incremental growth and crash-resume (stage runs)"),
+         merge: bool = typer.Option(False, help="keep the other sections already in --out (each records its run)"),
+         ) -> None:
     import torch
 
     from reflectevo.backends.hf import TransformersBackend
@@ -74,7 +78,9 @@ def main(preset: str = "smollm2-135m", items: int = 40, tokens: int = 48, batch:
     from reflectevo.models import model_fingerprint
     from reflectevo.stage import load_items
 
-    report: dict = {"preset": preset, "items": items, "max_new_tokens": tokens, "batch_size": batch,
+    from reflectevo.generation import SAMPLER
+
+    report: dict = {"sampler": SAMPLER, "preset": preset, "items": items, "max_new_tokens": tokens, "batch_size": batch,
                     "cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -122,43 +128,50 @@ def main(preset: str = "smollm2-135m", items: int = 40, tokens: int = 48, batch:
                               "speedup": round(per_prompt_b1 / (ours / n_prompts), 2), "target": 5.0}
         del backend, model
 
-        # 3. incremental growth (+10% items) and 4. kill -9 at ~50% then resume, through the real stage
-        gen = [ROOT / "stages/generate.py", "--params", params, "--sources", tmp / "sources/train.jsonl",
-               "--summary", tmp / "g.json", "--no-progress"]
-        base_n = int(items / 1.1)
-        head = tmp / "head.jsonl"
-        head.write_text("".join(line for line in (tmp / "sources/train.jsonl").read_text().splitlines(True)[:base_n]))
-        full = _stage(*gen[:4], head, "--out", tmp / "inc", *gen[5:])
-        grow = _stage(*gen, "--out", tmp / "inc")
-        computed = json.loads((tmp / "g.json").read_text())["run"]["computed"]
-        report["incremental"] = {"base_items": base_n, "new_items": items - base_n, "computed_on_rerun": computed,
-                                 "full_s": round(full, 2), "rerun_s": round(grow, 2),
-                                 "cost_ratio": round(grow / full, 3), "target": 0.15}
+        if stage_runs:
+            # 3. incremental growth (+10% items) and 4. kill -9 at ~50% then resume, through the real stage
+            gen = [ROOT / "stages/generate.py", "--params", params, "--sources", tmp / "sources/train.jsonl",
+                   "--summary", tmp / "g.json", "--no-progress"]
+            base_n = int(items / 1.1)
+            head = tmp / "head.jsonl"
+            head.write_text("".join(line for line in (tmp / "sources/train.jsonl").read_text().splitlines(True)[:base_n]))
+            full = _stage(*gen[:4], head, "--out", tmp / "inc", *gen[5:])
+            grow = _stage(*gen, "--out", tmp / "inc")
+            computed = json.loads((tmp / "g.json").read_text())["run"]["computed"]
+            report["incremental"] = {"base_items": base_n, "new_items": items - base_n, "computed_on_rerun": computed,
+                                     "full_s": round(full, 2), "rerun_s": round(grow, 2),
+                                     "cost_ratio": round(grow / full, 3), "target": 0.15}
 
-        ref_s = _stage(*gen, "--out", tmp / "ref")
-        proc = subprocess.Popen([sys.executable, *map(str, gen), "--out", str(tmp / "crash")],
-                                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        journal = tmp / "crash/journal.jsonl"
-        t0 = time.perf_counter()
-        while proc.poll() is None and time.perf_counter() - t0 < 1200:
-            if journal.exists() and journal.read_bytes().count(b"\n") >= (items // 2 // batch) * batch:
-                break
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        saved = len(load_episodes(tmp / "crash"))
-        resume_s = _stage(*gen, "--out", tmp / "crash")
-        a, b = load_episodes(tmp / "crash"), load_episodes(tmp / "ref")
-        report["crash_resume"] = {"episodes_saved_at_kill": saved, "full_s": round(ref_s, 2),
-                                  "resume_s": round(resume_s, 2), "cost_ratio": round(resume_s / ref_s, 3),
-                                  "target": 0.60, "same_keys": set(a) == set(b),
-                                  "greedy_trial1_identical": all(a[k]["trial1"] == b[k]["trial1"] for k in a),
-                                  "sampled_reflections_identical": all(
-                                      [s["reflection"] for s in a[k]["samples"]] == [s["reflection"] for s in b[k]["samples"]]
-                                      for k in a),
-                                  "episodes_identical": all(a[k] == b[k] for k in a)}
+            ref_s = _stage(*gen, "--out", tmp / "ref")
+            proc = subprocess.Popen([sys.executable, *map(str, gen), "--out", str(tmp / "crash")],
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            journal = tmp / "crash/journal.jsonl"
+            t0 = time.perf_counter()
+            while proc.poll() is None and time.perf_counter() - t0 < 1200:
+                if journal.exists() and journal.read_bytes().count(b"\n") >= (items // 2 // batch) * batch:
+                    break
+                time.sleep(0.1)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            saved = len(load_episodes(tmp / "crash"))
+            resume_s = _stage(*gen, "--out", tmp / "crash")
+            a, b = load_episodes(tmp / "crash"), load_episodes(tmp / "ref")
+            report["crash_resume"] = {"episodes_saved_at_kill": saved, "full_s": round(ref_s, 2),
+                                      "resume_s": round(resume_s, 2), "cost_ratio": round(resume_s / ref_s, 3),
+                                      "target": 0.60, "same_keys": set(a) == set(b),
+                                      "greedy_trial1_identical": all(a[k]["trial1"] == b[k]["trial1"] for k in a),
+                                      "sampled_reflections_identical": all(
+                                          [s["reflection"] for s in a[k]["samples"]] == [s["reflection"] for s in b[k]["samples"]]
+                                          for k in a),
+                                      "episodes_identical": all(a[k] == b[k] for k in a)}
     report["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]   # other load distorts absolute times
+    if merge and out.exists():  # keep sections measured by an earlier run, marked with that run's settings
+        earlier = json.loads(out.read_text())
+        run_keys = ("sampler", "preset", "items", "max_new_tokens", "batch_size", "loadavg_at_start", "loadavg_at_end")
+        for section in ("throughput", "batching", "incremental", "crash_resume"):
+            if section not in report and section in earlier:
+                report[section] = {**earlier[section], "run": {k: earlier.get(k) for k in run_keys}}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -30,7 +30,7 @@ JOURNAL = "journal.jsonl"          # single-process runs
 JOURNAL_GLOB = "journal*.jsonl"     # plus journal-<i>-of-<n>.jsonl, one per shard worker
 # How sampled reflections are drawn (part of every key): one seed per sample (`sample_seed`), one random
 # generator per row (reflectevo.backends.hf.SeededSampler).
-SAMPLER = "per-sample-seed-v1"
+SAMPLER = "per-sample-seed-v2"   # v2: inverse-CDF draw (v1 drew with torch.multinomial)
 
 
 def shard_slice(items: Sequence[Item], shard: tuple[int, int]) -> list[Item]:
