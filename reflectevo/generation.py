@@ -22,7 +22,13 @@ from typing import Any
 from reflectevo.backends import Sampling
 from reflectevo.config import GenerateConfig, to_dict
 from reflectevo.jsonio import Journal, iter_jsonl, write_jsonl
-from reflectevo.prompts import demand_pool, prompt_version, reflection_messages, task_prompt_hash, trial_messages
+from reflectevo.prompts import (
+    demand_pool,
+    prompt_version,
+    reflection_messages,
+    task_prompt_hash,
+    trial_messages,
+)
 from reflectevo.tasks import Item, Task, Verdict
 
 SHARD_GLOB = "episodes-*.jsonl"
@@ -212,6 +218,15 @@ def load_episodes(raw_dir: Path) -> dict[str, dict]:
     return found
 
 
+def plan(items: Sequence[Item], tasks: dict[str, Task], spec: GenSpec,
+         raw_dir: Path) -> tuple[dict[str, dict], list[str], list[Item]]:
+    """(episodes already in `raw_dir` by key, the key of each item, the items whose key is missing)."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    existing = load_episodes(raw_dir)
+    keys = [spec.episode_id(it, tasks[it.task]) for it in items]
+    return existing, keys, [it for it, k in zip(items, keys) if k not in existing]
+
+
 def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Callable[[], Any], spec: GenSpec,
              raw_dir: Path, chunk_size: int = 64, progress: bool = True,
              shard: tuple[int, int] | None = None) -> tuple[list[dict], Stats]:
@@ -221,10 +236,7 @@ def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Cal
     fsynced per chunk, so a kill loses at most the chunk in flight. The backend is only built when
     something is missing.
     """
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    existing = load_episodes(raw_dir)
-    keys = [spec.episode_id(it, tasks[it.task]) for it in items]
-    todo = [it for it, k in zip(items, keys) if k not in existing]
+    existing, keys, todo = plan(items, tasks, spec, raw_dir)
     stats = Stats(reused=len(items) - len(todo))
     t0 = time.perf_counter()
     if todo:
@@ -291,4 +303,4 @@ def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig) -> GenS
     return GenSpec(model=model_fp, dtype=dtype, prompt_version=prompt_version(), cfg=cfg)
 
 
-__all__ = ["GenSpec", "Stats", "generate", "load_episodes", "summarize", "make_spec", "run_chunk", "write_shards", "to_dict"]
+__all__ = ["GenSpec", "Stats", "generate", "load_episodes", "make_spec", "plan", "run_chunk", "summarize", "to_dict", "write_shards"]

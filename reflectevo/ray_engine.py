@@ -35,7 +35,7 @@ from typing import Any
 
 from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import JOURNAL, GenSpec, Stats, load_episodes, run_chunk
+from reflectevo.generation import JOURNAL, GenSpec, Stats, plan, run_chunk
 from reflectevo.jsonio import Journal
 from reflectevo.tasks import Item, Task
 
@@ -120,10 +120,7 @@ def generate_ray(items: Sequence[Item], tasks: dict[str, Task], preset_name: str
     Same contract as `generation.generate`: reuse by key, journal as chunks arrive, Ray (and the
     model) only started when something is missing.
     """
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    existing = load_episodes(raw_dir)
-    keys = [spec.episode_id(it, tasks[it.task]) for it in items]
-    todo = [it for it, k in zip(items, keys) if k not in existing]
+    existing, keys, todo = plan(items, tasks, spec, raw_dir)
     stats = Stats(reused=len(items) - len(todo))
     t0 = time.perf_counter()
     if todo:

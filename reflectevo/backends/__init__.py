@@ -10,8 +10,8 @@ are, or where a resumed run restarted. Greedy generation ignores seeds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reflectevo.registry import Registry
@@ -34,6 +34,15 @@ class Generation:
     text: str
     n_prompt_tokens: int
     n_new_tokens: int
+
+
+def prompt_seeds(prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None) -> list[int]:
+    """The seed of each prompt: the given ones, or by default `sampling.seed + position in the call`."""
+    if seeds is None:
+        return [sampling.seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    return [int(x) for x in seeds]
 
 
 class Backend(Protocol):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling
+from reflectevo.backends import Generation, Sampling, prompt_seeds
 from reflectevo.config import ModelPreset
 
 
@@ -39,10 +39,7 @@ class TransformersBackend:
 
     def generate(self, prompts: list[str], sampling: Sampling,
                  seeds: Sequence[int] | None = None) -> list[Generation]:
-        if seeds is None:  # one seed per position of this call
-            seeds = [sampling.seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        seeds = prompt_seeds(prompts, sampling, seeds)
         # Sort by length so each batch pads little; restore order at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: dict[int, Generation] = {}

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from reflectevo.backends import Generation, Sampling
+from reflectevo.backends import Generation, Sampling, prompt_seeds
 from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
@@ -170,10 +170,7 @@ class OpenAIBackend:
 
     def generate(self, prompts: list[str], sampling: Sampling,
                  seeds: Sequence[int] | None = None) -> list[Generation]:
-        if seeds is None:  # one seed per position of this call, as the transformers backend does
-            seeds = [sampling.seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        seeds = prompt_seeds(prompts, sampling, seeds)
         if not prompts:
             return []
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)), thread_name_prefix="openai")

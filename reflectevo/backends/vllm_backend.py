@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling
+from reflectevo.backends import Generation, Sampling, prompt_seeds
 from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
@@ -110,10 +110,7 @@ class VLLMBackend:
 
     def generate(self, prompts: list[str], sampling: Sampling,
                  seeds: Sequence[int] | None = None) -> list[Generation]:
-        if seeds is None:  # one seed per position of this call, as the transformers backend does
-            seeds = [sampling.seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        seeds = prompt_seeds(prompts, sampling, seeds)
         if not prompts:
             return []
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
