@@ -712,10 +712,14 @@ def _warmup_kwargs(config_cls: type, ratio: float) -> dict[str, float]:
 
 
 def _portable_adapter(out_dir: Path, preset_name: str) -> None:
-    """Record the preset name, not the absolute base path; drop the pickled training args."""
+    """Record the preset name, not the absolute base path; drop the pickled training args; list
+    `target_modules` sorted (PEFT keeps them in a set, so their saved order follows PYTHONHASHSEED and
+    the same training run would otherwise give a different adapter folder hash in each process)."""
     p = out_dir / "adapter_config.json"
     cfg = json.loads(p.read_text())
     cfg["base_model_name_or_path"] = f"reflectevo-preset:{preset_name}"
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
     write_json(p, cfg)
     (out_dir / "training_args.bin").unlink(missing_ok=True)
     (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's card names the absolute base path; ours replaces it

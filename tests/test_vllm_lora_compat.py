@@ -122,3 +122,31 @@ def test_the_base_must_match(adapter):
     assert check_vllm_lora_compat(path)["compatible"]  # without the base: the adapter alone is fine
     res = check_vllm_lora_compat(path, max_lora_rank=10)
     assert not res["compatible"] and "not a value vLLM accepts" in res["reasons"][0]
+
+
+def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tiny_preset, tmp_path):
+    """PEFT keeps target_modules in a set: without sorting, each process (PYTHONHASHSEED) saved them in
+    another order, so the same training gave a different models/<setting> hash and reran evaluate."""
+    import os
+    import subprocess
+    import sys
+
+    from reflectevo.models import resolve_model
+
+    base = resolve_model("tiny-random", tiny_preset)
+    code = (
+        "import sys, torch; from pathlib import Path; from peft import LoraConfig, get_peft_model; "
+        "from transformers import AutoModelForCausalLM; from reflectevo.training import _portable_adapter; "
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32); "
+        "cfg = LoraConfig(r=4, lora_alpha=8, target_modules=sys.argv[3].split(','), task_type='CAUSAL_LM'); "
+        "get_peft_model(m, cfg).save_pretrained(sys.argv[2]); _portable_adapter(Path(sys.argv[2]), 'tiny-random')"
+    )
+    targets = ",".join(tiny_preset.lora.targets)
+    texts = []
+    for seed in range(4):
+        out = tmp_path / f"a{seed}"
+        subprocess.run([sys.executable, "-c", code, str(base), str(out), targets], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        texts.append((out / "adapter_config.json").read_text())
+    assert len(set(texts)) == 1
+    assert json.loads(texts[0])["target_modules"] == sorted(tiny_preset.lora.targets)
