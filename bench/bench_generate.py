@@ -65,6 +65,13 @@ def _stage(*args) -> float:
     return time.perf_counter() - t0
 
 
+def _generate_kwargs(sampling) -> dict:
+    """`model.generate` sampling arguments matching our backend's Sampling (greedy when temperature is 0)."""
+    if sampling.temperature > 0:
+        return dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+
+
 def main(preset: str = "smollm2-135m", items: int = 400, tokens: int = 48, batch: int = 64, batch1_prompts: int = 60,
          out: Path = ROOT / "bench/results/generate.json",
          stage_runs: bool = typer.Option(True, help="also measure incremental growth and crash-resume (stage runs)"),
@@ -105,8 +112,7 @@ def main(preset: str = "smollm2-135m", items: int = 400, tokens: int = 48, batch
             for s in range(0, len(order), backend.batch_size):
                 chunk = [prompts[i] for i in order[s:s + backend.batch_size]]
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-                kw = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0) \
-                    if sampling.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+                kw = _generate_kwargs(sampling)
                 with torch.inference_mode():
                     model.generate(**enc, max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id, **kw)
         raw = time.perf_counter() - t0
@@ -122,8 +128,7 @@ def main(preset: str = "smollm2-135m", items: int = 400, tokens: int = 48, batch
         t0 = time.perf_counter()
         for i, (prompt, sampling) in enumerate(subset):
             enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
-            kw = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0) \
-                if sampling.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kw = _generate_kwargs(sampling)
             torch.manual_seed(i)
             with torch.inference_mode():
                 model.generate(**enc, max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id, **kw)
