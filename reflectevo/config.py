@@ -241,6 +241,8 @@ class GenerateConfig:
     protocol: str = "oracle"                    # oracle: reflect on failures, told so; intrinsic: on every item, not told
     reflect: bool = True                        # false: the "w/o reflection" baseline (retry sees notice + attempt only)
     rounds: int = 1                             # reflect -> retry rounds per sample (multi-round, Figure 4)
+    retry_temperature: float = 0.0              # trial 2 sampling (paper: 0 = greedy); > 0 draws each sample's retry
+    name_rejected: bool = False                 # oracle: the retry prompt names the rejected answer (not in the paper)
     seed: int = 0
     limit: int = 0                              # 0 = every train item
     shard_size: int = 50000                     # episodes per output shard
@@ -261,6 +263,8 @@ class GenerateConfig:
             raise ReflectEvoError(f"{where}.rounds: must be in [1, 10]")
         if not 0.0 <= self.temperature <= 5.0:
             raise ReflectEvoError(f"{where}.temperature: must be in [0, 5]")
+        if not 0.0 <= self.retry_temperature <= 5.0:
+            raise ReflectEvoError(f"{where}.retry_temperature: must be in [0, 5]")
         from reflectevo.prompts import demand_pool
 
         pool = demand_pool()
@@ -333,6 +337,7 @@ class EvaluateConfig:
     rounds: int = 1                             # reflect -> retry rounds: Acc@t1 .. Acc@t(rounds+1) (Figure 4)
     max_new_tokens_trial: int = 256
     max_new_tokens_reflection: int = 256
+    name_rejected: bool = False                 # oracle: the retry prompt names the rejected answer (as generate.name_rejected)
     limit: int = 0                              # 0 = every test item
 
     def validate(self, where: str) -> None:

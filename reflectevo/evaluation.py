@@ -26,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from reflectevo.backends import Sampling
 from reflectevo.config import EvaluateConfig
+from reflectevo.mechanics import (attempt_text, generate_per_task, one_stage_sampling, reflection_sampling,
+                                  run_trials)
 from reflectevo.metrics import by_task
 from reflectevo.prompts import one_stage_messages, reflection_messages, split_one_stage, trial_messages
 from reflectevo.tasks import Item, Task
@@ -35,14 +36,16 @@ from reflectevo.tasks import Item, Task
 REFLECTING = ("base_noreflect", "base_reflect", "one_stage", "two_stage", "dpo_pm", "dpo_pref")
 
 
-def trial1(items: Sequence[Item], tasks: dict[str, Task], model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    prompts = [model.render(trial_messages(tasks[it.task], it)) for it in items]
-    gens = model.generate(prompts, Sampling(cfg.max_new_tokens_trial))
+def trial1(items: Sequence[Item], tasks: dict[str, Task], model, cfg: EvaluateConfig,
+           prefix: bool = True) -> list[dict[str, Any]]:
+    prompts, gens = run_trials(model, tasks, items, [trial_messages(tasks[it.task], it) for it in items],
+                               cfg.max_new_tokens_trial, prefix=prefix)
     rows = []
     for it, p, g in zip(items, prompts, gens):
         v = tasks[it.task].verify(g.text, it)
-        rows.append({"item_id": it.id, "task": it.task, "t1_prompt": p, "t1": g.text, "t1_answer": v.extracted,
-                     "t1_correct": v.correct})
+        rows.append({"item_id": it.id, "task": it.task, "t1_prompt": p, "t1": attempt_text(p, g.text, tasks[it.task]),
+                     "t1_answer": v.extracted, "t1_correct": v.correct, "t1_stop": g.stop_reason,
+                     "t1_new_tokens": g.n_new_tokens})
     return rows
 
 
@@ -52,7 +55,7 @@ def _oracle(cfg: EvaluateConfig) -> bool:
 
 # One reflect -> retry step for the rows `idx`, each looking at its latest attempt: returns per row the
 # fields to record, including `t2` (the new attempt's text), `t2_answer` and `t2_correct`.
-Step = Callable[[list[int], list[str]], list[dict[str, Any]]]
+Step = Callable[[list[int], list[str], list[str | None]], list[dict[str, Any]]]
 
 
 def _rounds(items: Sequence[Item], t1_rows: list[dict[str, Any]], cfg: EvaluateConfig, step: Step) -> list[dict[str, Any]]:
@@ -61,17 +64,21 @@ def _rounds(items: Sequence[Item], t1_rows: list[dict[str, Any]], cfg: EvaluateC
     (trial 1, after round 1, ..., after round R), `t2_correct` (after round 1) and `final_correct`."""
     oracle = _oracle(cfg)
     out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"],
+            **{k: r[k] for k in ("t1_answer", "t1_stop", "t1_new_tokens") if k in r},
             "correct_by_round": [r["t1_correct"]]} for r in t1_rows]
     latest = [r["t1"] for r in t1_rows]
+    rejected = [r.get("t1_answer") for r in t1_rows]
     active = [i for i, r in enumerate(t1_rows) if not (oracle and r["t1_correct"])]
     for rnd in range(1, cfg.rounds + 1):
-        records = step(active, [latest[i] for i in active]) if active else []
+        records = step(active, [latest[i] for i in active], [rejected[i] for i in active]) if active else []
         for i, rec in zip(active, records):
             if rnd == 1:
                 out[i].update(rec)
             else:
                 out[i].setdefault("rounds", []).append({"round": rnd, **rec})
             latest[i] = rec["t2"]
+            if rec.get("t2_answer") is not None:
+                rejected[i] = rec["t2_answer"]
             out[i]["correct_by_round"].append(bool(rec["t2_correct"]))
         done = set(active)
         for i, row in enumerate(out):  # rows that did not reflect this round keep their answer
@@ -85,16 +92,21 @@ def _rounds(items: Sequence[Item], t1_rows: list[dict[str, Any]], cfg: EvaluateC
 
 
 def _retry_step(items, tasks, model, cfg: EvaluateConfig, idx: list[int], latest: list[str],
-                reflections: list[str] | None) -> list[dict[str, Any]]:
-    prompts = [model.render(trial_messages(tasks[items[i].task], items[i],
-                                           reflection=reflections[n] if reflections is not None else None,
-                                           previous=latest[n], retry=True, oracle=_oracle(cfg)))
-               for n, i in enumerate(idx)]
-    gens = model.generate(prompts, Sampling(cfg.max_new_tokens_trial)) if idx else []
+                reflections: list[str] | None, rejected: list[str | None]) -> list[dict[str, Any]]:
+    msgs = [trial_messages(tasks[items[i].task], items[i],
+                           reflection=reflections[n] if reflections is not None else None,
+                           previous=latest[n], retry=True, oracle=_oracle(cfg),
+                           rejected=rejected[n] if cfg.name_rejected and _oracle(cfg) else None)
+            for n, i in enumerate(idx)]
+    if not idx:
+        return []
+    prompts, gens = run_trials(model, tasks, [items[i] for i in idx], msgs, cfg.max_new_tokens_trial)
     recs = []
     for i, p, g in zip(idx, prompts, gens):
-        v = tasks[items[i].task].verify(g.text, items[i])
-        recs.append({"t2_prompt": p, "t2": g.text, "t2_answer": v.extracted, "t2_correct": v.correct})
+        task = tasks[items[i].task]
+        v = task.verify(g.text, items[i])
+        recs.append({"t2_prompt": p, "t2": attempt_text(p, g.text, task), "t2_answer": v.extracted,
+                     "t2_correct": v.correct, "t2_stop": g.stop_reason, "t2_new_tokens": g.n_new_tokens})
     return recs
 
 
@@ -102,19 +114,23 @@ def reflect_then_retry(items, tasks, t1_rows, reflector, corrector, cfg: Evaluat
     """Each round: `reflector` reflects (greedy, test prompt, no demand) on the latest attempt and
     `corrector` retries after it."""
 
-    def step(idx: list[int], latest: list[str]) -> list[dict[str, Any]]:
+    def step(idx: list[int], latest: list[str], rejected: list[str | None]) -> list[dict[str, Any]]:
         r_prompts = [reflector.render(reflection_messages(items[i], t, None, oracle=_oracle(cfg)))
                      for i, t in zip(idx, latest)]
-        refl = [g.text for g in reflector.generate(r_prompts, Sampling(cfg.max_new_tokens_reflection))]
-        recs = _retry_step(items, tasks, corrector, cfg, idx, latest, refl)
-        return [{"reflection_prompt": p, "reflection": r, **rec} for p, r, rec in zip(r_prompts, refl, recs)]
+        gens = reflector.generate(r_prompts, reflection_sampling(cfg.max_new_tokens_reflection))
+        refl = [g.text for g in gens]
+        recs = _retry_step(items, tasks, corrector, cfg, idx, latest, refl, rejected)
+        return [{"reflection_prompt": p, "reflection": r, "reflection_stop": g.stop_reason,
+                 "reflection_new_tokens": g.n_new_tokens, **rec}
+                for p, r, g, rec in zip(r_prompts, refl, gens, recs)]
 
     return _rounds(items, t1_rows, cfg, step)
 
 
 def retry_without_reflection(items, tasks, t1_rows, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
     """The "prompt-based w/o reflection" baseline: failure notice (oracle) and previous attempt only."""
-    return _rounds(items, t1_rows, cfg, lambda idx, latest: _retry_step(items, tasks, model, cfg, idx, latest, None))
+    return _rounds(items, t1_rows, cfg,
+                   lambda idx, latest, rejected: _retry_step(items, tasks, model, cfg, idx, latest, None, rejected))
 
 
 def one_stage(items, tasks, model, t1_rows, cfg: EvaluateConfig) -> list[dict[str, Any]]:
@@ -122,15 +138,18 @@ def one_stage(items, tasks, model, t1_rows, cfg: EvaluateConfig) -> list[dict[st
     the attempt the next round looks at."""
     budget = cfg.max_new_tokens_reflection + cfg.max_new_tokens_trial
 
-    def step(idx: list[int], latest: list[str]) -> list[dict[str, Any]]:
+    def step(idx: list[int], latest: list[str], rejected: list[str | None]) -> list[dict[str, Any]]:
         prompts = [model.render(one_stage_messages(tasks[items[i].task], items[i], t, oracle=_oracle(cfg)))
                    for i, t in zip(idx, latest)]
+        gens = generate_per_task(model, prompts, [tasks[items[i].task] for i in idx],
+                                 lambda task: one_stage_sampling(task, budget))
         recs = []
-        for i, p, g in zip(idx, prompts, model.generate(prompts, Sampling(budget))):
+        for i, p, g in zip(idx, prompts, gens):
             reflection, answer = split_one_stage(g.text)
             v = tasks[items[i].task].verify(answer or g.text, items[i])
             recs.append({"prompt": p, "output": g.text, "reflection": reflection, "t2": answer or g.text,
-                         "t2_answer": v.extracted, "t2_correct": v.correct})
+                         "t2_answer": v.extracted, "t2_correct": v.correct, "t2_stop": g.stop_reason,
+                         "t2_new_tokens": g.n_new_tokens})
         return recs
 
     return _rounds(items, t1_rows, cfg, step)
@@ -138,7 +157,7 @@ def one_stage(items, tasks, model, t1_rows, cfg: EvaluateConfig) -> list[dict[st
 
 def answers_only(items, tasks, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
     """SFT-on-answers baseline: its own trial 1; Acc@t2 is not defined (t2 = t1)."""
-    rows = trial1(items, tasks, model, cfg)
+    rows = trial1(items, tasks, model, cfg, prefix=False)   # trained to answer without a thought
     for r in rows:
         r["t2_correct"] = r["t1_correct"]
     return rows

@@ -22,6 +22,7 @@ from typing import Any
 from reflectevo.backends import Sampling
 from reflectevo.config import GenerateConfig, to_dict
 from reflectevo.jsonio import Journal, iter_jsonl, write_jsonl
+from reflectevo.mechanics import attempt_text, reflection_sampling, run_trials, trial_sampling
 from reflectevo.prompts import (
     demand_pool,
     prompt_version,
@@ -78,7 +79,8 @@ class GenSpec:
                 "max_new_tokens_trial": c.max_new_tokens_trial,
                 "max_new_tokens_reflection": c.max_new_tokens_reflection,
                 "use_previous_trial": c.use_previous_trial, "protocol": c.protocol, "reflect": c.reflect,
-                "rounds": c.rounds, "seed": c.seed, "sampler": SAMPLER}
+                "rounds": c.rounds, "retry_temperature": c.retry_temperature, "name_rejected": c.name_rejected,
+                "seed": c.seed, "sampler": SAMPLER}
 
     def episode_id(self, item: Item, task: Task) -> str:
         """Content key: model, dtype, prompt templates, the task's prompt parts, the item, generation params."""
@@ -108,19 +110,29 @@ class Stats:
                 "new_tokens_per_s": round(self.new_tokens / self.seconds, 1) if self.seconds else None}
 
 
-def _trial_record(prompt: str, gen, verdict: Verdict) -> dict[str, Any]:
-    return {"prompt": prompt, "completion": gen.text, "n_prompt_tokens": gen.n_prompt_tokens,
-            "n_new_tokens": gen.n_new_tokens, **verdict.to_dict()}
+def _trial_record(prompt: str, gen, verdict: Verdict, task: Task, sampling: Sampling | None = None,
+                  seed: int | None = None) -> dict[str, Any]:
+    """A trial as recorded: the prompt as sent (ending with the task's prefix), the generated text, the
+    attempt later prompts show (prefix + completion), why generation stopped, tokens and the verdict."""
+    rec = {"prompt": prompt, "completion": gen.text, "attempt": attempt_text(prompt, gen.text, task),
+           "stop_reason": gen.stop_reason, "n_prompt_tokens": gen.n_prompt_tokens,
+           "n_new_tokens": gen.n_new_tokens, **verdict.to_dict()}
+    if sampling is not None and sampling.temperature > 0:
+        rec["sampling"] = {**sampling.to_dict(), "seed": seed}
+    return rec
 
 
-def sample_seed(episode_id: str, sample_idx: int, round_: int = 1) -> int:
-    """The seed of one sampled reflection: a function of its episode key, sample index and round only,
-    so a sample is the same whatever batch, chunk, worker or resumed run computes it."""
-    return int(hashlib.sha256(f"{episode_id}:{sample_idx}:{round_}".encode()).hexdigest()[:15], 16)
+def sample_seed(episode_id: str, sample_idx: int, round_: int = 1, phase: str = "") -> int:
+    """The seed of one sampled reflection (or, with `phase="retry"`, of its sampled retry): a function
+    of its episode key, sample index and round only, so a sample is the same whatever batch, chunk,
+    worker or resumed run computes it."""
+    tag = f"{episode_id}:{sample_idx}:{round_}" + (f":{phase}" if phase else "")
+    return int(hashlib.sha256(tag.encode()).hexdigest()[:15], 16)
 
 
 def _reflection_record(prompt: str, gen, sampling: Sampling, seed: int) -> dict[str, Any]:
-    return {"prompt": prompt, "text": gen.text, "n_new_tokens": gen.n_new_tokens,
+    return {"prompt": prompt, "text": gen.text, "stop_reason": gen.stop_reason,
+            "n_prompt_tokens": gen.n_prompt_tokens, "n_new_tokens": gen.n_new_tokens,
             "sampling": {**sampling.to_dict(), "seed": seed}}
 
 
@@ -129,15 +141,16 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
 
     - oracle protocol: failed items get `k` samples, each told its attempt failed;
       intrinsic: every item gets `k` samples and no prompt says whether the attempt was right.
-    - `reflect: false` (w/o-reflection baseline): one retry that sees the notice and its attempt only.
+    - `reflect: false` (w/o-reflection baseline): one retry that sees the notice and its attempt only
+      (`k` retries when they are sampled: `retry_temperature` > 0).
     - `rounds` > 1: a sample whose retry is still wrong (oracle) or every sample (intrinsic) reflects on
       its latest retry and retries again; rounds 2.. go to the sample's `later_rounds`.
     Round 1 of every sample sees trial 1 (never another sample's retry); no prompt carries the answer.
+    Trials stop at their first complete answer and reflections at their own end (`reflectevo.mechanics`).
     """
     cfg = spec.cfg
     oracle = cfg.protocol == "oracle"
-    greedy_t = Sampling(cfg.max_new_tokens_trial, 0.0, 1.0, 0)
-    refl_sampling = Sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, cfg.seed)
+    refl_sampling = reflection_sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, cfg.seed)
     ids = [spec.episode_id(it, tasks[it.task]) for it in items]
 
     def count(gens) -> None:
@@ -146,15 +159,18 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
         stats.new_tokens += sum(g.n_new_tokens for g in gens)
 
     # trial 1 (greedy)
-    t1_prompts = [backend.render(trial_messages(tasks[it.task], it)) for it in items]
-    t1 = backend.generate(t1_prompts, greedy_t)
+    t1_prompts, t1 = run_trials(backend, tasks, items, [trial_messages(tasks[it.task], it) for it in items],
+                                cfg.max_new_tokens_trial)
     count(t1)
     t1_v = [tasks[it.task].verify(g.text, it) for it, g in zip(items, t1)]
+    t1_att = [attempt_text(p, g.text, tasks[it.task]) for p, g, it in zip(t1_prompts, t1, items)]
 
-    k = cfg.k if cfg.reflect else 1   # without reflection the greedy retry is the same for every sample
+    # without reflection a greedy retry is the same for every sample
+    k = cfg.k if cfg.reflect or cfg.retry_temperature > 0 else 1
     jobs = [(i, j, spec.demand_for(it, j) if cfg.reflect and oracle else None)
             for i, it in enumerate(items) if oracle is False or not t1_v[i].correct for j in range(k)]
-    latest = [t1[i].text for i, _, _ in jobs]               # what the next reflection / retry looks at
+    latest = [t1_att[i] for i, _, _ in jobs]                # what the next reflection / retry looks at
+    rejected = [t1_v[i].extracted for i, _, _ in jobs]       # the latest rejected answer (name_rejected)
     rounds: list[list[dict[str, Any]]] = [[] for _ in jobs]  # per job: one record per round
     active = list(range(len(jobs)))
     for rnd in range(1, cfg.rounds + 1):
@@ -168,22 +184,27 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
                          for a in active]
             refl = backend.generate(r_prompts, refl_sampling, seeds=seeds)
             count(refl)
-        t2_prompts = [
-            backend.render(trial_messages(tasks[items[jobs[a][0]].task], items[jobs[a][0]],
-                                          reflection=r.text if r is not None else None,
-                                          previous=latest[a] if cfg.use_previous_trial else None,
-                                          retry=True, oracle=oracle))
-            for a, r in zip(active, refl)
-        ]
-        t2 = backend.generate(t2_prompts, greedy_t)
+        msgs = [trial_messages(tasks[items[jobs[a][0]].task], items[jobs[a][0]],
+                               reflection=r.text if r is not None else None,
+                               previous=latest[a] if cfg.use_previous_trial else None, retry=True, oracle=oracle,
+                               rejected=rejected[a] if cfg.name_rejected and oracle else None)
+                for a, r in zip(active, refl)]
+        retry_seeds = [sample_seed(ids[jobs[a][0]], jobs[a][1], rnd, "retry") for a in active]
+        t2_prompts, t2 = run_trials(backend, tasks, [items[jobs[a][0]] for a in active], msgs,
+                                    cfg.max_new_tokens_trial, cfg.retry_temperature, cfg.top_p,
+                                    seeds=retry_seeds if cfg.retry_temperature > 0 else None)
         count(t2)
         still = []
-        for a, rp, r, seed, tp, g in zip(active, r_prompts, refl, seeds, t2_prompts, t2):
+        for a, rp, r, seed, tp, g, rs in zip(active, r_prompts, refl, seeds, t2_prompts, t2, retry_seeds):
             it = items[jobs[a][0]]
-            v = tasks[it.task].verify(g.text, it)
+            task = tasks[it.task]
+            v = task.verify(g.text, it)
+            retry_sampling = trial_sampling(task, cfg.max_new_tokens_trial, cfg.retry_temperature, cfg.top_p)
             rounds[a].append({"reflection": _reflection_record(rp, r, refl_sampling, seed) if r is not None else None,
-                              "trial": _trial_record(tp, g, v)})
-            latest[a] = g.text
+                              "trial": _trial_record(tp, g, v, task, retry_sampling, rs)})
+            latest[a] = attempt_text(tp, g.text, task)
+            if v.extracted is not None:
+                rejected[a] = v.extracted
             if not oracle or not v.correct:
                 still.append(a)
         active = still
@@ -194,7 +215,7 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
             "episode_id": ids[i], "item_id": it.id, "task": it.task, "item_hash": it.text_hash(),
             "model": spec.model, "dtype": spec.dtype, "resolved_dtype": getattr(backend, "dtype", None),
             "prompt_version": spec.prompt_version, "gen": spec.params(), "item": it.to_dict(),
-            "trial1": _trial_record(t1_prompts[i], t1[i], t1_v[i]), "samples": [],
+            "trial1": _trial_record(t1_prompts[i], t1[i], t1_v[i], tasks[it.task]), "samples": [],
         })
     for (i, j, d), recs in zip(jobs, rounds):
         sample = {"sample_id": f"{ids[i]}-{j}", "sample_idx": j, "demand_id": d,

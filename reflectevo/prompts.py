@@ -51,6 +51,10 @@ Your previous (unsuccessful) attempt:
 
 FAILURE_NOTICE = "Observation: Answer is INCORRECT"
 
+# Optional (`name_rejected`, a deviation from the paper): the retry is told which answer was rejected.
+REJECTED = """
+Your answer {answer} is wrong: the correct answer is different."""
+
 # Generation-time reflection prompt: guided by one demand from the pool.
 REFLECT = """You are an advanced reasoning agent that improves through self-reflection. You were \
 given the question below, and your previous attempt was judged incorrect.
@@ -114,10 +118,9 @@ ONE_STAGE_SEPARATOR = "\n\nAnswer:\n"
 # What the generate stage sends (trial 1, reflection under a demand, trial 2): its prompt version hashes
 # only these, so editing an evaluation-only template does not invalidate generated episodes.
 GENERATION_TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT,
-                        RETRY_BLOCK, REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK)  # + variants of generate
+                        RETRY_BLOCK, REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK, REJECTED)  # + variants of generate
 TEMPLATES = (REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK, INSTRUCTION, TRIAL, REFLECTION_BLOCK, RETRY_BLOCK,
-              PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX,
-             ONE_STAGE_SEPARATOR)
+             PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX, ONE_STAGE_SEPARATOR, REJECTED)
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,14 +141,19 @@ def prompt_version() -> str:
     """'v1-<hash>' over the generation templates and the demand pool: recorded in each generated record.
 
     Task-specific prompt parts (answer form, few-shot examples) are keyed per task: `task_prompt_hash`."""
+    from reflectevo import mechanics
+
     h = hashlib.sha256("\x00".join(GENERATION_TEMPLATES).encode())
     h.update(repr(sorted(demand_pool().items())).encode())
-    return f"v1-{h.hexdigest()[:10]}"
+    h.update(repr((mechanics.MECHANICS_VERSION, mechanics.TRIAL_STOPS, mechanics.REFLECTION_STOPS)).encode())
+    return f"v2-{h.hexdigest()[:10]}"
 
 
 def task_prompt_hash(task: Task) -> str:
-    """Hash of what a task contributes to every prompt (answer form + few-shot examples)."""
-    return hashlib.sha256(repr((task.answer_format(), task.fewshot())).encode()).hexdigest()[:12]
+    """Hash of what a task contributes to every prompt: answer form, few-shot examples, the answer
+    pattern a trial stops at and the assistant-side prefix."""
+    parts = (task.answer_format(), task.fewshot(), task.answer_stop(), task.trial_prefix())
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
 def _choices(item: Item) -> str:
@@ -159,15 +167,18 @@ def _user(text: str) -> Messages:
 
 
 def trial_messages(task: Task, item: Item, reflection: str | None = None, previous: str | None = None,
-                   retry: bool = False, oracle: bool = True) -> Messages:
+                   retry: bool = False, oracle: bool = True, rejected: str | None = None) -> Messages:
     """Trial 1, trial 2 after a reflection (optionally with the previous attempt), or, with `retry` and
     no reflection, the "w/o reflection" retry (failure notice + previous attempt only). With
-    `oracle=False` (intrinsic protocol) no block says the attempt was wrong.
+    `oracle=False` (intrinsic protocol) no block says the attempt was wrong. `rejected` (oracle only):
+    the answer that was judged wrong, named in the retry (`name_rejected`).
 
     The last message is the item's; any earlier turns are the task's worked few-shot examples."""
     block = ""
     if oracle:
         prev = PREVIOUS_TRIAL.format(trial=previous.strip()) if previous is not None else ""
+        if rejected is not None and (reflection is not None or retry):
+            prev += REJECTED.format(answer=rejected)
     else:
         prev = f"\n\nYour previous attempt:\n{previous.strip()}" if previous is not None else ""
     if reflection is not None:

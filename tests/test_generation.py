@@ -31,7 +31,7 @@ def test_protocol_flow_and_records(tmp_path):
             assert ep["trial1"]["completion"] in s["reflection"]["prompt"]   # sees trial 1 ...
             assert s["trial2"]["completion"] not in s["reflection"]["prompt"]  # ... never a retry
             assert s["reflection"]["sampling"]["temperature"] == 0.8
-        assert ep["model"] == FP and ep["prompt_version"].startswith("v1-")
+        assert ep["model"] == FP and ep["prompt_version"].startswith("v2-")
     # greedy trials, sampled reflections
     temps = [c[1].temperature for c in backend.calls]
     assert temps == [0.0, 0.8, 0.0, 0.0, 0.8, 0.0]

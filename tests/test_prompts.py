@@ -12,7 +12,7 @@ def test_pool_has_32_vep_entries():
 
 
 def test_prompt_version_is_stable_and_short():
-    assert prompt_version() == prompt_version() and prompt_version().startswith("v1-")
+    assert prompt_version() == prompt_version() and prompt_version().startswith("v2-")
 
 
 def test_no_gold_in_any_prompt():
@@ -35,6 +35,10 @@ def test_fewshot_is_an_earlier_turn_and_the_item_is_last():
     task = get_task("rg/chain_sum")
     item = Item(id="x", task="rg/chain_sum", question="What is 1 + 1?", answer="2")
     msgs = trial_messages(task, item)
-    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    n = len(task.fewshot())
+    assert n >= 2 and [m["role"] for m in msgs] == ["user", "assistant"] * n + ["user"]
     assert "Finish[" in msgs[1]["content"] and "Think step by step" in msgs[0]["content"]
+    # worked examples compute their answer (a thought without reasoning teaches the model not to reason)
+    for shot in msgs[1:-1:2]:
+        assert shot["content"].startswith("Thought: ") and "=" in shot["content"]
     assert msgs[-1]["content"].endswith("What is 1 + 1?") and "Think step by step" not in msgs[-1]["content"]

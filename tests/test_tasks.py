@@ -9,7 +9,8 @@ from reflectevo.tasks import extract_finish, get_task
     ("Action: Finish[b]", "b"),
     ("Action: Finish[B.]", "B."),
     ("Action: Finish<<<\\frac{1}{2}>>>", "\\frac{1}{2}"),
-    ("Finish[1] then Finish[2] and trailing text", "2"),
+    ("Finish[1] then Finish[2] and trailing text", "1"),  # the first complete answer counts (as the original)
+    ("Action: Finish[7]\nQuestion: ... Action: Finish[<answer>]", "7"),
     ("The answer is 42.", "42"),
     ("Answer: 7", "7"),
     ("no answer at all", None),

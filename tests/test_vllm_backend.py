@@ -46,7 +46,16 @@ class FakeLLM:
         out = []
         for p, sp in zip(prompts, sampling_params):
             ids = p["prompt_token_ids"]
-            comp = types.SimpleNamespace(text=f"seed={sp.seed} T={sp.temperature}", token_ids=[1] * min(3, sp.max_tokens))
+            text = getattr(self, "text", None) or f"seed={sp.seed} T={sp.temperature}"
+            # vllm/outputs.py CompletionOutput: finish_reason "stop" (EOS or a stop string, then named in
+            # stop_reason, the string cut from the text) or "length"
+            hit = [s for s in (sp.stop or []) if s in text]
+            if hit:
+                text, finish, why = text[:text.index(hit[0])], "stop", hit[0]
+            else:
+                finish, why = ("length" if sp.max_tokens <= 3 else "stop"), None
+            comp = types.SimpleNamespace(text=text, token_ids=[1] * min(3, sp.max_tokens), finish_reason=finish,
+                                         stop_reason=why)
             out.append(types.SimpleNamespace(prompt_token_ids=ids, outputs=[comp]))
         return out
 

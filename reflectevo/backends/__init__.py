@@ -10,6 +10,7 @@ are, or where a resumed run restarted. Greedy generation ignores seeds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,16 +18,32 @@ from typing import Any, Protocol
 from reflectevo.registry import Registry
 
 
+STOP_REASONS = ("eos", "stop", "length")
+
+
 @dataclass(frozen=True)
 class Sampling:
+    """How to generate: budget, temperature, seed, and where a completion ends.
+
+    `stop`: plain strings that end a completion *before* them (a new "Question:" block, say): every
+    backend passes them natively. `stop_regex`: a pattern whose first match ends a completion *after*
+    it (the first complete answer, e.g. `Finish[...]`): the transformers backend stops on it while
+    generating; backends that only know plain stop strings (vLLM, OpenAI) generate on and the text is cut
+    at the same place afterwards (`finish_text`), so every backend returns the same text."""
+
     max_new_tokens: int
     temperature: float = 0.0       # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()
+    stop_regex: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed}
+        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                               "top_p": self.top_p, "seed": self.seed}
+        if self.stop or self.stop_regex:
+            out.update(stop=list(self.stop), stop_regex=self.stop_regex)
+        return out
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,42 @@ class Generation:
     text: str
     n_prompt_tokens: int
     n_new_tokens: int
+    stop_reason: str = "length"    # eos | stop (a stop string or the answer pattern) | length (budget spent)
+
+
+def stop_position(text: str, sampling: Sampling) -> int | None:
+    """Where `text` must be cut under `sampling`'s stops (None: no stop reached).
+
+    The stop detected first wins: a plain stop string at i (seen once the whole string is there) cuts
+    at i; the first match of `stop_regex` cuts at its end."""
+    best: tuple[int, int] | None = None   # (position where the stop is complete, cut position)
+    for s in sampling.stop:
+        i = text.find(s)
+        if i >= 0 and (best is None or i + len(s) < best[0]):
+            best = (i + len(s), i)
+    if sampling.stop_regex:
+        m = _compiled(sampling.stop_regex).search(text)
+        if m and (best is None or m.end() < best[0]):
+            best = (m.end(), m.end())
+    return None if best is None else best[1]
+
+
+def finish_text(text: str, sampling: Sampling, natural_end: str) -> tuple[str, str]:
+    """(the text cut at its first stop, the stop reason): `stop` when a stop was reached, else
+    `natural_end` (`eos` or `length`, as the backend saw it)."""
+    cut = stop_position(text, sampling)
+    if cut is None:
+        return text, natural_end
+    return text[:cut], "stop"
+
+
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _compiled(pattern: str) -> re.Pattern[str]:
+    if pattern not in _PATTERNS:
+        _PATTERNS[pattern] = re.compile(pattern)
+    return _PATTERNS[pattern]
 
 
 def prompt_seeds(prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None) -> list[int]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling, prompt_seeds
+from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds, stop_position
 from reflectevo.config import ModelPreset
 
 
@@ -61,14 +61,48 @@ class TransformersBackend:
         if sampling.temperature > 0:
             kwargs["logits_processor"] = LogitsProcessorList(
                 [SeededSampler(seeds, sampling.temperature, sampling.top_p)])
+        width = enc["input_ids"].shape[1]
+        if sampling.stop or sampling.stop_regex:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnText(self.tokenizer, width, sampling)])
         with torch.inference_mode():
             gen = self.model.generate(**enc, **kwargs)
-        new = gen[:, enc["input_ids"].shape[1]:]
+        new = gen[:, width:]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         pad = self.tokenizer.pad_token_id
         n_prompt = enc["attention_mask"].sum(dim=1).tolist()
-        n_new = [(row != pad).sum().item() for row in new]
-        return [Generation(t, int(p), int(n)) for t, p, n in zip(texts, n_prompt, n_new)]
+        n_new = [int((row != pad).sum().item()) for row in new]
+        out = []
+        for t, p, n in zip(texts, n_prompt, n_new):
+            text, reason = finish_text(t, sampling, "length" if n >= sampling.max_new_tokens else "eos")
+            out.append(Generation(text, int(p), n, reason))
+        return out
+
+
+class StopOnText:
+    """Stopping criterion, per row of a batch: a row is done once its decoded new text reaches one of
+    `sampling`'s stops (`reflectevo.backends.stop_position`); the others go on. The text is cut at the
+    stop afterwards (`finish_text`), exactly as the backends without this criterion cut it."""
+
+    def __init__(self, tokenizer, prompt_width: int, sampling: Sampling) -> None:
+        self.tokenizer = tokenizer
+        self.width = prompt_width
+        self.sampling = sampling
+        self.done = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        rows = (~self.done).nonzero().flatten().tolist()
+        if rows:
+            texts = self.tokenizer.batch_decode(input_ids[rows, self.width:], skip_special_tokens=True)
+            for r, t in zip(rows, texts):
+                if stop_position(t, self.sampling) is not None:
+                    self.done[r] = True
+        return self.done.clone()
 
 
 class SeededSampler:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from reflectevo.backends import Generation, Sampling, prompt_seeds
+from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds
 from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
@@ -187,6 +187,8 @@ class OpenAIBackend:
     def _one(self, prompt: str, sampling: Sampling, seed: int) -> Generation:
         kwargs: dict[str, Any] = {"model": self.model, "max_tokens": sampling.max_new_tokens,
                                   "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": seed, "n": 1}
+        if sampling.stop:   # the answer pattern (stop_regex) is applied to the text afterwards
+            kwargs["stop"] = list(sampling.stop)
         if self.extra:
             kwargs["extra_body"] = self.extra
         if self.mode == "chat":
@@ -203,15 +205,19 @@ class OpenAIBackend:
         else:
             resp = self._call(self.client.completions.create, "completions", prompt=prompt, **kwargs)
             text = resp.choices[0].text or ""
+        # "length", or "stop": EOS or one of our stop strings (the API does not say which, nor return it)
+        finish = getattr(resp.choices[0], "finish_reason", None)
+        natural = "length" if finish == "length" else ("stop" if sampling.stop and finish == "stop" else "eos")
+        text, reason = finish_text(text, sampling, natural)
         usage = getattr(resp, "usage", None)
         if usage is not None:
-            return Generation(text, int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+            return Generation(text, int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0), reason)
         if self.tokenizer is not None:  # a server that sends no usage: count with the preset's tokenizer
             def count(s: str) -> int:
                 return len(self.tokenizer(s, add_special_tokens=False)["input_ids"])
 
-            return Generation(text, count(prompt), count(text))
-        return Generation(text, 0, 0)
+            return Generation(text, count(prompt), count(text), reason)
+        return Generation(text, 0, 0, reason)
 
     def _call(self, fn, endpoint: str, **kwargs: Any) -> Any:
         import openai

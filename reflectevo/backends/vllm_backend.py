@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling, prompt_seeds
+from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds
 from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
@@ -105,7 +105,7 @@ class VLLMBackend:
         sampled = sampling.temperature > 0
         return [self.vllm.SamplingParams(n=1, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                          top_p=sampling.top_p if sampled else 1.0,
-                                         seed=int(s) if sampled else None)
+                                         seed=int(s) if sampled else None, stop=list(sampling.stop) or None)
                 for s in seeds]
 
     def generate(self, prompts: list[str], sampling: Sampling,
@@ -116,4 +116,13 @@ class VLLMBackend:
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         outs = self.llm.generate([{"prompt_token_ids": list(x)} for x in ids], self.sampling_params(sampling, seeds),
                                  use_tqdm=False, lora_request=self.lora)
-        return [Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outs]
+        return [_generation(o, sampling) for o in outs]
+
+
+def _generation(out: Any, sampling: Sampling) -> Generation:
+    """vLLM's RequestOutput -> Generation. `finish_reason` is "length" or "stop" (EOS, or a stop string
+    when `stop_reason` holds it); the answer pattern (`stop_regex`) is applied to the text here."""
+    o = out.outputs[0]
+    natural = "length" if o.finish_reason == "length" else ("stop" if isinstance(o.stop_reason, str) else "eos")
+    text, reason = finish_text(o.text, sampling, natural)
+    return Generation(text, len(out.prompt_token_ids), len(o.token_ids), reason)

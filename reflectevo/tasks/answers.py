@@ -7,7 +7,7 @@
   are plain numbers with the same exact value, or else when `math_verify` parses both and finds them
   equivalent; pairs that provably differ (`math_fast`) skip `math_verify`.
 - Free text: SQuAD-style normalised exact match decides correctness; token F1 is the score.
-- Code: the text between `[BEGIN]` and `[END]`, else the last ```python fence.
+- Code: the text between `[BEGIN]` and `[END]`, the first of them (a trial ends there), else the first ```python fence.
 """
 
 from __future__ import annotations
@@ -282,13 +282,14 @@ _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
 
 
 def extract_code(completion: str) -> str | None:
-    """The code of a completion: the last `[BEGIN]...[END]` block, else the last ```python fence."""
+    """The code of a completion: the first `[BEGIN]...[END]` block (a trial ends there), else the first
+    ```python fence."""
     found = _BEGIN_END.findall(completion)
     if found:
-        return _unfence(found[-1]).strip("\n")
+        return _unfence(found[0]).strip("\n")
     found = _FENCE.findall(completion)
     if found:
-        return found[-1].strip("\n")
+        return found[0].strip("\n")
     return None
 
 

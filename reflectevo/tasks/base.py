@@ -66,24 +66,26 @@ class Verdict:
         return {"extracted": self.extracted, "correct": self.correct, "score": self.score, "error": self.error}
 
 
-_FINISH_BRACKET = re.compile(r"Finish\s*\[(.*?)\]", re.S)
-_FINISH_ANGLE = re.compile(r"Finish\s*<<<(.*?)>>>", re.S)
+# The answer forms, as regular expressions: `Finish[...]` (no "]" inside, as the original parses up to
+# the next "]") and `Finish<<<...>>>` (MATH). Their first match ends a trial (`Task.answer_stop`).
+FINISH_BRACKET = r"Finish\s*\[([^\]]*)\]"
+FINISH_ANGLE = r"Finish\s*<<<([\s\S]*?)>>>"
+_FINISH = re.compile(f"{FINISH_ANGLE}|{FINISH_BRACKET}")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*[:\s]*\(?([^\n]*?)\)?\s*(?:\.|$)", re.I | re.M)
 
 
 def extract_finish(text: str) -> str | None:
-    """Pull the final answer out of a ReAct-style completion.
-
-    Order: the last `Finish<<<...>>>`, then the last `Finish[...]`, then "the answer is X" /
-    "Answer: X". Returns None when nothing answer-like is found.
+    """Pull the answer out of a ReAct-style completion: the **first** complete `Finish<<<...>>>` or
+    `Finish[...]`, as the original parses its Action call; text after it (a copied prompt, a
+    placeholder, a second answer) is ignored. Without one, the first "the answer is X" / "Answer: X".
+    Returns None when nothing answer-like is found.
     """
-    for pattern in (_FINISH_ANGLE, _FINISH_BRACKET):
-        found = pattern.findall(text)
-        if found:
-            return found[-1].strip()
-    found = _ANSWER_IS.findall(text)
-    if found:
-        return found[-1].strip()
+    m = _FINISH.search(text)
+    if m:
+        return (m.group(1) if m.group(1) is not None else m.group(2)).strip()
+    m = _ANSWER_IS.search(text)
+    if m:
+        return m.group(1).strip()
     return None
 
 
@@ -101,6 +103,15 @@ class Task(ABC):
     def answer_format(self) -> str:
         """How the model must write its final answer (shown in every trial prompt)."""
         return 'End with your final answer in the form "Action: Finish[<answer>]".'
+
+    def answer_stop(self) -> str:
+        """Regular expression of one complete answer: a trial ends at its first match (and the
+        extractor reads that first answer)."""
+        return FINISH_BRACKET
+
+    def trial_prefix(self) -> str:
+        """Assistant-side text every trial starts with (the original's "Thought: " prefix); "" for none."""
+        return "Thought:"
 
     def fewshot(self) -> list[tuple[str, str]]:
         """Worked examples (question, completion in the answer form) shown before the question.

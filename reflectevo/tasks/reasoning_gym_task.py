@@ -10,8 +10,11 @@ import functools
 import json
 from typing import Any
 
+from pathlib import Path
+
 from reflectevo.errors import ReflectEvoError, unknown
 from reflectevo.tasks.base import Item, Task, Verdict
+from reflectevo.tasks.fewshot import builtin_file, load_fewshot
 
 _TEST_STREAM = 100_000  # test items are drawn from a separate seed offset
 _FEWSHOT_STREAM = 900_000  # few-shot examples come from a third stream, outside both splits
@@ -37,6 +40,11 @@ class ReasoningGymTask(Task):
         self.generator = generator
         self.options = dict(options or {})
         self.name = f"rg/{generator}"
+        # `fewshot: <file>` among the options picks a few-shot file (default: the built-in one, if any)
+        custom = self.options.pop("fewshot", None)
+        self.fewshot_file = Path(custom) if custom else builtin_file(self.name)
+        if self.fewshot_file is not None:
+            self.fewshot()  # a missing or empty file fails now, naming the task and the key
 
     def _dataset(self, size: int, seed: int):
         import reasoning_gym
@@ -50,10 +58,13 @@ class ReasoningGymTask(Task):
         if split not in self.splits:
             raise unknown("split", split, self.splits, f"task {self.name}")
         n = n or 100
-        test = self._items(n if split == "test" else max(n, 1), seed + _TEST_STREAM, "test")
+        shots = {q for q, _ in self.fewshot()}
+        # oversample so that dropping few-shot (and, for train, test) duplicates still leaves n items
+        test = [it for it in self._items(n + 8 if split == "test" else max(n, 1) + 8, seed + _TEST_STREAM, "test")
+                if it.question not in shots]
         if split == "test":
             return test[:n]
-        seen = {it.question for it in test}
+        seen = {it.question for it in test} | shots
         # oversample so that dropping test duplicates still leaves n items
         train = [it for it in self._items(n * 2 + 8, seed, "train") if it.question not in seen]
         return train[:n]
@@ -75,8 +86,12 @@ class ReasoningGymTask(Task):
         return items
 
     def fewshot(self) -> list[tuple[str, str]]:
+        """The task's worked examples (`reflectevo/resources/fewshot/rg__<generator>.yaml` or the
+        `fewshot` option); without a file, one item of a separate stream with its answer only."""
+        if self.fewshot_file is not None:
+            return [(q, f"Thought: {t}\nAction: Finish[{a}]") for q, t, a in load_fewshot(str(self.fewshot_file), self.name)]
         e = self._dataset(1, _FEWSHOT_STREAM)[0]
-        return [(e["question"], f"Thought: I read the question carefully and work it out.\nAction: Finish[{e['answer']}]")]
+        return [(e["question"], f"Thought: The answer is {e['answer']}.\nAction: Finish[{e['answer']}]")]
 
     @functools.cached_property
     def _scorer(self):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from reflectevo.tasks.answers import (extract_code, math_equal, mc_letter, normalize_text, options_from_question,
                                       token_f1)
-from reflectevo.tasks.base import ANSWER_TYPES, Item, Task, Verdict, extract_finish
+from reflectevo.tasks.base import ANSWER_TYPES, FINISH_ANGLE, FINISH_BRACKET, Item, Task, Verdict, extract_finish
 
 _FORMS = {
     "choice": 'End with the letter of the correct option in the form "Action: Finish[B]".',
@@ -66,6 +66,11 @@ class TypedTask(Task):
 
     def fewshot(self) -> list[tuple[str, str]]:
         return [_FEWSHOT[self.answer_type]]
+
+    def answer_stop(self) -> str:
+        if self.answer_type == "code":
+            return r"\[BEGIN\][\s\S]*?\[END\]"
+        return FINISH_ANGLE if self.answer_type == "math" else FINISH_BRACKET
 
     def extract(self, completion: str) -> str | None:
         if self.answer_type == "code":

@@ -1,0 +1,89 @@
+"""Trial and reflection mechanics shared by the generate and evaluate stages (and every backend).
+
+- A **trial** starts with the task's assistant-side prefix (`Thought:`, as the original's "Thought: "
+  prefix) appended to the rendered prompt, and ends at its first complete answer (`Task.answer_stop`,
+  e.g. the first `Finish[...]`), at EOS, or at a ramble guard (a new "Question:" / "Observation" block),
+  whichever comes first. The attempt that later prompts show is prefix + completion.
+- A **reflection** ends at EOS or when it starts a new block ("Question:", "Action:", "Thought:",
+  "Observation"): it is a diagnosis and a plan, not another attempt.
+- A **one-stage** output (reflection, "Answer:", a new attempt) ends at the new attempt's answer.
+
+Every backend gets the same `Sampling` (plain stop strings natively, the answer pattern applied to the
+text afterwards where the backend cannot stop on a pattern), so the recorded text and its verdict do not
+depend on the backend. A call with rows of several tasks is split per task (each has its own answer
+pattern) and put back in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from reflectevo.backends import Generation, Sampling
+from reflectevo.tasks import Item, Task
+
+TRIAL_STOPS = ("\nQuestion:", "\nObservation", "(END OF")          # a trial that rambles into a new block
+REFLECTION_STOPS = ("\nQuestion:", "\nAction:", "\nThought:", "\nObservation", "\nPrevious attempt:")
+ONE_STAGE_STOPS = ("\nQuestion:", "\nObservation")
+MECHANICS_VERSION = "m1"   # bump when the rules above change (part of the prompt version)
+
+
+def trial_sampling(task: Task, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                   seed: int = 0) -> Sampling:
+    return Sampling(max_new_tokens, temperature, top_p if temperature > 0 else 1.0, seed, TRIAL_STOPS,
+                    task.answer_stop())
+
+
+def reflection_sampling(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Sampling:
+    return Sampling(max_new_tokens, temperature, top_p if temperature > 0 else 1.0, seed, REFLECTION_STOPS, None)
+
+
+def one_stage_sampling(task: Task, max_new_tokens: int) -> Sampling:
+    return Sampling(max_new_tokens, 0.0, 1.0, 0, ONE_STAGE_STOPS, task.answer_stop())
+
+
+def render_trial(backend: Any, task: Task, messages: list[dict[str, str]], prefix: bool = True) -> str:
+    """The trial prompt as sent: the chat-rendered messages plus the task's assistant-side prefix
+    (none for an endpoint in chat mode, which cannot continue an assistant turn, or with `prefix=False`:
+    the SFT-on-answers baseline answers without a thought)."""
+    prompt = backend.render(messages)
+    if not prefix or getattr(backend, "mode", None) == "chat":
+        return prompt
+    return prompt + task.trial_prefix()
+
+
+def attempt_text(prompt: str, completion: str, task: Task) -> str:
+    """What later prompts show of an attempt: the prefix the prompt ended with, then the completion."""
+    prefix = task.trial_prefix()
+    if prefix and prompt.endswith(prefix):
+        sep = "" if completion[:1].isspace() else " "
+        return (prefix + sep + completion).strip()
+    return completion.strip()
+
+
+def generate_per_task(backend: Any, prompts: Sequence[str], row_tasks: Sequence[Task], make_sampling,
+                      seeds: Sequence[int] | None = None) -> list[Generation]:
+    """Generate `prompts`, one backend call per task (`make_sampling(task)` gives its Sampling), in order."""
+    groups: dict[int, list[int]] = {}
+    by_id: dict[int, Task] = {}
+    for i, t in enumerate(row_tasks):
+        groups.setdefault(id(t), []).append(i)
+        by_id[id(t)] = t
+    out: list[Generation | None] = [None] * len(prompts)
+    for key, idx in groups.items():
+        gens = backend.generate([prompts[i] for i in idx], make_sampling(by_id[key]),
+                                seeds=[seeds[i] for i in idx] if seeds is not None else None)
+        for i, g in zip(idx, gens):
+            out[i] = g
+    return out  # type: ignore[return-value]
+
+
+def run_trials(backend: Any, tasks: dict[str, Task], items: Sequence[Item], messages: Sequence[list[dict[str, str]]],
+               max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               seeds: Sequence[int] | None = None, prefix: bool = True) -> tuple[list[str], list[Generation]]:
+    """Render and generate one trial per item: (prompts as sent, generations)."""
+    row_tasks = [tasks[it.task] for it in items]
+    prompts = [render_trial(backend, t, m, prefix) for t, m in zip(row_tasks, messages)]
+    gens = generate_per_task(backend, prompts, row_tasks,
+                             lambda t: trial_sampling(t, max_new_tokens, temperature, top_p), seeds=seeds)
+    return prompts, gens
