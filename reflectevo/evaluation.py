@@ -163,9 +163,13 @@ def answers_only(items, tasks, model, cfg: EvaluateConfig) -> list[dict[str, Any
     return rows
 
 
+BASELINES = ("base_reflect", "base_noreflect")   # what a trained setting is compared with on Acc@t2
+
+
 def summarize(system_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per system: by_task metrics with 95% Wilson intervals, plus `acc_by_round` (Acc@t1..Acc@t(R+1))
-    and, after several rounds, `acc_final` / `delta_final` (last round vs trial 1)."""
+    and, after several rounds, `acc_final` / `delta_final` (last round vs trial 1); and the paired
+    statistics on the same items (`paired_stats`)."""
     out = {}
     for name, rows in system_rows.items():
         m = by_task(rows, intervals=True)  # + 95% Wilson intervals acc_t1_ci / acc_t2_ci
@@ -178,7 +182,44 @@ def summarize(system_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             for task, block in m["per_task"].items():
                 _add_rounds(block, [r for r in rows if r["task"] == task])
         out[name] = m
+    paired_stats(system_rows, out)
     return out
+
+
+def paired_stats(system_rows: dict[str, list[dict[str, Any]]], out: dict[str, Any]) -> None:
+    """Add, overall and per task, exact McNemar tests on the same items:
+    - every reflecting system: Acc@t1 vs Acc@t2 (`mcnemar_t1_t2`) and a paired bootstrap 95% interval
+      for Δ (`delta_ci`);
+    - every trained setting: its Acc@t2 against each prompt baseline's (`vs_base_reflect`,
+      `vs_base_noreflect`; `b` = items only the setting gets right); `sft_qa`: its Acc@t1 against the
+      base model's (`vs_base_t1`)."""
+    from reflectevo.stats import aligned, bootstrap_delta_ci, paired_test
+
+    def tasks_of(rows):
+        return [None, *sorted({r["task"] for r in rows})]
+
+    def subset(rows, task):
+        return rows if task is None else [r for r in rows if r["task"] == task]
+
+    for name, rows in system_rows.items():
+        for task in tasks_of(rows):
+            block = out[name]["overall"] if task is None else out[name]["per_task"][task]
+            part = subset(rows, task)
+            if name == "sft_qa":
+                base = subset(system_rows.get("base_reflect") or system_rows.get("base_noreflect") or [], task)
+                if base:
+                    block["vs_base_t1"] = paired_test(*aligned(base, part, "t1_correct", "t1_correct"))
+                continue
+            t1 = [bool(r["t1_correct"]) for r in part]
+            t2 = [bool(r["t2_correct"]) for r in part]
+            block["mcnemar_t1_t2"] = paired_test(t1, t2)
+            block["delta_ci"] = bootstrap_delta_ci(t1, t2)
+            if name in BASELINES:
+                continue
+            for baseline in BASELINES:
+                if baseline in system_rows:
+                    block[f"vs_{baseline}"] = paired_test(*aligned(subset(system_rows[baseline], task), part,
+                                                                   "t2_correct", "t2_correct"))
 
 
 def _add_rounds(block: dict[str, Any], rows: list[dict[str, Any]]) -> None:

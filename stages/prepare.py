@@ -23,7 +23,7 @@ def main(params: Path = Path("params.yaml"), out: Path = Path("data/sources")) -
     from reflectevo.config import to_dict
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
-    from reflectevo.tasks import get_task
+    from reflectevo.tasks import check_prompting, get_task
 
     _, _, cfg = stage_params(params, "prepare", with_model=False)
     splits: dict[str, list[dict]] = {"train": [], "test": []}
@@ -38,6 +38,7 @@ def main(params: Path = Path("params.yaml"), out: Path = Path("data/sources")) -
         train = [it for it in train if it.id not in test_ids and it.question not in test_q | shots]
         if not test:
             raise ReflectEvoError(f"prepare.tasks[{i}]: task {spec.name} has no test items")
+        check_prompting(task, test[0])
         for split, items in (("train", train), ("test", test)):
             for it in items:
                 row = it.to_dict()

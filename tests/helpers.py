@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from reflectevo.backends import Generation, Sampling
+from reflectevo.backends import Generation, Sampling, finish_text
 
 
 class ScriptedBackend:
-    """Renders chat messages as plain text and answers each prompt with `respond(prompt, sampling)`."""
+    """Renders chat messages as plain text and answers each prompt with `respond(prompt, sampling)`.
+
+    Like the vLLM and OpenAI backends it cannot stop on the answer pattern while generating: the
+    scripted text is cut at the first stop afterwards (`finish_text`), stop reason included."""
 
     name = "scripted"
     dtype = "none"
@@ -26,7 +29,11 @@ class ScriptedBackend:
     def generate(self, prompts, sampling, seeds=None):
         self.calls.append((list(prompts), sampling))
         self.seeds.append(None if seeds is None else list(seeds))
-        return [Generation(self.respond(p, sampling), len(p.split()), 5) for p in prompts]
+        out = []
+        for p in prompts:
+            text, reason = finish_text(self.respond(p, sampling), sampling, "eos")
+            out.append(Generation(text, len(p.split()), 5, reason))
+        return out
 
 
 def arithmetic_responder(fix_on_retry: bool = True):

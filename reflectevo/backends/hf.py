@@ -32,6 +32,7 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         self.model = load_model(preset_name, preset, adapter=adapter)
         self.batch_size = batch_size or preset.gen_batch_size
+        self.prefilled_tokens = 0   # prompt tokens actually computed (a shared prefix counts once per batch)
         self.dtype = str(self.model.dtype).replace("torch.", "")
 
     def render(self, messages: list[dict[str, str]]) -> str:
@@ -50,59 +51,112 @@ class TransformersBackend:
         return [results[i] for i in range(len(prompts))]
 
     def _generate_batch(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[Generation]:
+        """Prefill the left-padded batch once, then decode token by token; a row leaves the running batch
+        (and the KV cache) as soon as it ends: EOS, a stop (`stop_position` on its decoded text), or the
+        budget. Greedy, or sampled per row by `SeededSampler`; nothing else from the checkpoint's
+        `generation_config` applies (no repetition penalty, no default top-k/top-p/temperature), so
+        every backend generates from exactly the recorded sampling parameters."""
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import DynamicCache
 
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id,
-                                      do_sample=False, temperature=None, top_p=None, top_k=None)
-        if sampling.temperature > 0:
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [SeededSampler(seeds, sampling.temperature, sampling.top_p)])
-        width = enc["input_ids"].shape[1]
-        if sampling.stop or sampling.stop_regex:
-            from transformers import StoppingCriteriaList
-
-            kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnText(self.tokenizer, width, sampling)])
+        rows = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        n_prompt = [len(r) for r in rows]
+        eos = self._eos_ids()
+        stops = bool(sampling.stop or sampling.stop_regex)
+        sampler = SeededSampler(seeds, sampling.temperature, sampling.top_p) if sampling.temperature > 0 else None
+        alive = list(range(len(prompts)))                 # original row of each running row
+        new: list[list[int]] = [[] for _ in prompts]
+        reason = ["length"] * len(prompts)
+        cache = DynamicCache()
         with torch.inference_mode():
-            gen = self.model.generate(**enc, **kwargs)
-        new = gen[:, width:]
+            out, mask, pos = self._prefill(rows, cache)
+            last_pos = pos[:, -1]
+            for _ in range(sampling.max_new_tokens):
+                scores = out.logits[:, -1, :]
+                if sampler is not None:
+                    scores = sampler(None, scores)
+                nxt = scores.argmax(dim=-1)
+                keep = []
+                tokens = nxt.tolist()
+                for j, (row, tok) in enumerate(zip(alive, tokens)):
+                    if tok in eos:
+                        reason[row] = "eos"
+                        continue
+                    new[row].append(tok)
+                    if len(new[row]) >= sampling.max_new_tokens:
+                        continue
+                    keep.append(j)
+                if stops and keep:
+                    texts = self.tokenizer.batch_decode([new[alive[j]] for j in keep], skip_special_tokens=True)
+                    keep = [j for j, t in zip(keep, texts) if stop_position(t, sampling) is None]
+                if not keep:
+                    break
+                if len(keep) < len(alive):
+                    index = torch.tensor(keep, device=mask.device)
+                    cache.batch_select_indices(index)
+                    mask, nxt, last_pos = mask[index], nxt[index], last_pos[index]
+                    if sampler is not None:
+                        sampler.generators = [sampler.generators[j] for j in keep]
+                    alive = [alive[j] for j in keep]
+                mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+                last_pos = last_pos + 1
+                out = self.model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=last_pos.unsqueeze(1),
+                                 past_key_values=cache, use_cache=True)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        pad = self.tokenizer.pad_token_id
-        n_prompt = enc["attention_mask"].sum(dim=1).tolist()
-        n_new = [int((row != pad).sum().item()) for row in new]
-        out = []
-        for t, p, n in zip(texts, n_prompt, n_new):
-            text, reason = finish_text(t, sampling, "length" if n >= sampling.max_new_tokens else "eos")
-            out.append(Generation(text, int(p), n, reason))
-        return out
+        results = []
+        for t, p, toks, why in zip(texts, n_prompt, new, reason):
+            text, r = finish_text(t, sampling, why)
+            results.append(Generation(text, int(p), len(toks), r))
+        return results
 
-
-class StopOnText:
-    """Stopping criterion, per row of a batch: a row is done once its decoded new text reaches one of
-    `sampling`'s stops (`reflectevo.backends.stop_position`); the others go on. The text is cut at the
-    stop afterwards (`finish_text`), exactly as the backends without this criterion cut it."""
-
-    def __init__(self, tokenizer, prompt_width: int, sampling: Sampling) -> None:
-        self.tokenizer = tokenizer
-        self.width = prompt_width
-        self.sampling = sampling
-        self.done = None
-
-    def __call__(self, input_ids, scores, **kwargs):
+    def _prefill(self, rows: list[list[int]], cache):
+        """Run the prompts through the model into `cache`: (last-position output, attention mask, position
+        ids). The tokens every prompt of the batch starts with (system prompt, few-shot block, template
+        head: the prompts of one phase and task share them) are computed once and the cache is copied per
+        row; each row's remaining tokens follow, left-padded, so the pads sit between the shared prefix
+        and the row's own tokens (masked out; positions continue from the prefix)."""
         import torch
 
-        if self.done is None:
-            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        rows = (~self.done).nonzero().flatten().tolist()
-        if rows:
-            texts = self.tokenizer.batch_decode(input_ids[rows, self.width:], skip_special_tokens=True)
-            for r, t in zip(rows, texts):
-                if stop_position(t, self.sampling) is not None:
-                    self.done[r] = True
-        return self.done.clone()
+        device = self.model.device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        shared = _common_prefix(rows) if len(rows) > 1 else 0
+        shared = min(shared, min(len(r) for r in rows) - 1)   # every row keeps at least one own token
+        if shared < PREFIX_MIN_TOKENS:
+            shared = 0
+        if shared:
+            self.model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(len(rows))
+        tails = [r[shared:] for r in rows]
+        width = max(len(t) for t in tails)
+        ids = torch.tensor([[pad] * (width - len(t)) + t for t in tails], device=device)
+        own = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in tails], device=device)
+        mask = torch.cat([own.new_ones((len(rows), shared)), own], dim=1)
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        self.prefilled_tokens += shared + sum(len(t) for t in tails)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        return out, mask, pos
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        cfg_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos])
+        return {int(i) for i in ids if i is not None}
+
+
+PREFIX_MIN_TOKENS = 16   # a shared prompt prefix shorter than this is not worth a separate pass
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return n
 
 
 class SeededSampler:

@@ -7,7 +7,7 @@ from typing import Any
 
 from reflectevo.errors import unknown
 from reflectevo.registry import Registry
-from reflectevo.tasks.base import ANSWER_TYPES, Item, Task, Verdict, extract_finish
+from reflectevo.tasks.base import ANSWER_TYPES, Item, Task, Verdict, check_prompting, extract_finish
 
 TASKS: Registry[Any] = Registry("task")
 for _name, _cls in (("logiqa", "LogiQATask"), ("math", "MathTask"), ("mbpp", "MBPPTask"), ("bigbench", "BigBenchTask"),
@@ -62,4 +62,5 @@ def get_task(name: str, options: dict[str, Any] | None = None, where: str = "") 
     return factory(**(options or {})) if options else factory()
 
 
-__all__ = ["ANSWER_TYPES", "Item", "Task", "TASKS", "TASK_GROUPS", "Verdict", "extract_finish", "get_task", "task_group"]
+__all__ = ["ANSWER_TYPES", "Item", "Task", "TASKS", "TASK_GROUPS", "Verdict", "check_prompting", "extract_finish",
+           "get_task", "task_group"]

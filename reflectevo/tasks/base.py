@@ -129,3 +129,26 @@ class Task(ABC):
     @abstractmethod
     def verify(self, completion: str, item: Item) -> Verdict:
         """Judge a raw completion (the answer is extracted from it) against the item's gold."""
+
+
+def check_prompting(task: Task, sample: Item | None = None) -> None:
+    """Refuse a task whose prompting cannot work, with one line naming the task and the key: no answer
+    form, an answer pattern that does not compile or never matches the task's own answer form (a
+    trial would run to its token budget), or a few-shot example without a complete answer."""
+    from reflectevo.errors import ReflectEvoError
+
+    if not task.answer_format().strip():
+        raise ReflectEvoError(f"task {task.name}: answer_format is empty: the model is never told how to answer")
+    pattern = task.answer_stop()
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ReflectEvoError(f"task {task.name}: answer_stop {pattern!r} is not a valid regular expression ({e})") from None
+    probe = sample or Item("probe", task.name, "?", "42")
+    if not rx.search(task.gold_completion(probe)):
+        raise ReflectEvoError(f"task {task.name}: answer_stop {pattern!r} never matches the task's answer form "
+                              f"{task.gold_completion(probe)!r}: trials would never stop at their answer")
+    for n, (_, completion) in enumerate(task.fewshot()):
+        if not rx.search(completion):
+            raise ReflectEvoError(f"task {task.name}: fewshot example {n} has no complete answer matching "
+                                  f"answer_stop {pattern!r}: {completion[-80:]!r}")

@@ -41,7 +41,7 @@ def load_fewshot(path: str, task: str) -> tuple[tuple[str, str, str], ...]:
     try:
         data = YAML(typ="safe", pure=True).load(p.read_text())
     except FileNotFoundError:
-        raise ReflectEvoError(f"task {task}: few-shot file {p} not found") from None
+        raise ReflectEvoError(f"task {task}: fewshot file {p} not found") from None
     except Exception as e:
         raise ReflectEvoError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     examples = (data or {}).get("examples") if isinstance(data, dict) else None

@@ -28,7 +28,8 @@ from reflectevo.tasks.base import Item
 from reflectevo.tasks.typed import TypedTask, check_answer_type
 
 _FIELDS = ("id", "question", "answer", "choices", "tests", "setup")
-_KEYS = ("name", "answer_type", "source", "splits", "fields", "answer_format", "timeout", "description")
+_KEYS = ("name", "answer_type", "source", "splits", "fields", "answer_format", "answer_stop", "trial_prefix", "fewshot",
+         "timeout", "description")
 
 
 def is_task_file(name: str) -> bool:
@@ -69,6 +70,9 @@ class YamlTask(TypedTask):
         if spec.get("timeout") is not None:
             self.timeout = float(spec["timeout"])
         self._format = spec.get("answer_format")
+        self._stop = spec.get("answer_stop")
+        self._prefix = spec.get("trial_prefix")
+        self._fewshot = (self.path.parent / str(spec["fewshot"])) if spec.get("fewshot") else None
         if ("source" in spec) == ("splits" in spec):
             raise ReflectEvoError(f"{self.path}: give exactly one of `source` (one test split) or `splits`")
         raw_splits = {"test": spec["source"]} if "source" in spec else spec["splits"]
@@ -91,7 +95,21 @@ class YamlTask(TypedTask):
         return tuple(self.split_files)
 
     def answer_format(self) -> str:
-        return str(self._format) if self._format else super().answer_format()
+        return str(self._format) if self._format is not None else super().answer_format()
+
+    def answer_stop(self) -> str:
+        return str(self._stop) if self._stop is not None else super().answer_stop()
+
+    def trial_prefix(self) -> str:
+        return str(self._prefix) if self._prefix is not None else super().trial_prefix()
+
+    def fewshot(self) -> list[tuple[str, str]]:
+        if self._fewshot is None:
+            return super().fewshot()
+        from reflectevo.tasks.fewshot import load_fewshot
+
+        return [(q, f"Thought: {t}\n{self.gold_completion(Item('shot', self.name, q, a))}")
+                for q, t, a in load_fewshot(str(self._fewshot), self.name)]
 
     def describe(self) -> dict[str, Any]:
         from reflectevo.tasks.reflectevo_tasks import _count_lines

@@ -1,0 +1,220 @@
+"""Trial mechanics: a trial ends at its first complete answer, the first answer is judged, every
+backend returns the same text and verdict, stop reasons are recorded, bad prompting is refused."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import ScriptedBackend
+
+from reflectevo.backends import Generation, Sampling, finish_text, stop_position
+from reflectevo.errors import ReflectEvoError
+from reflectevo.mechanics import REFLECTION_STOPS, TRIAL_STOPS, attempt_text, run_trials, trial_sampling
+from reflectevo.tasks import Item, check_prompting, get_task
+
+CHAIN = get_task("rg/chain_sum")
+ITEM = Item(id="x", task="rg/chain_sum", question="State the final answer to the following arithmetic problem: 4 + 3 =",
+            answer="7")
+RAMBLE = "Question: State the final answer to the following arithmetic problem: 1 + 1 =\nThought: 1 + 1 = 2.\n"
+
+
+def test_stop_position_plain_strings_cut_before_and_the_answer_pattern_after():
+    s = trial_sampling(CHAIN, 64)
+    assert stop_position(" 4 + 3 = 7.\nAction: Finish[7] and more", s) == len(" 4 + 3 = 7.\nAction: Finish[7]")
+    assert stop_position(" 4 + 3 = 7.\nQuestion: again", s) == len(" 4 + 3 = 7.")
+    assert stop_position(" thinking, no answer yet", s) is None
+    # the stop completed first wins
+    both = " x\nQuestion: y Finish[3]"
+    assert stop_position(both, s) == 2
+    assert finish_text(" Finish[7]\nQuestion: z", s, "eos") == (" Finish[7]", "stop")
+    assert finish_text(" no stop", s, "length") == (" no stop", "length")
+
+
+@pytest.mark.parametrize("text,correct", [
+    (" 4 + 3 = 7.\nAction: Finish[7]\n" + RAMBLE + "Action: Finish[<answer>]", True),   # gold, then junk
+    (" 4 + 3 = 7.\nAction: Finish[7]\nAction: Finish[9]", True),                        # gold, then another
+    (" 4 + 3 = 8.\nAction: Finish[8]\n" + RAMBLE + "Action: Finish[7]", False),          # wrong, then the gold
+    (" 4 + 3 = 7.\nAction: Finish[<answer>]\nAction: Finish[7]", False),                  # the placeholder first
+])
+def test_first_complete_answer_is_judged(text, correct):
+    assert CHAIN.verify(text, ITEM).correct is correct
+
+
+def _stop_early(text: str, sampling: Sampling) -> str:
+    """What the transformers backend produces: generation halts once a stop is reached, usually inside
+    the token after it, so a few characters may follow before the cut."""
+    cut = stop_position(text, sampling)
+    return text if cut is None else text[:cut + 3]
+
+
+@pytest.mark.parametrize("raw", [
+    " 4 + 3 = 7.\nAction: Finish[7]\n" + RAMBLE + "Action: Finish[<answer>]",
+    " 4 + 3 = 8.\nAction: Finish[8]\n" + RAMBLE,
+    " 4 + 3 =" + " 7" * 40,
+])
+def test_every_backend_returns_the_same_text_and_verdict(raw):
+    s = trial_sampling(CHAIN, 64)
+    full_text = finish_text(raw, s, "length")                  # vLLM / OpenAI: generated on, cut afterwards
+    early = finish_text(_stop_early(raw, s), s, "length")     # transformers: stopped while generating
+    assert full_text == early
+    assert CHAIN.verify(full_text[0], ITEM) == CHAIN.verify(early[0], ITEM)
+
+
+def test_decode_loop_matches_model_generate_row_by_row(tiny_preset):
+    """The transformers backend's own decode loop (rows leave the batch when they end) draws exactly the
+    tokens of `model.generate` with the same per-row sampler; with stops, each row is its unstopped
+    text cut at its own first stop while the other rows go on."""
+    from transformers import LogitsProcessorList
+
+    from reflectevo.backends.hf import SeededSampler, make_backend
+
+    b = make_backend("tiny-random", tiny_preset)
+    prompts = [b.render([{"role": "user", "content": c}]) for c in ("hello there", "what is 2 + 2 ?",
+                                                                     "a much longer prompt about cats and dogs")]
+    seeds = [5, 6, 7]
+    plain = Sampling(16, temperature=1.0)
+    enc = b.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ref_ids = b.model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=b.tokenizer.pad_token_id,
+                               logits_processor=LogitsProcessorList([SeededSampler(seeds, 1.0, 1.0)]))
+    ref = b.tokenizer.batch_decode(ref_ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    ours = b.generate(prompts, plain, seeds=seeds)
+    assert [g.text for g in ours] == ref
+    # stop strings taken from two rows' own texts: those rows stop there, the third runs on
+    stops = (ref[1][8:14], ref[2][5:11])
+    assert stops[0].strip() and stops[1].strip() and not any(x in ref[0] for x in stops)
+    stopped = Sampling(16, temperature=1.0, stop=stops)
+    got = b.generate(prompts, stopped, seeds=seeds)
+    assert [g.text for g in got] == [finish_text(t, stopped, "length")[0] for t in ref]
+    assert [g.stop_reason for g in got][1:] == ["stop", "stop"] and got[0].text == ref[0]
+    assert got[1].n_new_tokens < ours[1].n_new_tokens
+
+
+def test_transformers_backend_records_stop_reasons(tiny_preset):
+    from reflectevo.backends.hf import make_backend
+
+    b = make_backend("tiny-random", tiny_preset)
+    prompt = b.render([{"role": "user", "content": "hi"}])
+    # the synthetic model writes mostly newlines: a stop on "\n" ends at once, none runs to the budget
+    out = b.generate([prompt, prompt], Sampling(6, stop=("\n",)))
+    plain = b.generate([prompt], Sampling(6))
+    assert all(g.stop_reason in ("stop", "eos") for g in out) and all("\n" not in g.text for g in out)
+    assert plain[0].stop_reason in ("length", "eos")
+    assert plain[0].stop_reason != "length" or plain[0].n_new_tokens == 6
+
+
+def test_trials_start_with_the_prefix_and_the_attempt_keeps_it():
+    seen = []
+
+    def respond(prompt, sampling):
+        seen.append((prompt, sampling))
+        return " 4 + 3 = 7.\nAction: Finish[7]\nQuestion: more"
+
+    backend = ScriptedBackend(respond)
+    prompts, gens = run_trials(backend, {CHAIN.name: CHAIN}, [ITEM], [[{"role": "user", "content": "q"}]], 32)
+    assert prompts[0].endswith("Thought:") and seen[0][1].stop_regex == CHAIN.answer_stop()
+    assert seen[0][1].stop == TRIAL_STOPS
+    assert gens[0].text == " 4 + 3 = 7.\nAction: Finish[7]" and gens[0].stop_reason == "stop"
+    assert attempt_text(prompts[0], gens[0].text, CHAIN) == "Thought: 4 + 3 = 7.\nAction: Finish[7]"
+    # the SFT-on-answers baseline answers without a thought
+    prompts, _ = run_trials(backend, {CHAIN.name: CHAIN}, [ITEM], [[{"role": "user", "content": "q"}]], 32, prefix=False)
+    assert not prompts[0].endswith("Thought:")
+
+
+def test_reflection_stops_before_a_new_block():
+    from reflectevo.mechanics import reflection_sampling
+
+    s = reflection_sampling(64, 0.8, 1.0, 3)
+    assert s.stop == REFLECTION_STOPS and s.stop_regex is None
+    assert finish_text("I dropped the last term.\nAction: Finish[3]", s, "eos") == ("I dropped the last term.", "stop")
+
+
+def test_openai_and_vllm_backends_pass_stops_and_cut_the_pattern():
+    from types import SimpleNamespace
+
+    from reflectevo.backends.vllm_backend import _generation
+
+    s = trial_sampling(CHAIN, 64)
+    comp = SimpleNamespace(text=" 4 + 3 = 7.\nAction: Finish[7]\nAction: Finish[8]", token_ids=[1] * 20,
+                           finish_reason="length", stop_reason=None)
+    g = _generation(SimpleNamespace(prompt_token_ids=[1, 2], outputs=[comp]), s)
+    assert g == Generation(" 4 + 3 = 7.\nAction: Finish[7]", 2, 20, "stop")
+    comp = SimpleNamespace(text=" thinking", token_ids=[1] * 3, finish_reason="stop", stop_reason="\nQuestion:")
+    assert _generation(SimpleNamespace(prompt_token_ids=[1], outputs=[comp]), s).stop_reason == "stop"
+    comp = SimpleNamespace(text=" thinking", token_ids=[1] * 3, finish_reason="stop", stop_reason=None)
+    assert _generation(SimpleNamespace(prompt_token_ids=[1], outputs=[comp]), s).stop_reason == "eos"
+
+
+# -- bad input ------------------------------------------------------------------------------------------
+def _yaml_task(tmp_path, extra: str, shots: str | None = None):
+    (tmp_path / "q.jsonl").write_text('{"id": "1", "question": "1 + 1?", "answer": "2"}\n')
+    if shots is not None:
+        (tmp_path / "shots.yaml").write_text(shots)
+    (tmp_path / "t.yaml").write_text("answer_type: number\nsource: q.jsonl\n" + extra)
+    return get_task(str(tmp_path / "t.yaml"))
+
+
+def test_a_stop_pattern_that_never_matches_is_refused(tmp_path):
+    task = _yaml_task(tmp_path, "answer_stop: 'Done<<[0-9]+>>'\n")
+    with pytest.raises(ReflectEvoError, match=r"task .*t\.yaml: answer_stop .* never matches the task's answer form"):
+        check_prompting(task)
+    task = _yaml_task(tmp_path, "answer_stop: 'Finish[('\n")
+    with pytest.raises(ReflectEvoError, match=r"answer_stop .* is not a valid regular expression"):
+        check_prompting(task)
+
+
+def test_an_empty_fewshot_file_is_refused(tmp_path):
+    task = _yaml_task(tmp_path, "fewshot: shots.yaml\n", shots="examples: []\n")
+    with pytest.raises(ReflectEvoError, match=r"shots\.yaml: task .*t\.yaml: key 'examples' is empty or missing"):
+        task.fewshot()
+    with pytest.raises(ReflectEvoError, match=r"fewshot file .*nope\.yaml not found"):
+        get_task("rg/chain_sum", {"fewshot": str(tmp_path / "nope.yaml")})
+
+
+def test_a_task_without_an_answer_form_is_refused(tmp_path):
+    task = _yaml_task(tmp_path, "answer_format: ''\n")
+    with pytest.raises(ReflectEvoError, match=r"task .*t\.yaml: answer_format is empty"):
+        check_prompting(task)
+
+
+def test_custom_fewshot_file_is_used_and_checked(tmp_path):
+    task = _yaml_task(tmp_path, "fewshot: shots.yaml\n",
+                      shots="examples:\n  - {question: '2 + 2?', thought: '2 + 2 = 4.', answer: '4'}\n")
+    assert task.fewshot() == [("2 + 2?", "Thought: 2 + 2 = 4.\nAction: Finish[4]")]
+    check_prompting(task)
+
+
+def test_prepare_stage_refuses_bad_prompting_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    _yaml_task(tmp_path, "answer_stop: 'Done<<[0-9]+>>'\n")
+    (tmp_path / "q.jsonl").write_text('{"id": "1", "question": "1 + 1?", "answer": "2"}\n'
+                                      '{"id": "2", "question": "2 + 2?", "answer": "4"}\n')
+    (tmp_path / "t.yaml").write_text("answer_type: number\nsplits: {train: q.jsonl, test: q.jsonl}\n"
+                                     "answer_stop: 'Done<<[0-9]+>>'\n")
+    params = {"prepare": {"seed": 0, "tasks": [{"name": str(tmp_path / "t.yaml"), "n_train": 1, "n_test": 1}]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    r = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(tmp_path / "params.yaml"),
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "never matches the task's answer form" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_shared_prompt_prefix_is_computed_once_with_the_same_tokens(tiny_preset, monkeypatch):
+    """Prompts of one phase share their head (few-shot block, template): computing it once and copying
+    its cache per row gives the tokens of the full per-row prefill."""
+    import reflectevo.backends.hf as hf
+
+    b = hf.make_backend("tiny-random", tiny_preset)
+    head = "Solve the task. Think step by step, then answer. " * 4
+    prompts = [b.render([{"role": "user", "content": head + q}]) for q in ("one", "two and three", "four five six seven")]
+    s = Sampling(12, temperature=1.0)
+    shared = b.generate(prompts, s, seeds=[1, 2, 3])
+    computed = b.prefilled_tokens
+    monkeypatch.setattr(hf, "PREFIX_MIN_TOKENS", 10**9)      # no shared pass: every row prefilled in full
+    full = b.generate(prompts, s, seeds=[1, 2, 3])
+    assert [g.text for g in shared] == [g.text for g in full]
+    assert [g.n_prompt_tokens for g in shared] == [g.n_prompt_tokens for g in full]
+    assert computed < b.prefilled_tokens - computed          # the shared pass computed fewer prompt tokens
