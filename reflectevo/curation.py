@@ -63,10 +63,16 @@ def near_duplicates(texts: Sequence[str], threshold: float) -> set[int]:
     return dup
 
 
+def attempt(trial: dict) -> str:
+    """A trial's text as later prompts show it: the assistant-side prefix + completion (`attempt`;
+    records written before the prefix existed hold the completion only)."""
+    return trial.get("attempt", trial["completion"])
+
+
 def _common(ep: dict) -> dict[str, Any]:
     it = ep["item"]
     return {"item_id": ep["item_id"], "task": ep["task"], "question": it["question"], "choices": it.get("choices"),
-            "answer": it["answer"], "trial1_prompt": ep["trial1"]["prompt"], "trial1": ep["trial1"]["completion"],
+            "answer": it["answer"], "trial1_prompt": ep["trial1"]["prompt"], "trial1": attempt(ep["trial1"]),
             "trial1_answer": ep["trial1"]["extracted"], "model": ep["model"]["preset"],
             "prompt_version": ep["prompt_version"], "episode_id": ep["episode_id"]}
 
@@ -74,7 +80,7 @@ def _common(ep: dict) -> dict[str, Any]:
 def _side(s: dict) -> dict[str, Any]:
     return {"sample_id": s["sample_id"], "demand_id": s["demand_id"], "reflection_prompt": s["reflection"]["prompt"],
             "reflection": s["reflection"]["text"], "trial2_prompt": s["trial2"]["prompt"],
-            "trial2": s["trial2"]["completion"], "trial2_answer": s["trial2"]["extracted"],
+            "trial2": attempt(s["trial2"]), "trial2_answer": s["trial2"]["extracted"],
             "trial2_correct": s["trial2"]["correct"]}
 
 
@@ -119,7 +125,7 @@ def curate(episodes: Sequence[dict], cfg: CurateConfig, judge=None, judge_info: 
     if pending:
         from reflectevo.judge import Comparison
 
-        verdicts = judge([Comparison(ep["item"]["question"], ep["trial1"]["completion"], a["reflection"]["text"],
+        verdicts = judge([Comparison(ep["item"]["question"], attempt(ep["trial1"]), a["reflection"]["text"],
                                      b["reflection"]["text"]) for _, _, a, b, ep in pending])
         for (split, common, a, b, _), v in zip(pending, verdicts):
             if v["winner"] is None:

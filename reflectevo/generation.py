@@ -102,6 +102,7 @@ class Stats:
     generations: int = 0
     prompt_tokens: int = 0
     new_tokens: int = 0
+    prefilled_tokens: int = 0          # prompt tokens actually computed (shared prompt prefixes count once)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,7 +267,10 @@ def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Cal
         with Journal(raw_dir / journal_name(shard)) as journal:
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start:start + chunk_size]
+                before = getattr(backend, "prefilled_tokens", None)
                 eps = run_chunk(chunk, tasks, backend, spec, stats)
+                if before is not None:
+                    stats.prefilled_tokens += backend.prefilled_tokens - before
                 journal.append_batch(eps)
                 for ep in eps:
                     existing[ep["episode_id"]] = ep
@@ -300,7 +304,9 @@ def summarize(episodes: Sequence[dict], stats: Stats) -> dict[str, Any]:
         pt["reflections"] += len(ep["samples"])
         pt["trial2_correct"] += sum(int(s["trial2"]["correct"]) for s in ep["samples"])
     total = {k: sum(pt[k] for pt in per_task.values()) for k in ("items", "trial1_correct", "reflections", "trial2_correct")}
-    return {**total, "per_task": per_task, "run": stats.to_dict()}
+    from reflectevo.diagnostics import episode_diagnostics
+
+    return {**total, "per_task": per_task, "diagnostics": episode_diagnostics(episodes), "run": stats.to_dict()}
 
 
 def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int) -> list[Path]:

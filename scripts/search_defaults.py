@@ -24,9 +24,12 @@ CANDIDATES = {
     "A-chain-paper": ([CHAIN], {}),
     "B-chain-named": ([CHAIN], {"name_rejected": True}),
     "C-chain-named-sampled-k4": ([CHAIN], {"name_rejected": True, "retry_temperature": 0.7, "k": 4}),
+    "G-chain-named-noprev-hot-k4": ([CHAIN], {"name_rejected": True, "use_previous_trial": False,
+                                              "retry_temperature": 1.0, "k": 4}),
     "D-family-paper": ([FAMILY], {}),
-    "E-family-named": ([FAMILY], {"name_rejected": True}),
     "F-family-named-sampled-k4": ([FAMILY], {"name_rejected": True, "retry_temperature": 0.7, "k": 4}),
+    "H-family-named-noprev-hot-k4": ([FAMILY], {"name_rejected": True, "use_previous_trial": False,
+                                                "retry_temperature": 1.0, "k": 4}),
 }
 
 

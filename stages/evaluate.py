@@ -85,8 +85,10 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
 
     summary = ev.summarize(systems)
     main_system = next((s for s in MAIN_ORDER if s in summary), "base_reflect")
+    from reflectevo.diagnostics import prediction_diagnostics
+
     report = {"model": name, "protocol": cfg.protocol, "system": main_system, **summary[main_system],
-              "systems": summary, "skipped": skipped}
+              "systems": summary, "skipped": skipped, "diagnostics": prediction_diagnostics(systems)}
     write_json(metrics, report)
     t1_by_id = {r["item_id"]: r for r in t1}
     rows = [{"system": s, **r, "t1": r.get("t1", t1_by_id[r["item_id"]]["t1"])} for s, rs in systems.items() for r in rs]

@@ -122,7 +122,8 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     if extra is not None:
         stats = Stats(reused=extra.get("reused", 0), computed=extra.get("computed", 0),
                       generations=extra.get("generations", 0), prompt_tokens=extra.get("prompt_tokens", 0),
-                      new_tokens=extra.get("new_tokens", 0), seconds=time.perf_counter() - t0)
+                      prefilled_tokens=extra.get("prefilled_tokens", 0), new_tokens=extra.get("new_tokens", 0),
+                      seconds=time.perf_counter() - t0)
     write_shards(out, episodes, cfg.shard_size)
     s = summarize(episodes, stats)
     s["run"]["workers"] = cfg.workers

@@ -109,6 +109,28 @@ class TransformersBackend:
             results.append(Generation(text, int(p), len(toks), r))
         return results
 
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        """Log-probability of each continuation after its prompt (sum over the continuation's tokens),
+        in batches, teacher-forced: what the likelihood judge ranks reflections by."""
+        import torch
+
+        out: list[float] = []
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for start in range(0, len(prompts), self.batch_size):
+            ps = self.tokenizer(list(prompts[start:start + self.batch_size]), add_special_tokens=False)["input_ids"]
+            cs = self.tokenizer(list(continuations[start:start + self.batch_size]), add_special_tokens=False)["input_ids"]
+            seqs = [p + c for p, c in zip(ps, cs)]
+            width = max(len(x) for x in seqs)
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=self.model.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=self.model.device)
+            with torch.inference_mode():
+                logp = self.model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+            for row, (p, c) in enumerate(zip(ps, cs)):
+                positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=ids.device)
+                targets = torch.tensor(c, device=ids.device)
+                out.append(float(logp[row, positions, targets].sum()))
+        return out
+
     def _prefill(self, rows: list[list[int]], cache):
         """Run the prompts through the model into `cache`: (last-position output, attention mask, position
         ids). The tokens every prompt of the batch starts with (system prompt, few-shot block, template
