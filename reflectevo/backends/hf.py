@@ -6,6 +6,12 @@ batch it lands in, the batch size, the device count or the point where a resumed
 (`model.generate(do_sample=True)` draws all rows from one global generator, so it does). Technically,
 `SeededSampler` is a logits processor that draws the next token of every row and masks all others;
 generation then runs in greedy mode and picks exactly that token.
+
+Generation uses exactly the sampling parameters we record: the checkpoint's own `generation_config`
+(a repetition penalty, default top_k/top_p/temperature, beams, a minimum length ...) is replaced at load
+by one that keeps only its special token ids (`plain_generation_config`), as offline vLLM does with
+explicit `SamplingParams`. Both backends stop at the tokenizer's EOS and at the checkpoint's
+`generation_config.eos_token_id`s, and neither counts that stop token in `n_new_tokens`.
 """
 
 from __future__ import annotations
@@ -17,9 +23,14 @@ from typing import Any
 from reflectevo.backends import Generation, Sampling, prompt_seeds
 from reflectevo.config import ModelPreset
 
+# How sampled tokens are drawn (part of every episode key, = reflectevo.generation.SAMPLER): one seed per
+# sample, one random generator per row, inverse-CDF draw (`SeededSampler`; v1 drew with torch.multinomial).
+SAMPLER = "per-sample-seed-v2"
+
 
 class TransformersBackend:
     name = "transformers"
+    sampler = SAMPLER
 
     def __init__(self, preset_name: str, preset: ModelPreset, adapter: str | Path | None = None,
                  batch_size: int | None = None) -> None:
@@ -31,6 +42,8 @@ class TransformersBackend:
         self.tokenizer = load_tokenizer(preset_name, preset)
         self.tokenizer.padding_side = "left"
         self.model = load_model(preset_name, preset, adapter=adapter)
+        self.model.generation_config = plain_generation_config(self.model.generation_config, self.tokenizer)
+        self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
         self.batch_size = batch_size or preset.gen_batch_size
         self.dtype = str(self.model.dtype).replace("torch.", "")
 
@@ -51,24 +64,72 @@ class TransformersBackend:
 
     def _generate_batch(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[Generation]:
         import torch
-        from transformers import LogitsProcessorList
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id,
-                                      do_sample=False, temperature=None, top_p=None, top_k=None)
-        if sampling.temperature > 0:
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [SeededSampler(seeds, sampling.temperature, sampling.top_p)])
+        kwargs = generation_kwargs(sampling, seeds, self.tokenizer.pad_token_id)
         with torch.inference_mode():
             gen = self.model.generate(**enc, **kwargs)
         new = gen[:, enc["input_ids"].shape[1]:]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        pad = self.tokenizer.pad_token_id
         n_prompt = enc["attention_mask"].sum(dim=1).tolist()
-        n_new = [(row != pad).sum().item() for row in new]
+        n_new = [new_token_count(row.tolist(), self.stop_ids) for row in new]
         return [Generation(t, int(p), int(n)) for t, p, n in zip(texts, n_prompt, n_new)]
+
+
+def generation_kwargs(sampling: Sampling, seeds: Sequence[int], pad_token_id: int | None) -> dict[str, Any]:
+    """`model.generate` keyword arguments for one batch: greedy decoding, and for sampled rows our
+    `SeededSampler` picks each token (generation stays greedy and takes it)."""
+    from transformers import LogitsProcessorList
+
+    kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_token_id,
+                                  do_sample=False, temperature=None, top_p=None, top_k=None)
+    if sampling.temperature > 0:
+        kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(seeds, sampling.temperature, sampling.top_p)])
+    return kwargs
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def plain_generation_config(checkpoint: Any, tokenizer: Any):
+    """A `GenerationConfig` with only the checkpoint's special token ids and no decoding defaults.
+
+    transformers fills every field a `generate` call leaves unset from `model.generation_config`
+    (`GenerationMixin._prepare_generation_config`), so a checkpoint shipping `repetition_penalty`,
+    `no_repeat_ngram_size`, `num_beams`, `min_new_tokens`, `top_k`/`top_p`/`temperature` ... would change
+    our output beyond what we record. vLLM with explicit `SamplingParams` ignores those defaults
+    (vllm/entrypoints/llm.py: `generate` uses `get_default_sampling_params()` only when given none)
+    but stops at the checkpoint's EOS ids; so do we."""
+    from transformers import GenerationConfig
+
+    eos = stop_token_ids(checkpoint, tokenizer)
+    return GenerationConfig(eos_token_id=eos[0] if len(eos) == 1 else eos or None,
+                            bos_token_id=getattr(checkpoint, "bos_token_id", None),
+                            pad_token_id=tokenizer.pad_token_id)
+
+
+def stop_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS, then the generation config's EOS ids (vLLM stops on both: the renderer's
+    EOS and `update_from_generation_config`, vllm/sampling_params.py)."""
+    out: list[int] = []
+    for t in _ids(getattr(tokenizer, "eos_token_id", None)) + _ids(getattr(generation_config, "eos_token_id", None)):
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def new_token_count(row: Sequence[int], stop_ids: Sequence[int]) -> int:
+    """Tokens generated before the stop token (the padding of a finished row comes after it): what the
+    vLLM backend counts too."""
+    stops = set(stop_ids)
+    for i, t in enumerate(row):
+        if t in stops:
+            return i
+    return len(row)
 
 
 class SeededSampler:
@@ -106,8 +167,9 @@ class SeededSampler:
         return out
 
 
-def make_backend(preset_name: str, preset: ModelPreset, adapter: str | Path | None = None):
+def make_backend(preset_name: str, preset: ModelPreset, adapter: str | Path | None = None, *,
+                 serves: Sequence[str | Path] = ()):
     """Build the preset's backend: transformers, vllm or openai (`reflectevo.backends.make_backend`)."""
     from reflectevo.backends import make_backend as build
 
-    return build(preset_name, preset, adapter=adapter)
+    return build(preset_name, preset, adapter=adapter, serves=serves)
