@@ -12,7 +12,8 @@ installed (`pip install '.[vllm]'`; vLLM 0.32/0.33 pin their own CUDA torch and 
     python bench/gpu_check_vllm_lora.py --model qwen2.5-0.5b-instruct --out /tmp/vllm_lora.json
 
 Steps: (1) the static check of each adapter; (2) greedy generation on a few chat prompts with
-transformers + PEFT (the reference), loading the preset's pinned revision; (3) `VLLMBackend` for the base
+transformers + PEFT (the reference, freed before vLLM starts), loading the preset's pinned revision;
+(3) `VLLMBackend` for the base
 and for each adapter (`reflectevo.backends.vllm_backend`: LoRA enabled, `max_lora_rank` for all adapters,
 `max_loras=2`, `max_model_len` = the preset's `max_length`); all of them must share ONE `vllm.LLM`; the same
 prompts as token ids with and without each adapter's `LoRARequest`; (4) `evaluation.trial1` with the base
@@ -67,10 +68,12 @@ def make_adapter(base_path: str, revision: str | None, preset, preset_name: str,
     return out
 
 
-def prompt_ids(backend) -> list[list[int]]:
-    """The prompts as the pipeline sends them: rendered with the chat template, tokenized without special tokens."""
-    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
-    return [list(x) for x in backend.tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+def prompt_ids(tokenizer) -> list[list[int]]:
+    """The prompts as the backends send them: rendered with the chat template (what `render` returns),
+    tokenized without special tokens."""
+    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                              add_generation_prompt=True) for p in PROMPTS]
+    return [list(x) for x in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
 
 
 def peft_greedy(base_path: str, revision: str | None, adapter: Path | None, ids: list[list[int]], max_tokens: int,
@@ -144,7 +147,7 @@ def main() -> int:
     from reflectevo.backends import Sampling
     from reflectevo.backends import vllm_backend as vb
     from reflectevo.config import load_preset, read_params
-    from reflectevo.models import hub_revision, resolve_model
+    from reflectevo.models import hub_revision, load_tokenizer, resolve_model
     from reflectevo.training import check_vllm_lora_compat
 
     name, preset = load_preset(read_params(args.params), args.model)
@@ -162,6 +165,15 @@ def main() -> int:
               "preset": name, "base": base, "revision": revision, "dtype": args.dtype, "prompts": PROMPTS,
               "adapters": {}}
     static = {str(a): check_vllm_lora_compat(a, 512, base_config) for a in adapters}
+    tok = load_tokenizer(name, preset)
+    ids = prompt_ids(tok)
+    eos = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
+
+    t0 = time.perf_counter()   # the reference first: its GPU memory is freed before vLLM takes its share
+    reference = {"base": peft_greedy(base, revision, None, ids, args.max_tokens, dtype)}
+    for a in adapters:
+        reference[str(a)] = peft_greedy(base, revision, a, ids, args.max_tokens, dtype)
+    report["peft_seconds"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
     base_backend = vb.VLLMBackend(name, preset, serves=adapters)        # the engine starts here, sized for all
@@ -170,9 +182,6 @@ def main() -> int:
     report["engines"] = len({id(b.llm) for b in [base_backend, *backends.values()]})
     report["engine_kwargs"] = {k: v for k, v in base_backend.engine_kwargs.items() if k != "model"}
     report["resolved_dtype"] = base_backend.dtype
-    tok = base_backend.tokenizer
-    ids = prompt_ids(base_backend)
-    eos = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
 
     def vllm_greedy(backend) -> list[list[int]]:   # the engine and LoRARequest the backend itself sends
         params = backend.sampling_params(Sampling(args.max_tokens), [0] * len(ids))
@@ -195,16 +204,6 @@ def main() -> int:
             flow = {"error": f"{e.__class__.__name__}: {e}"}
     report["evaluate_flow"] = flow
     report["engines_after"] = len(vb._ENGINES)
-    del base_backend, backends
-    vb._ENGINES.clear()   # give the GPU back for the PEFT reference (the engine shuts down with its last reference)
-    gc.collect()
-    torch.cuda.empty_cache()
-
-    t0 = time.perf_counter()
-    reference = {"base": peft_greedy(base, revision, None, ids, args.max_tokens, dtype)}
-    for a in adapters:
-        reference[str(a)] = peft_greedy(base, revision, a, ids, args.max_tokens, dtype)
-    report["peft_seconds"] = round(time.perf_counter() - t0, 1)
 
     ok = report["engines"] == 1 and report["engines_after"] == 1
     for a in adapters:

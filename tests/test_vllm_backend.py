@@ -259,7 +259,7 @@ def test_the_gpu_check_scripts_evaluate_flow_runs_on_one_engine(fake_vllm, tiny_
     a = _adapter(tmp_path / "a", 16)
     base = VLLMBackend("tiny-random", preset, serves=[a])
     adapter = VLLMBackend("tiny-random", preset, adapter=a, serves=[a])
-    ids = mod.prompt_ids(base)
+    ids = mod.prompt_ids(base.tokenizer)
     assert len(ids) == len(mod.PROMPTS) and ids[0] == base.tokenizer(base.render(
         [{"role": "user", "content": mod.PROMPTS[0]}]), add_special_tokens=False)["input_ids"]
     flow = mod.evaluate_flow(base, adapter, 3, 8)
