@@ -139,7 +139,7 @@ def test_evaluate_runs_the_base_and_every_adapter_on_one_engine(fake_vllm, tmp_p
     assert r.exit_code == 0, r.output
     (llm,) = fake.FakeLLM.instances                                       # one engine for base + 6 adapters
     assert llm.kw["enable_lora"] is True and llm.kw["max_lora_rank"] == 32 and llm.kw["max_loras"] >= 2
-    assert llm.kw["max_model_len"] == 4096 and "quantization" not in llm.kw
+    assert llm.kw["max_model_len"] == 4096 and "quantization" not in llm.kw and llm.kw["generation_config"] == "vllm"
     used = {c["lora"].lora_path for c in llm.calls if c["lora"] is not None}
     assert used == {str(x.resolve()) for x in paths}
     assert any(c["lora"] is None for c in llm.calls)                      # trial 1 and the baselines: the base

@@ -16,11 +16,13 @@ enabled, `max_lora_rank` covering the preset's `lora.r` and every adapter the pr
 `max_loras=2`, so the reflector and corrector of `two_stage` stay loaded together. The base model and
 every adapter then share that engine, each adapter with its own `LoRARequest`.
 
-Engine settings (`engine_kwargs`): the preset's dtype as transformers resolves it (`auto`: bf16 where the
-GPU has it natively, else fp16; vLLM's own `auto` would take the checkpoint's), `max_model_len` = the
-preset's `max_length` (prompt + new tokens; without it vLLM reserves KV cache for the model's whole
-context), and `quantization: 4bit` serves the base unquantized in that dtype, like the transformers
-backend (4bit is a QLoRA *training* setting; vLLM 0.32/0.33 have no bitsandbytes method). Overrides from
+Engine settings (`engine_kwargs`): `generation_config="vllm"` (sampling defaults are vLLM's neutral
+ones, never the checkpoint's; every request carries its own `SamplingParams` anyway), the preset's dtype
+as transformers resolves it (`auto`: bf16 where the GPU has it natively, else fp16; vLLM's own `auto`
+would take the checkpoint's), `max_model_len` = the preset's `max_length` (prompt + new tokens; without
+it vLLM reserves KV cache for the model's whole context), and `quantization: 4bit` serves the base
+unquantized in that dtype, like the transformers backend (4bit is a QLoRA *training* setting; vLLM
+0.32/0.33 have no bitsandbytes method). Overrides from
 the environment: `REFLECTEVO_VLLM_GPU_MEMORY` (the fraction of GPU memory the engine takes) and
 `REFLECTEVO_VLLM_ARGS`, a JSON object of further `vllm.LLM` keyword arguments (e.g.
 `{"enforce_eager": true, "max_model_len": -1}`; -1 = vLLM's own fit).
@@ -103,7 +105,10 @@ def engine_kwargs(preset_name: str, preset: ModelPreset, adapters: Iterable[str 
                           "tokenizer_revision": revision, "dtype": engine_dtype(preset), "seed": 0,
                           "enable_prefix_caching": True, "enable_lora": True,
                           "max_lora_rank": lora_rank_bound(adapters, preset.lora.r), "max_loras": MAX_LORAS,
-                          "max_model_len": preset.max_length}
+                          "max_model_len": preset.max_length,
+                          # vLLM's neutral sampling defaults, not the checkpoint's (its EOS ids still apply;
+                          # vllm/config/model.py `get_diff_sampling_param`): we always pass SamplingParams anyway
+                          "generation_config": "vllm"}
     if os.environ.get(ENV_GPU_MEMORY):
         kw["gpu_memory_utilization"] = float(os.environ[ENV_GPU_MEMORY])
     kw.update(_env_args())
