@@ -8,7 +8,8 @@ Trial 1 (greedy) -> verify -> k reflections under demand instructions on failure
 verify. Reuses every episode already in data/raw with the same key (DVC `persist: true`), resumes an
 interrupted run from its journal(s), and writes a summary to metrics/generate.json. With
 `generate.workers: N` it runs N worker processes on disjoint, balanced slices (each on one of the GPUs
-this process sees, `reflectevo.devices`; a vllm preset needs a GPU per worker) and merges their journals. Reads `generate` and `models.<model>` in params.yaml.
+this process sees, `reflectevo.devices`; a vllm preset needs a GPU per worker) and merges their
+journals. Reads `generate` and `models.<model>` in params.yaml.
 """
 
 from __future__ import annotations
