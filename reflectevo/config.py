@@ -154,10 +154,10 @@ class ModelPreset:
     file: str = ""                   # gguf-package: file name inside the package
     path: str = ""                   # optional local folder that overrides the hub (offline use)
     dtype: str = "auto"              # auto picks bf16 where the CPU/GPU has fast bf16, else fp32
-    quantization: str = "none"       # none | 4bit (QLoRA: NF4 base + LoRA; needs a CUDA GPU and bitsandbytes)
+    quantization: str = "none"       # none | 4bit (QLoRA training: NF4 base + LoRA; CUDA + bitsandbytes; generation unquantized)
     backend: str = "transformers"
     gen_batch_size: int = 32
-    max_length: int = 2048           # training truncation
+    max_length: int = 2048           # context (prompt + new tokens) the vllm backend's engine holds (max_model_len)
     lora: LoraConfig = field(default_factory=LoraConfig)
     lr_sft: float = 2.0e-4
     lr_dpo: float = 5.0e-6

@@ -35,8 +35,9 @@ from reflectevo.tasks import Item, Task, Verdict
 SHARD_GLOB = "episodes-*.jsonl"
 JOURNAL = "journal.jsonl"          # single-process runs
 JOURNAL_GLOB = "journal*.jsonl"     # plus journal-<i>-of-<n>.jsonl, one per shard worker
-# How sampled reflections are drawn (part of every key): one seed per sample (`sample_seed`), one random
-# generator per row (reflectevo.backends.hf.SeededSampler).
+# How sampled reflections are drawn (part of every key): one seed per sample (`sample_seed`), drawn by the
+# backend's sampler (`backend.sampler`). This default is the transformers backend's (one random generator
+# per row, reflectevo.backends.hf.SeededSampler); vllm and openai have their own, so their keys differ.
 SAMPLER = "per-sample-seed-v2"   # v2: inverse-CDF draw (v1 drew with torch.multinomial)
 
 
@@ -66,6 +67,7 @@ class GenSpec:
     dtype: str                       # the preset's dtype setting (not the resolved one)
     prompt_version: str
     cfg: GenerateConfig
+    sampler: str = SAMPLER           # the backend's sampler (reflectevo.backends.backend_sampler)
 
     def demands(self) -> list[str]:
         if not self.cfg.reflect or self.cfg.protocol != "oracle":
@@ -80,7 +82,7 @@ class GenSpec:
                 "max_new_tokens_reflection": c.max_new_tokens_reflection,
                 "use_previous_trial": c.use_previous_trial, "protocol": c.protocol, "reflect": c.reflect,
                 "rounds": c.rounds, "retry_temperature": c.retry_temperature, "name_rejected": c.name_rejected,
-                "seed": c.seed, "sampler": SAMPLER}
+                "seed": c.seed, "sampler": self.sampler}
 
     def episode_id(self, item: Item, task: Task) -> str:
         """Content key: model, dtype, prompt templates, the task's prompt parts, the item, generation params."""
@@ -326,8 +328,8 @@ def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int) -> li
     return paths
 
 
-def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig) -> GenSpec:
-    return GenSpec(model=model_fp, dtype=dtype, prompt_version=prompt_version(), cfg=cfg)
+def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig, sampler: str = SAMPLER) -> GenSpec:
+    return GenSpec(model=model_fp, dtype=dtype, prompt_version=prompt_version(), cfg=cfg, sampler=sampler)
 
 
 __all__ = ["GenSpec", "Stats", "generate", "load_episodes", "make_spec", "plan", "run_chunk", "summarize", "to_dict", "write_shards"]

@@ -192,6 +192,9 @@ def convert_gguf_package(package: str, file: str, version: str = "") -> Path:
 # loading
 
 def resolve_dtype(dtype: str) -> Any:
+    """torch dtype for a preset's `dtype`. `auto`: on CUDA bf16 where the GPU has it natively (Ampere and
+    later), else fp16 (`torch.cuda.is_bf16_supported()` alone also says yes for an emulated bf16 on older
+    GPUs); on a CPU bf16 where it is fast (AVX512-BF16/AMX), else fp32."""
     import torch
 
     if dtype == "float32":
@@ -201,7 +204,7 @@ def resolve_dtype(dtype: str) -> Any:
     if dtype == "float16":
         return torch.float16
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     try:
         fast_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:

@@ -7,9 +7,10 @@ the records are the plain engine's, key for key and byte for byte:
 - the driver computes the keys missing from `raw_dir` (finished shards and journals, exactly as the
   plain engine does) and cuts the missing items into the same chunks (`batch_size` items each);
 - each chunk is one row of a `ray.data.from_items` dataset (the items as a JSON string, so nested
-  metadata never meets Arrow's schema inference), mapped by `map_batches` over a pool of
-  `concurrency` actors; each actor builds the preset's backend once (`make_backend`) and runs
-  `run_chunk` on the chunks it receives, one GPU per actor where the cluster has GPUs;
+  metadata never meets Arrow's schema inference), mapped by `map_batches` over a fixed pool of
+  `concurrency` actors (`compute=ActorPoolStrategy(size=n)`); each actor builds the preset's backend
+  once (`make_backend`) and runs `run_chunk` on the chunks it receives, one GPU per actor where the
+  cluster has GPUs;
 - the episodes come back as a JSON string column, streamed (`iter_rows`) as chunks finish, and are
   appended to the journal at once, so a killed run keeps every finished chunk and the next run (with
   either engine) resumes from it. The caller then writes the shards as usual.
@@ -112,6 +113,13 @@ def _actor_resources(ray: Any, concurrency: int, backend: str) -> dict[str, floa
     return {"num_cpus": max(1, int(min(per_node, total // max(concurrency, 1))))}
 
 
+def actor_pool(ray: Any, concurrency: int, n_rows: int) -> Any:
+    """A fixed pool of `concurrency` actors (at most one per chunk): `compute=ActorPoolStrategy(size=n)`,
+    the form Ray Data documents since `map_batches(concurrency=n)` was deprecated in Ray 2.51
+    (ray/data/_internal/util.py `get_compute_strategy`)."""
+    return ray.data.ActorPoolStrategy(size=max(1, min(concurrency, n_rows)))
+
+
 def generate_ray(items: Sequence[Item], tasks: dict[str, Task], preset_name: str, preset: ModelPreset,
                  spec: GenSpec, raw_dir: Path, batch_size: int = 64, concurrency: int = 1, address: str = "",
                  progress: bool = True) -> tuple[list[dict], Stats]:
@@ -133,7 +141,7 @@ def generate_ray(items: Sequence[Item], tasks: dict[str, Task], preset_name: str
 
             DataContext.get_current().enable_progress_bars = progress
             ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                EpisodeWorker, batch_size=1, concurrency=max(1, min(concurrency, len(rows))),
+                EpisodeWorker, batch_size=1, compute=actor_pool(ray, concurrency, len(rows)),
                 fn_constructor_kwargs={"preset_name": preset_name, "preset": preset, "spec": spec, "tasks": used},
                 **_actor_resources(ray, concurrency, preset.backend))
             for row in ds.iter_rows():
@@ -156,4 +164,4 @@ def generate_ray(items: Sequence[Item], tasks: dict[str, Task], preset_name: str
     return [existing[k] for k in keys], stats
 
 
-__all__ = ["EpisodeWorker", "generate_ray", "ray_session"]
+__all__ = ["EpisodeWorker", "actor_pool", "generate_ray", "ray_session"]

@@ -63,24 +63,31 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     def adapter(setting: str, role: str) -> Path:
         return models / setting / cards[setting]["adapters"][role]
 
-    base = make_backend(name, preset)
+    # Every backend names all adapters of this run, so an engine-sharing backend (vllm) starts one engine
+    # for the base model, sized for all of them, before the first adapter is used.
+    served = [adapter(s, role) for s in cards for role in ADAPTERS[s]]
+
+    def backend(path: Path | None = None):
+        return make_backend(name, preset, path, serves=served)
+
+    base = backend()
     t1 = ev.trial1(items, tasks, base, cfg)
     systems = {"base_noreflect": ev.retry_without_reflection(items, tasks, t1, base, cfg),
                "base_reflect": ev.reflect_then_retry(items, tasks, t1, base, base, cfg)}
     for setting in cards:
         if setting == "one_stage":
-            systems[setting] = ev.one_stage(items, tasks, make_backend(name, preset, adapter(setting, "one_stage")), t1, cfg)
+            systems[setting] = ev.one_stage(items, tasks, backend(adapter(setting, "one_stage")), t1, cfg)
         elif setting == "two_stage":
-            reflector = make_backend(name, preset, adapter(setting, "reflector"))
-            corrector = make_backend(name, preset, adapter(setting, "corrector"))
+            reflector = backend(adapter(setting, "reflector"))
+            corrector = backend(adapter(setting, "corrector"))
             systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
             del reflector, corrector
         elif setting in ("dpo_pm", "dpo_pref"):
-            reflector = make_backend(name, preset, adapter(setting, "reflector"))
+            reflector = backend(adapter(setting, "reflector"))
             systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, base, cfg)
             del reflector
         elif setting == "sft_qa":
-            systems[setting] = ev.answers_only(items, tasks, make_backend(name, preset, adapter(setting, "answerer")), cfg)
+            systems[setting] = ev.answers_only(items, tasks, backend(adapter(setting, "answerer")), cfg)
         gc.collect()
 
     summary = ev.summarize(systems)

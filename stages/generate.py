@@ -7,8 +7,9 @@
 Trial 1 (greedy) -> verify -> k reflections under demand instructions on failures -> trial 2 ->
 verify. Reuses every episode already in data/raw with the same key (DVC `persist: true`), resumes an
 interrupted run from its journal(s), and writes a summary to metrics/generate.json. With
-`generate.workers: N` it runs N worker processes on disjoint, balanced slices (one GPU each where
-there are GPUs) and merges their journals. Reads `generate` and `models.<model>` in params.yaml.
+`generate.workers: N` it runs N worker processes on disjoint, balanced slices (each on one of the GPUs
+this process sees, `reflectevo.devices`; a vllm preset needs a GPU per worker) and merges their
+journals. Reads `generate` and `models.<model>` in params.yaml.
 """
 
 from __future__ import annotations
@@ -41,16 +42,18 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def run_workers(n: int, argv: list[str], raw: Path) -> dict:
-    """Start n copies of this script with --shard i/n; wait; return their summed run costs."""
+def run_workers(n: int, argv: list[str], raw: Path, backend: str = "transformers") -> dict:
+    """Start n copies of this script with --shard i/n, each on one of this process's GPUs; wait; return
+    their summed run costs."""
+    from reflectevo.devices import worker_devices
     from reflectevo.errors import ReflectEvoError
 
-    gpus = _gpu_count()
+    devices = worker_devices(n, os.environ.get("CUDA_VISIBLE_DEVICES"), _gpu_count(), backend)
     procs = []
     for i in range(n):
         env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
         else:  # CPU: split the cores instead of oversubscribing them
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
         procs.append(subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{i}/{n}", "--no-progress"], env=env))
@@ -82,6 +85,7 @@ def _gpu_count() -> int:
 def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/train.jsonl"),
          out: Path = Path("data/raw"), summary: Path = Path("metrics/generate.json"),
          progress: bool = True, shard: str = typer.Option(None, help="i/N: generate only worker i's slice")) -> None:
+    from reflectevo.backends import backend_sampler
     from reflectevo.backends.hf import make_backend
     from reflectevo.errors import ReflectEvoError
     from reflectevo.generation import Stats, generate, make_spec, shard_slice, summarize, write_shards
@@ -94,7 +98,8 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
         items = items[: cfg.limit]
     if not items:
         raise ReflectEvoError(f"{sources}: no train items to generate from")
-    spec = make_spec(model_fingerprint(name, preset), preset.dtype, cfg)
+    spec = make_spec(model_fingerprint(name, preset), preset.dtype, cfg,
+                     sampler=backend_sampler(preset.backend, where=f"models.{name}.backend"))
     chunk = max(preset.gen_batch_size, 8)
     part = parse_shard(shard)
     if part is not None:  # worker: its slice into its own journal; the parent merges
@@ -111,7 +116,8 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
         episodes, stats = generate_ray(items, tasks, name, preset, spec, out, batch_size=chunk,
                                        concurrency=cfg.workers, address=cfg.ray_address, progress=progress)
     elif cfg.workers > 1:
-        extra = run_workers(cfg.workers, ["--params", str(params), "--sources", str(sources), "--out", str(out)], out)
+        extra = run_workers(cfg.workers, ["--params", str(params), "--sources", str(sources), "--out", str(out)], out,
+                            backend=preset.backend)
 
     def nothing_left():
         raise ReflectEvoError("internal: workers finished but episodes are missing")

@@ -99,6 +99,33 @@ def test_changed_param_changes_keys(tmp_path):
     assert a.episode_id(items[0], other) != a.episode_id(items[0], task)
 
 
+def test_the_backends_sampler_is_part_of_the_key():
+    """vLLM draws with its own per-request seeded sampler, an endpoint with whatever it runs: the same seed
+    gives other reflections, so a vllm, an openai and a transformers episode of one item never share a key.
+    The transformers key is what it was (episodes already in data/raw stay reusable)."""
+    import subprocess
+    import sys
+
+    from reflectevo.backends import backend_sampler
+    from reflectevo.backends.hf import TransformersBackend
+    from reflectevo.generation import SAMPLER
+
+    items, tasks = _items(1)
+    task = tasks["rg/chain_sum"]
+    cfg = GenerateConfig(k=1)
+    keys = {b: make_spec(FP, "float32", cfg, sampler=backend_sampler(b)).episode_id(items[0], task)
+            for b in ("transformers", "vllm", "openai")}
+    assert len(set(keys.values())) == 3
+    assert keys["transformers"] == make_spec(FP, "float32", cfg).episode_id(items[0], task)
+    assert backend_sampler("transformers") == TransformersBackend.sampler == SAMPLER == "per-sample-seed-v2"
+    spec = make_spec(FP, "float32", cfg, sampler=backend_sampler("vllm"))
+    assert spec.params()["sampler"] == backend_sampler("vllm") != SAMPLER
+    code = ("import sys; from reflectevo.backends import backend_sampler; backend_sampler('vllm'); "
+            "backend_sampler('openai'); assert 'vllm' not in sys.modules and 'openai' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr                 # the tag comes without building (or importing) the backend
+
+
 def test_crash_keeps_finished_chunks_and_resume_completes(tmp_path):
     items, tasks = _items(6)
     spec = make_spec(FP, "float32", GenerateConfig(k=1))

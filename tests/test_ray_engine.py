@@ -161,3 +161,57 @@ def test_ray_session_starts_and_always_stops_its_own_ray(monkeypatch):
     with ray_session("auto"):
         pass
     assert running.calls == [] and running.running
+
+
+class _FakeDataset:
+    """`ray.data.Dataset` as generate_ray uses it: `map_batches(fn, *, batch_size, compute, concurrency,
+    fn_constructor_kwargs, num_cpus, num_gpus)` (ray/data/dataset.py:634-660), resolved by Ray's own
+    `get_compute_strategy` (ray/data/_internal/util.py:590-700, which logs the deprecation of
+    `concurrency=`), then rows through one actor in this process; `iter_rows` yields the output rows."""
+
+    def __init__(self, rows, calls, resolve):
+        self.rows, self.calls, self.resolve = rows, calls, resolve
+
+    def map_batches(self, fn, *, batch_size=None, compute=None, concurrency=None, fn_constructor_kwargs=None,
+                    **remote_args):
+        strategy = self.resolve(fn, fn_constructor_args=None, compute=compute, concurrency=concurrency)
+        self.calls.append({"strategy": strategy, "concurrency": concurrency, **remote_args})
+        actor = fn(**fn_constructor_kwargs)
+        rows = [{k: v[0] for k, v in actor({"items": [r["items"]]}).items()} for r in self.rows]
+        return _FakeDataset(rows, self.calls, self.resolve)
+
+    def iter_rows(self):
+        return iter(self.rows)
+
+
+def test_generate_ray_asks_for_a_fixed_actor_pool_not_the_deprecated_concurrency(setup, tiny_preset, tmp_path,
+                                                                                 monkeypatch, caplog):
+    import logging
+    import types
+
+    pytest.importorskip("ray.data")
+    import ray.data.block  # imported before the stand-in replaces `ray` in sys.modules
+    from ray.data import ActorPoolStrategy
+    from ray.data._internal.util import get_compute_strategy
+
+    from reflectevo.ray_engine import generate_ray
+
+    calls = []
+    data = types.ModuleType("ray.data")
+    context = types.SimpleNamespace(enable_progress_bars=True)        # DataContext.get_current() (ray/data/context.py)
+    data.ActorPoolStrategy, data.DataContext = ActorPoolStrategy, types.SimpleNamespace(get_current=lambda: context)
+    data.from_items = lambda rows, override_num_blocks=None: _FakeDataset(rows, calls, get_compute_strategy)
+    ray = types.ModuleType("ray")
+    ray.data, ray.is_initialized = data, lambda: True                # a running Ray: used as it is
+    ray.cluster_resources = lambda: {"CPU": 2.0}
+    ray.nodes = lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}]
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.data", data)
+    items, tasks, spec = setup
+    with caplog.at_level(logging.WARNING):
+        eps, stats = generate_ray(items[:4], tasks, NAME, tiny_preset, spec, tmp_path / "raw", batch_size=2,
+                                  concurrency=8, progress=False)
+    (call,) = calls
+    assert isinstance(call["strategy"], ActorPoolStrategy) and call["strategy"].min_size == call["strategy"].max_size == 2
+    assert call["concurrency"] is None and "deprecated" not in caplog.text
+    assert stats.computed == 4 and [ep["item_id"] for ep in eps] == [it.id for it in items[:4]]

@@ -1,16 +1,16 @@
 """vLLM backend without vLLM: registered, imported lazily, a clear error when missing, and (with a FAKE
-`vllm` module injected into sys.modules, not the real engine) the requests it builds. The real engine
-needs a GPU machine with `pip install reflectevo[vllm]`; nothing here runs it."""
+`vllm` module injected into sys.modules, tests/fake_vllm.py, not the real engine) the requests it builds
+and the engines it starts. The real engine needs a GPU machine with `pip install reflectevo[vllm]`;
+nothing here runs it."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import types
 from dataclasses import replace
-from typing import ClassVar
 
+import fake_vllm as fake
 import pytest
 
 from reflectevo.backends import BACKENDS, Sampling
@@ -34,58 +34,10 @@ def test_missing_vllm_gives_the_install_hint(tiny_preset, monkeypatch):
         make_backend("tiny-random", replace(tiny_preset, backend="vllm"))
 
 
-class FakeLLM:
-    instances: ClassVar[list] = []
-
-    def __init__(self, **kw):
-        self.kw, self.calls = kw, []
-        FakeLLM.instances.append(self)
-
-    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None):
-        self.calls.append({"prompts": prompts, "params": sampling_params, "lora": lora_request, "tqdm": use_tqdm})
-        out = []
-        for p, sp in zip(prompts, sampling_params):
-            ids = p["prompt_token_ids"]
-            text = getattr(self, "text", None) or f"seed={sp.seed} T={sp.temperature}"
-            # vllm/outputs.py CompletionOutput: finish_reason "stop" (EOS or a stop string, then named in
-            # stop_reason, the string cut from the text) or "length"
-            hit = [s for s in (sp.stop or []) if s in text]
-            if hit:
-                text, finish, why = text[:text.index(hit[0])], "stop", hit[0]
-            else:
-                finish, why = ("length" if sp.max_tokens <= 3 else "stop"), None
-            comp = types.SimpleNamespace(text=text, token_ids=[1] * min(3, sp.max_tokens), finish_reason=finish,
-                                         stop_reason=why)
-            out.append(types.SimpleNamespace(prompt_token_ids=ids, outputs=[comp]))
-        return out
-
-
-class FakeSamplingParams:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
-class FakeLoRARequest:
-    def __init__(self, lora_name, lora_int_id, lora_path):
-        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
-
-
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    """A FAKE vllm package (LLM, SamplingParams, lora.request.LoRARequest) in sys.modules."""
-    from reflectevo.backends import vllm_backend
-
-    vllm = types.ModuleType("vllm")
-    vllm.LLM, vllm.SamplingParams = FakeLLM, FakeSamplingParams
-    lora = types.ModuleType("vllm.lora")
-    request = types.ModuleType("vllm.lora.request")
-    request.LoRARequest = FakeLoRARequest
-    for name, mod in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(vllm_backend, "_ENGINES", {})
-    monkeypatch.setattr(vllm_backend, "_LORA_IDS", {})
-    FakeLLM.instances = []
-    return vllm
+    """A FAKE vllm package (tests/fake_vllm.py: LLM, SamplingParams, lora.request.LoRARequest) in sys.modules."""
+    return fake.install(monkeypatch)
 
 
 def test_fake_module_requests_carry_lora_and_per_prompt_seeds(fake_vllm, tiny_preset, tmp_path):
@@ -98,7 +50,7 @@ def test_fake_module_requests_carry_lora_and_per_prompt_seeds(fake_vllm, tiny_pr
     preset = replace(tiny_preset, backend="vllm")
     b = make_backend("tiny-random", preset, adapter=adapter)
     assert isinstance(b, VLLMBackend)
-    (llm,) = FakeLLM.instances
+    (llm,) = fake.FakeLLM.instances
     assert llm.kw["enable_prefix_caching"] is True and llm.kw["enable_lora"] is True
     assert llm.kw["max_lora_rank"] == 16 and llm.kw["dtype"] == "float32" and "tiny-llama" in llm.kw["model"]
     assert b.lora.lora_path == str(adapter.resolve()) and b.lora.lora_int_id == 1
@@ -124,8 +76,193 @@ def test_fake_module_requests_carry_lora_and_per_prompt_seeds(fake_vllm, tiny_pr
     other = tmp_path / "corrector"
     other.mkdir()
     c = VLLMBackend("tiny-random", preset, adapter=other)
-    assert c.llm is llm and c.lora.lora_int_id == 2 and len(FakeLLM.instances) == 1
+    assert c.llm is llm and c.lora.lora_int_id == 2 and len(fake.FakeLLM.instances) == 1
     base = VLLMBackend("tiny-random", preset)
     assert base.llm is llm and base.lora is None
     base.generate([prompt], Sampling(2))
     assert llm.calls[-1]["lora"] is None
+
+
+def _adapter(path, r):
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 2 * r, "peft_type": "LORA"}))
+    return path
+
+
+def _stage(name):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(f"stage_{name}_vllm", root / "stages" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.app
+
+
+def _vllm_params(tmp_path, **preset):
+    from pathlib import Path
+
+    import yaml
+    from helpers import tiny_params_dict
+
+    p = tiny_params_dict(Path(__file__).resolve().parents[1] / "params.yaml")
+    p["models"]["tiny-random"].update(backend="vllm", max_length=4096, **preset)
+    out = tmp_path / "params.yaml"
+    out.write_text(yaml.safe_dump(p, sort_keys=False))
+    return out, p
+
+
+def test_evaluate_runs_the_base_and_every_adapter_on_one_engine(fake_vllm, tmp_path):
+    """The evaluate stage builds the base model's backend first: that engine must already have LoRA on and a
+    max_lora_rank for every adapter, since a second engine does not fit on the GPU (the fake fails as vLLM's
+    start-up memory check does). Base + five settings (six adapters) -> exactly one engine."""
+    from typer.testing import CliRunner
+
+    params, _ = _vllm_params(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(_stage("prepare"), ["--params", str(params), "--out", str(tmp_path / "sources")])
+    assert r.exit_code == 0, r.output
+    models = tmp_path / "models"
+    roles = {"one_stage": {"one_stage": "."}, "two_stage": {"reflector": "reflector", "corrector": "corrector"},
+             "dpo_pm": {"reflector": "."}, "dpo_pref": {"reflector": "."}, "sft_qa": {"answerer": "."}}
+    ranks = {"one_stage": 8, "two_stage": 8, "dpo_pm": 8, "dpo_pref": 8, "sft_qa": 24}
+    paths = []
+    for setting, adapters in roles.items():
+        for sub in adapters.values():
+            paths.append(_adapter(models / setting / sub if sub != "." else models / setting, ranks[setting]))
+        (models / setting / "model_card.json").write_text(json.dumps(
+            {"setting": setting, "status": "trained", "base": {"preset": "tiny-random"}, "adapters": adapters}))
+    r = runner.invoke(_stage("evaluate"), [str(a) for a in (
+        "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models", models,
+        "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json", "--plots", tmp_path / "plots")])
+    assert r.exit_code == 0, r.output
+    (llm,) = fake.FakeLLM.instances                                       # one engine for base + 6 adapters
+    assert llm.kw["enable_lora"] is True and llm.kw["max_lora_rank"] == 32 and llm.kw["max_loras"] >= 2
+    assert llm.kw["max_model_len"] == 4096 and "quantization" not in llm.kw and llm.kw["generation_config"] == "vllm"
+    used = {c["lora"].lora_path for c in llm.calls if c["lora"] is not None}
+    assert used == {str(x.resolve()) for x in paths}
+    assert any(c["lora"] is None for c in llm.calls)                      # trial 1 and the baselines: the base
+    assert llm.swaps == len(paths) - llm.kw["max_loras"]                  # reflector + corrector never evict each other
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report["systems"]) == {"base_noreflect", "base_reflect", *roles} and report["skipped"] == {}
+
+
+def test_a_4bit_vllm_preset_serves_the_base_unquantized(fake_vllm, tiny_preset):
+    """vLLM 0.32/0.33 know no "bitsandbytes" quantization (the fake refuses it as they do): 4bit is a QLoRA
+    training setting, so generation serves the base in the preset's dtype, as the transformers backend does."""
+    from reflectevo.backends import make_backend
+    from reflectevo.backends.vllm_backend import engine_kwargs
+
+    q = replace(tiny_preset, backend="vllm", quantization="4bit")
+    assert "quantization" not in engine_kwargs("tiny-random", q) and engine_kwargs("tiny-random", q)["dtype"] == "float32"
+    b = make_backend("tiny-random", q)
+    assert b.dtype == "float32" and "quantization" not in fake.FakeLLM.instances[0].kw
+
+
+def test_engine_context_dtype_and_overrides(fake_vllm, tiny_preset, monkeypatch):
+    from reflectevo.backends import make_backend
+    from reflectevo.backends.vllm_backend import VLLMBackend
+
+    preset = replace(tiny_preset, backend="vllm", max_length=1536)
+    b = make_backend("tiny-random", preset)
+    (llm,) = fake.FakeLLM.instances
+    assert llm.kw["max_model_len"] == 1536 and b.max_model_len == 1536 and llm.kw["dtype"] == "float32"
+    # a preset dtype `auto` is resolved as transformers resolves it, and the record takes the engine's dtype
+    monkeypatch.setattr(fake.FakeLLM, "instances", [])
+    from reflectevo.backends import vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "_ENGINES", {})
+    monkeypatch.setenv("REFLECTEVO_VLLM_ARGS", '{"dtype": "auto", "max_model_len": -1, "enforce_eager": true}')
+    monkeypatch.setenv("REFLECTEVO_VLLM_GPU_MEMORY", "0.5")
+    b = VLLMBackend("tiny-random", preset)
+    (llm,) = fake.FakeLLM.instances
+    assert llm.kw["enforce_eager"] is True and llm.kw["gpu_memory_utilization"] == 0.5 and llm.kw["max_model_len"] == -1
+    assert b.dtype == "bfloat16" and b.max_model_len == 32768                # what the engine reports, not "auto"
+    monkeypatch.setenv("REFLECTEVO_VLLM_ARGS", "{enforce_eager: true}")
+    with pytest.raises(ReflectEvoError, match=r"\$REFLECTEVO_VLLM_ARGS: not JSON"):
+        VLLMBackend("tiny-random", preset)
+
+
+def test_a_prompt_beyond_the_engine_context_is_one_clear_error(fake_vllm, tiny_preset):
+    from reflectevo.backends import make_backend
+
+    b = make_backend("tiny-random", replace(tiny_preset, backend="vllm", max_length=100))
+    prompt = b.render([{"role": "user", "content": "What is 2 + 3?"}])
+    n = len(b.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert n < 90
+    assert b.generate([prompt], Sampling(100 - n))[0].n_new_tokens == 3   # fits exactly
+    with pytest.raises(ReflectEvoError, match=rf"models\.tiny-random\.max_length: a prompt of {n} tokens \+ {101 - n} new "
+                                              r"tokens exceeds the vLLM engine's max_model_len 100; raise max_length"):
+        b.generate([prompt, "x"], Sampling(101 - n))
+
+
+def test_an_adapter_beyond_the_engines_rank_is_one_clear_error(fake_vllm, tiny_preset, tmp_path):
+    from reflectevo.backends import make_backend
+
+    preset = replace(tiny_preset, backend="vllm")
+    base = make_backend("tiny-random", preset)                              # sized for lora.r = 4 -> 8
+    with pytest.raises(ReflectEvoError, match=r"an adapter needs max_lora_rank 64, but this process's vLLM engine "
+                                              r"started with 8.*serves="):
+        make_backend("tiny-random", preset, _adapter(tmp_path / "big", 64))
+    assert len(fake.FakeLLM.instances) == 1 and base.llm is fake.FakeLLM.instances[0]
+
+
+def test_new_tokens_leave_out_the_stop_token():
+    import types
+
+    from reflectevo.backends.vllm_backend import new_tokens
+
+    def c(ids, finish, stop=None):
+        return types.SimpleNamespace(token_ids=ids, finish_reason=finish, stop_reason=stop)
+
+    assert new_tokens(c([5, 6, fake.EOS], "stop")) == 2                     # EOS: stop_reason None
+    assert new_tokens(c([5, 6, 99], "stop", 99)) == 2                       # a stop token id (generation_config eos)
+    assert new_tokens(c([5, 6, 7], "length")) == 3
+    assert new_tokens(c([5, 6, 7], "stop", "\n\n")) == 3                    # a stop string is not a token we drop
+    assert new_tokens(c([], "stop")) == 0
+
+
+def test_generate_stage_with_vllm_records_vllms_sampler_and_dtype(fake_vllm, tmp_path):
+    from typer.testing import CliRunner
+
+    from reflectevo.backends.vllm_backend import SAMPLER
+    from reflectevo.generation import SAMPLER as HF_SAMPLER
+    from reflectevo.generation import load_episodes
+
+    params, _ = _vllm_params(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(_stage("prepare"), ["--params", str(params), "--out", str(tmp_path / "sources")]).exit_code == 0
+    r = runner.invoke(_stage("generate"), [str(a) for a in (
+        "--params", params, "--sources", tmp_path / "sources/train.jsonl", "--out", tmp_path / "raw",
+        "--summary", tmp_path / "g.json", "--no-progress")])
+    assert r.exit_code == 0, r.output
+    eps = list(load_episodes(tmp_path / "raw").values())
+    assert eps and all(ep["gen"]["sampler"] == SAMPLER != HF_SAMPLER for ep in eps)
+    assert all(ep["resolved_dtype"] == "float32" and ep["trial1"]["n_new_tokens"] == 3 for ep in eps)
+    assert len(fake.FakeLLM.instances) == 1
+
+
+def test_the_gpu_check_scripts_evaluate_flow_runs_on_one_engine(fake_vllm, tiny_preset, tmp_path):
+    """bench/gpu_check_vllm_lora.py's step (4) (trial 1 by the base, reflection by an adapter, retry by the
+    base) on the fake engine: the script's own code, so it keeps up with the evaluation API."""
+    import importlib.util
+    from pathlib import Path
+
+    from reflectevo.backends.vllm_backend import VLLMBackend
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "bench" /
+                                                  "gpu_check_vllm_lora.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    preset = replace(tiny_preset, backend="vllm")
+    a = _adapter(tmp_path / "a", 16)
+    base = VLLMBackend("tiny-random", preset, serves=[a])
+    adapter = VLLMBackend("tiny-random", preset, adapter=a, serves=[a])
+    ids = mod.prompt_ids(base.tokenizer)
+    assert len(ids) == len(mod.PROMPTS) and ids[0] == base.tokenizer(base.render(
+        [{"role": "user", "content": mod.PROMPTS[0]}]), add_special_tokens=False)["input_ids"]
+    flow = mod.evaluate_flow(base, adapter, 3, 8)
+    assert flow["items"] == 3 and flow["reflected"] == 3 and len(fake.FakeLLM.instances) == 1
+    (llm,) = fake.FakeLLM.instances
+    assert llm.kw["max_lora_rank"] == 16 and {c["lora"] is None for c in llm.calls} == {True, False}

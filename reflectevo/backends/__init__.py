@@ -100,6 +100,7 @@ def prompt_seeds(prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int
 
 class Backend(Protocol):
     name: str
+    sampler: str   # how sampled tokens are drawn from a seed (part of every episode key)
 
     def render(self, messages: list[dict[str, str]]) -> str: ...
 
@@ -113,10 +114,23 @@ BACKENDS.register("vllm", "reflectevo.backends.vllm_backend:VLLMBackend")       
 BACKENDS.register("openai", "reflectevo.backends.openai_backend:OpenAIBackend")  # any OpenAI-compatible endpoint
 
 
-def make_backend(preset_name: str, preset: Any, adapter: Any = None) -> Any:
+def backend_sampler(backend: str, where: str = "") -> str:
+    """The sampler tag of backend `backend` (its class attribute `sampler`), without building it.
+
+    Episode keys include it: the same seed gives another sample through another sampler (our inverse-CDF
+    draw in transformers, vLLM's per-request seeded sampler, whatever a server does), so episodes drawn
+    by different backends never share a key."""
+    return BACKENDS.get(backend, where=where).sampler
+
+
+def make_backend(preset_name: str, preset: Any, adapter: Any = None, *, serves: Sequence[Any] = ()) -> Any:
     """Build the backend `preset.backend` names (transformers | vllm | openai) for a model preset.
 
     Each backend class takes `(preset_name, preset, adapter=None)`; vllm and openai import their
-    client libraries only here, so a CPU install never needs them."""
+    client libraries only here, so a CPU install never needs them. `serves`: every adapter this process
+    will load on the same base (the evaluate stage passes all of them), for backends that serve a base
+    and its adapters from one engine (`shares_engine`: vllm sizes that one engine for all of them)."""
     cls = BACKENDS.get(preset.backend, where=f"models.{preset_name}.backend")
+    if serves and getattr(cls, "shares_engine", False):
+        return cls(preset_name, preset, adapter=adapter, serves=tuple(serves))
     return cls(preset_name, preset, adapter=adapter)

@@ -6,6 +6,12 @@ batch it lands in, the batch size, the device count or the point where a resumed
 (`model.generate(do_sample=True)` draws all rows from one global generator, so it does). Technically,
 `SeededSampler` is a logits processor that draws the next token of every row and masks all others;
 generation then runs in greedy mode and picks exactly that token.
+
+Generation uses exactly the sampling parameters we record: the checkpoint's own `generation_config`
+(a repetition penalty, default top_k/top_p/temperature, beams, a minimum length ...) is replaced at load
+by one that keeps only its special token ids (`plain_generation_config`), as offline vLLM does with
+explicit `SamplingParams`. Both backends stop at the tokenizer's EOS and at the checkpoint's
+`generation_config.eos_token_id`s, and neither counts that stop token in `n_new_tokens`.
 """
 
 from __future__ import annotations
@@ -17,9 +23,14 @@ from typing import Any
 from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds, stop_position
 from reflectevo.config import ModelPreset
 
+# How sampled tokens are drawn (part of every episode key, = reflectevo.generation.SAMPLER): one seed per
+# sample, one random generator per row, inverse-CDF draw (`SeededSampler`; v1 drew with torch.multinomial).
+SAMPLER = "per-sample-seed-v2"
+
 
 class TransformersBackend:
     name = "transformers"
+    sampler = SAMPLER
 
     def __init__(self, preset_name: str, preset: ModelPreset, adapter: str | Path | None = None,
                  batch_size: int | None = None) -> None:
@@ -31,6 +42,8 @@ class TransformersBackend:
         self.tokenizer = load_tokenizer(preset_name, preset)
         self.tokenizer.padding_side = "left"
         self.model = load_model(preset_name, preset, adapter=adapter)
+        self.model.generation_config = plain_generation_config(self.model.generation_config, self.tokenizer)
+        self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
         self.batch_size = batch_size or preset.gen_batch_size
         self.prefilled_tokens = 0   # prompt tokens actually computed (a shared prefix counts once per batch)
         self.dtype = str(self.model.dtype).replace("torch.", "")
@@ -61,7 +74,7 @@ class TransformersBackend:
 
         rows = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         n_prompt = [len(r) for r in rows]
-        eos = self._eos_ids()
+        eos = set(self.stop_ids)
         stops = bool(sampling.stop or sampling.stop_regex)
         sampler = SeededSampler(seeds, sampling.temperature, sampling.top_p) if sampling.temperature > 0 else None
         alive = list(range(len(prompts)))                 # original row of each running row
@@ -160,12 +173,6 @@ class TransformersBackend:
                          use_cache=True, logits_to_keep=1)
         return out, mask, pos
 
-    def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id}
-        cfg_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        ids.update(cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos])
-        return {int(i) for i in ids if i is not None}
-
 
 PREFIX_MIN_TOKENS = 16   # a shared prompt prefix shorter than this is not worth a separate pass
 
@@ -179,6 +186,39 @@ def _common_prefix(rows: list[list[int]]) -> int:
             k += 1
         n = k
     return n
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def plain_generation_config(checkpoint: Any, tokenizer: Any):
+    """A `GenerationConfig` with only the checkpoint's special token ids and no decoding defaults.
+
+    transformers fills every field a `generate` call leaves unset from `model.generation_config`
+    (`GenerationMixin._prepare_generation_config`), so a checkpoint shipping `repetition_penalty`,
+    `no_repeat_ngram_size`, `num_beams`, `min_new_tokens`, `top_k`/`top_p`/`temperature` ... would change
+    our output beyond what we record. vLLM with explicit `SamplingParams` ignores those defaults
+    (vllm/entrypoints/llm.py: `generate` uses `get_default_sampling_params()` only when given none)
+    but stops at the checkpoint's EOS ids; so do we."""
+    from transformers import GenerationConfig
+
+    eos = stop_token_ids(checkpoint, tokenizer)
+    return GenerationConfig(eos_token_id=eos[0] if len(eos) == 1 else eos or None,
+                            bos_token_id=getattr(checkpoint, "bos_token_id", None),
+                            pad_token_id=tokenizer.pad_token_id)
+
+
+def stop_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS, then the generation config's EOS ids (vLLM stops on both: the renderer's
+    EOS and `update_from_generation_config`, vllm/sampling_params.py)."""
+    out: list[int] = []
+    for t in _ids(getattr(tokenizer, "eos_token_id", None)) + _ids(getattr(generation_config, "eos_token_id", None)):
+        if t not in out:
+            out.append(t)
+    return out
 
 
 class SeededSampler:
@@ -216,8 +256,9 @@ class SeededSampler:
         return out
 
 
-def make_backend(preset_name: str, preset: ModelPreset, adapter: str | Path | None = None):
+def make_backend(preset_name: str, preset: ModelPreset, adapter: str | Path | None = None, *,
+                 serves: Sequence[str | Path] = ()):
     """Build the preset's backend: transformers, vllm or openai (`reflectevo.backends.make_backend`)."""
     from reflectevo.backends import make_backend as build
 
-    return build(preset_name, preset, adapter=adapter)
+    return build(preset_name, preset, adapter=adapter, serves=serves)

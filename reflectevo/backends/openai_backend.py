@@ -118,6 +118,7 @@ def _error_text(err: Any) -> str:
 class OpenAIBackend:
     name = "openai"
     dtype = "remote"   # recorded as the resolved dtype: the server decides
+    sampler = "endpoint-request-seed-v1"   # the server draws from each request's seed (episode keys)
 
     def __init__(self, preset_name: str, preset: ModelPreset, adapter: str | Path | None = None, *,
                  base_url: str | None = None, api_key: str | None = None, concurrency: int | None = None,

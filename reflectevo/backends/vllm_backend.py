@@ -9,18 +9,34 @@ Prompts are the strings `render` returns (the preset's own tokenizer and chat te
 the transformers backend renders); they are tokenized here without adding special tokens and passed as
 token ids, so vLLM cannot add a second BOS: the model sees exactly the stored prompt.
 
-Engines are shared per model (path, revision, dtype, quantization): the reflector and corrector adapters
-of `two_stage` run on one engine, each with its own `LoRARequest`. An engine is built with LoRA support
-when its first backend has an adapter; set `REFLECTEVO_VLLM_ENABLE_LORA=1` so a base-model backend's engine
-also serves later adapters (otherwise a second engine is built, which needs GPU memory for both:
-lower `REFLECTEVO_VLLM_GPU_MEMORY`, the fraction each engine takes, default vLLM's 0.9).
+One engine per base model and process: a second `LLM` on the same GPU fails at start-up, since the first
+already holds vLLM's `gpu_memory_utilization` share (0.92 by default). So every engine is built with LoRA
+enabled, `max_lora_rank` covering the preset's `lora.r` and every adapter the process will load
+(`serves`: the evaluate stage passes all of them before building the base model's backend), and
+`max_loras=2`, so the reflector and corrector of `two_stage` stay loaded together. The base model and
+every adapter then share that engine, each adapter with its own `LoRARequest`.
+
+Engine settings (`engine_kwargs`): `generation_config="vllm"` (sampling defaults are vLLM's neutral
+ones, never the checkpoint's; every request carries its own `SamplingParams` anyway), the preset's dtype
+as transformers resolves it (`auto`: bf16 where the GPU has it natively, else fp16; vLLM's own `auto`
+would take the checkpoint's), `max_model_len` = the preset's `max_length` (prompt + new tokens; without
+it vLLM reserves KV cache for the model's whole context), and `quantization: 4bit` serves the base
+unquantized in that dtype, like the transformers backend (4bit is a QLoRA *training* setting; vLLM
+0.32/0.33 have no bitsandbytes method). Overrides from
+the environment: `REFLECTEVO_VLLM_GPU_MEMORY` (the fraction of GPU memory the engine takes) and
+`REFLECTEVO_VLLM_ARGS`, a JSON object of further `vllm.LLM` keyword arguments (e.g.
+`{"enforce_eager": true, "max_model_len": -1}`; -1 = vLLM's own fit).
+
+Records: `resolved_dtype` is the engine's model dtype; `n_new_tokens` leaves out the EOS / stop token
+vLLM keeps at the end of `token_ids`, as the transformers backend does. Sampled tokens come from vLLM's
+per-request seeded sampler, not our inverse-CDF draw, hence another `sampler` in the episode key.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,56 +45,109 @@ from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 INSTALL_HINT = "backend vllm needs `pip install reflectevo[vllm]` on a GPU machine"
-_ENGINES: dict[tuple, list[tuple[dict[str, Any], Any]]] = {}   # model key -> [(engine kwargs, LLM)]
-_LORA_IDS: dict[str, int] = {}                                 # adapter path -> LoRARequest int id (>= 1)
+SAMPLER = "vllm-request-seed-v1"   # vLLM's sampler with SamplingParams(seed=...) per request
+MAX_LORAS = 2                      # LoRAs in one batch: a two-stage reflector/corrector pair stays loaded
+ENV_GPU_MEMORY = "REFLECTEVO_VLLM_GPU_MEMORY"
+ENV_ARGS = "REFLECTEVO_VLLM_ARGS"
+_ENGINES: dict[tuple, tuple[dict[str, Any], Any]] = {}   # (model, revision, dtype) -> (engine kwargs, LLM)
+_LORA_IDS: dict[str, int] = {}                           # adapter path -> LoRARequest int id (>= 1)
 
 
-def lora_rank_bound(adapter: str | Path | None, fallback: int) -> int:
-    """max_lora_rank: the adapter's `r` (else `fallback`) rounded up to a power of two, at least 8 (values
-    every vLLM version accepts)."""
-    r = fallback
+def adapter_rank(adapter: str | Path | None) -> int | None:
+    """The `r` in an adapter's adapter_config.json (None without an adapter or a readable config)."""
     cfg = Path(adapter) / "adapter_config.json" if adapter is not None else None
-    if cfg is not None and cfg.exists():
-        r = int(json.loads(cfg.read_text()).get("r", fallback))
-    bound = 8
-    while bound < r:
-        bound *= 2
-    return bound
+    if cfg is None or not cfg.exists():
+        return None
+    try:
+        return int(json.loads(cfg.read_text()).get("r"))
+    except (ValueError, TypeError):
+        return None
 
 
-def engine_kwargs(preset_name: str, preset: ModelPreset, adapter: str | Path | None) -> dict[str, Any]:
-    """Keyword arguments of `vllm.LLM` for a preset (+ adapter)."""
+def lora_rank_bound(adapters: Iterable[str | Path | None], preset_rank: int) -> int:
+    """max_lora_rank: the largest of the preset's `lora.r` and the adapters' `r`, rounded up to a value
+    vLLM accepts (vllm/config/lora.py `MaxLoRARanks`), at least 8."""
+    from reflectevo.training import VLLM_MAX_LORA_RANKS
+
+    r = max([preset_rank, *(x for x in map(adapter_rank, adapters) if x is not None)])
+    for bound in VLLM_MAX_LORA_RANKS:
+        if bound >= max(r, 8):
+            return bound
+    raise ReflectEvoError(f"LoRA rank {r} exceeds vLLM's largest max_lora_rank {VLLM_MAX_LORA_RANKS[-1]}")
+
+
+def engine_dtype(preset: ModelPreset) -> str:
+    """The dtype name the transformers backend would load the preset in (`models.resolve_dtype`)."""
+    from reflectevo.models import resolve_dtype
+
+    return str(resolve_dtype(preset.dtype)).replace("torch.", "")
+
+
+def _env_args() -> dict[str, Any]:
+    text = os.environ.get(ENV_ARGS, "").strip()
+    if not text:
+        return {}
+    try:
+        extra = json.loads(text)
+    except ValueError as e:
+        raise ReflectEvoError(f"${ENV_ARGS}: not JSON ({e}); expected an object like '{{\"enforce_eager\": true}}'") from None
+    if not isinstance(extra, dict):
+        raise ReflectEvoError(f"${ENV_ARGS}: expected a JSON object of vllm.LLM keyword arguments, got {text!r}")
+    return extra
+
+
+def engine_kwargs(preset_name: str, preset: ModelPreset, adapters: Iterable[str | Path | None] = ()) -> dict[str, Any]:
+    """Keyword arguments of `vllm.LLM` for a preset whose engine will serve `adapters` (and the base)."""
     from reflectevo.models import hub_revision, resolve_model
 
     revision = hub_revision(preset)
     kw: dict[str, Any] = {"model": resolve_model(preset_name, preset), "revision": revision,
-                          "tokenizer_revision": revision, "dtype": preset.dtype, "seed": 0,
-                          "enable_prefix_caching": True,
-                          "enable_lora": adapter is not None or os.environ.get("REFLECTEVO_VLLM_ENABLE_LORA") == "1"}
-    if kw["enable_lora"]:
-        kw["max_lora_rank"] = lora_rank_bound(adapter, preset.lora.r)
-    if preset.quantization == "4bit":
-        kw["quantization"] = "bitsandbytes"
-    if os.environ.get("REFLECTEVO_VLLM_GPU_MEMORY"):
-        kw["gpu_memory_utilization"] = float(os.environ["REFLECTEVO_VLLM_GPU_MEMORY"])
+                          "tokenizer_revision": revision, "dtype": engine_dtype(preset), "seed": 0,
+                          "enable_prefix_caching": True, "enable_lora": True,
+                          "max_lora_rank": lora_rank_bound(adapters, preset.lora.r), "max_loras": MAX_LORAS,
+                          "max_model_len": preset.max_length,
+                          # vLLM's neutral sampling defaults, not the checkpoint's (its EOS ids still apply;
+                          # vllm/config/model.py `get_diff_sampling_param`): we always pass SamplingParams anyway
+                          "generation_config": "vllm"}
+    if os.environ.get(ENV_GPU_MEMORY):
+        kw["gpu_memory_utilization"] = float(os.environ[ENV_GPU_MEMORY])
+    kw.update(_env_args())
     return kw
 
 
-def _engine(vllm: Any, kw: dict[str, Any]) -> Any:
-    key = (kw["model"], kw["revision"], kw["dtype"], kw.get("quantization"))
-    for have, llm in _ENGINES.get(key, []):
-        if not kw["enable_lora"] or (have["enable_lora"] and have["max_lora_rank"] >= kw["max_lora_rank"]):
-            return llm
+def _engine(vllm: Any, kw: dict[str, Any], preset_name: str) -> Any:
+    """The process's engine for this model, built on first use."""
+    key = (kw["model"], kw["revision"], kw["dtype"])
+    if key in _ENGINES:
+        have, llm = _ENGINES[key]
+        if have["max_lora_rank"] < kw["max_lora_rank"]:
+            raise ReflectEvoError(
+                f"models.{preset_name}: an adapter needs max_lora_rank {kw['max_lora_rank']}, but this process's "
+                f"vLLM engine started with {have['max_lora_rank']} and a second engine would not fit on the GPU; "
+                "name every adapter when building the first backend (make_backend(..., serves=[...]))")
+        return llm
     llm = vllm.LLM(**kw)
-    _ENGINES.setdefault(key, []).append((kw, llm))
+    _ENGINES[key] = (kw, llm)
     return llm
+
+
+def new_tokens(completion: Any) -> int:
+    """Generated tokens without the EOS / stop token that ended them: vLLM keeps that token at the end of
+    `token_ids` (vllm/v1/core/sched/utils.py `check_stop`: finish_reason "stop", `stop_reason` None for
+    EOS, the token id for a stop token, the string for a stop string)."""
+    n = len(completion.token_ids)
+    if n and completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str):
+        n -= 1
+    return n
 
 
 class VLLMBackend:
     name = "vllm"
+    sampler = SAMPLER
+    shares_engine = True   # make_backend passes `serves`
 
     def __init__(self, preset_name: str, preset: ModelPreset, adapter: str | Path | None = None,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, serves: Sequence[str | Path] = ()) -> None:
         try:
             import vllm
             from vllm.lora.request import LoRARequest
@@ -87,10 +156,13 @@ class VLLMBackend:
         from reflectevo.models import load_tokenizer
 
         self.vllm = vllm
+        self.preset_name = preset_name
         self.tokenizer = load_tokenizer(preset_name, preset)
-        self.dtype = preset.dtype
-        self.engine_kwargs = engine_kwargs(preset_name, preset, adapter)
-        self.llm = _engine(vllm, self.engine_kwargs)
+        self.engine_kwargs = engine_kwargs(preset_name, preset, [adapter, *serves])
+        self.llm = _engine(vllm, self.engine_kwargs, preset_name)
+        config = getattr(self.llm, "model_config", None)   # vllm/entrypoints/llm.py: LLM.model_config
+        self.dtype = str(getattr(config, "dtype", self.engine_kwargs["dtype"])).replace("torch.", "")
+        self.max_model_len = getattr(config, "max_model_len", None) or self.engine_kwargs.get("max_model_len")
         self.lora = None
         if adapter is not None:
             path = str(Path(adapter).resolve())
@@ -108,12 +180,24 @@ class VLLMBackend:
                                          seed=int(s) if sampled else None, stop=list(sampling.stop) or None)
                 for s in seeds]
 
+    def _check_lengths(self, ids: list[list[int]], max_new_tokens: int) -> None:
+        """vLLM caps a completion at max_model_len where transformers would go on: refuse instead."""
+        limit = self.max_model_len
+        if not limit or limit < 1:
+            return
+        longest = max(len(x) for x in ids)
+        if longest + max_new_tokens > limit:
+            raise ReflectEvoError(
+                f"models.{self.preset_name}.max_length: a prompt of {longest} tokens + {max_new_tokens} new tokens "
+                f"exceeds the vLLM engine's max_model_len {limit}; raise max_length")
+
     def generate(self, prompts: list[str], sampling: Sampling,
                  seeds: Sequence[int] | None = None) -> list[Generation]:
         seeds = prompt_seeds(prompts, sampling, seeds)
         if not prompts:
             return []
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        self._check_lengths(ids, sampling.max_new_tokens)
         outs = self.llm.generate([{"prompt_token_ids": list(x)} for x in ids], self.sampling_params(sampling, seeds),
                                  use_tqdm=False, lora_request=self.lora)
         return [_generation(o, sampling) for o in outs]
@@ -125,4 +209,4 @@ def _generation(out: Any, sampling: Sampling) -> Generation:
     o = out.outputs[0]
     natural = "length" if o.finish_reason == "length" else ("stop" if isinstance(o.stop_reason, str) else "eos")
     text, reason = finish_text(o.text, sampling, natural)
-    return Generation(text, len(out.prompt_token_ids), len(o.token_ids), reason)
+    return Generation(text, len(out.prompt_token_ids), new_tokens(o), reason)

@@ -1,0 +1,71 @@
+"""The transformers backend generates from exactly the sampling parameters we record: a checkpoint's own
+generation_config (penalties, default top_k/top_p/temperature, beams, a minimum length) changes nothing,
+as with vLLM's explicit SamplingParams; stop tokens and token counts match the vLLM backend's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from reflectevo.backends import Sampling
+from reflectevo.config import ModelPreset
+
+NOISY = {"repetition_penalty": 5.0, "no_repeat_ngram_size": 2, "num_beams": 3, "min_new_tokens": 6,
+         "do_sample": True, "top_k": 2, "top_p": 0.1, "temperature": 0.05}
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_model_dir, tmp_path_factory):
+    from reflectevo.backends.hf import TransformersBackend
+
+    noisy_dir = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("noisy") / "model")
+    cfg = json.loads((noisy_dir / "generation_config.json").read_text())
+    (noisy_dir / "generation_config.json").write_text(json.dumps({**cfg, **NOISY}))
+    plain = TransformersBackend("plain", ModelPreset(source="hub", path=str(tiny_model_dir), dtype="float32"))
+    noisy = TransformersBackend("noisy", ModelPreset(source="hub", path=str(noisy_dir), dtype="float32"))
+    return plain, noisy, noisy_dir
+
+
+def _prompts(b):
+    return [b.render([{"role": "user", "content": q}]) for q in ("What is 2 + 3?", "Is every cat an animal?",
+                                                                 "Name the final answer then check it.")]
+
+
+def test_a_checkpoint_generation_config_changes_nothing(backends):
+    plain, noisy, _ = backends
+    prompts = _prompts(plain)
+    for sampling, seeds in ((Sampling(12), None), (Sampling(12, temperature=0.9, top_p=0.95), [3, 5, 7])):
+        a, b = plain.generate(prompts, sampling, seeds), noisy.generate(prompts, sampling, seeds)
+        assert [(g.text, g.n_new_tokens) for g in a] == [(g.text, g.n_new_tokens) for g in b]
+    assert noisy.model.generation_config.repetition_penalty in (None, 1.0)
+
+
+def test_the_checkpoint_config_would_have_changed_the_output(backends):
+    """The test above is not vacuous: applied, the checkpoint's config changes the greedy output."""
+    import torch
+    from transformers import GenerationConfig
+
+    plain, noisy, noisy_dir = backends
+    shipped = GenerationConfig.from_pretrained(noisy_dir)
+    assert shipped.repetition_penalty == 5.0
+    enc = plain.tokenizer(_prompts(plain), return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        ours = noisy.model.generate(**enc, max_new_tokens=12, do_sample=False)
+        theirs = noisy.model.generate(**enc, generation_config=shipped, max_new_tokens=12, do_sample=False)
+    assert not torch.equal(ours, theirs)
+
+
+def test_stop_ids_and_token_counts_match_vllms():
+    import types
+
+    from reflectevo.backends.hf import plain_generation_config, stop_token_ids
+
+    tok = types.SimpleNamespace(eos_token_id=7, pad_token_id=9)
+    shipped = types.SimpleNamespace(eos_token_id=[8, 7], bos_token_id=1, repetition_penalty=1.3)
+    assert stop_token_ids(shipped, tok) == [7, 8]             # the tokenizer's EOS and the config's, as vLLM stops
+    cfg = plain_generation_config(shipped, tok)
+    assert cfg.eos_token_id == [7, 8] and cfg.pad_token_id == 9 and cfg.bos_token_id == 1
+    assert cfg.repetition_penalty in (None, 1.0) and cfg.num_beams in (None, 1)
+    # the decode loop never appends a stop id to a row, so n_new_tokens leaves the EOS out (as vLLM's count)
