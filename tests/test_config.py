@@ -13,7 +13,7 @@ def test_project_params_validate():
     params = read_params(ROOT / "params.yaml")
     validate_all(params)
     assert params["model"] == "smollm2-135m"
-    required = {"tiny-random", "smollm2-135m", "qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct", "llama3-8b",
+    required = {"tiny-random", "smollm2-135m", "qwen2_5-0_5b-instruct", "qwen2_5-1_5b-instruct", "llama3-8b",
                 "mistral-7b", "gemma2-9b"}
     assert required <= set(params["models"])
     for name in params["models"]:
