@@ -9,7 +9,7 @@ installed (`pip install '.[vllm]'`; vLLM 0.32/0.33 pin their own CUDA torch and 
 
     python bench/gpu_check_vllm_lora.py                                 # a fresh random LoRA on the preset's base
     python bench/gpu_check_vllm_lora.py --adapter models/one_stage --adapter models/two_stage/reflector
-    python bench/gpu_check_vllm_lora.py --model qwen2.5-0.5b-instruct --out /tmp/vllm_lora.json
+    python bench/gpu_check_vllm_lora.py --model qwen2_5-0_5b-instruct --out /tmp/vllm_lora.json
 
 Steps: (1) the static check of each adapter; (2) greedy generation on a few chat prompts with
 transformers + PEFT (the reference, freed before vLLM starts), loading the preset's pinned revision;

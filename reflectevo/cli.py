@@ -70,6 +70,7 @@ def presets_cmd(path: Path = typer.Argument(Path("params.yaml"))) -> None:
     from reflectevo.config import load_preset, read_params
 
     params = read_params(path)
+    load_preset(params)  # the `model:` selector first: an old (renamed) preset name gets "did you mean"
     for name in params.get("models") or {}:
         _, p = load_preset(params, name)
         mark = "*" if name == params.get("model") else " "

@@ -8,6 +8,7 @@ with the list of valid ones. Read with ruamel (YAML 1.2), so `-S x=1e-05` stays 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -381,6 +382,33 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
+# Preset names must survive DVC: `params: [models.${model}]` in dvc.yaml is a dotted key path (a dot in
+# the name makes nested keys: `qwen2.5-0.5b` -> models / qwen2 / 5-0 ...), and `dvc exp run -S model=X`
+# parses X with Hydra's override grammar (`true`, `null`, `1_000` are not strings there). So: a letter
+# first, then letters, digits, `-` and `_`; a version's dot becomes `_` (qwen2_5-0_5b-instruct).
+PRESET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_HYDRA_WORDS = {"true", "false", "null", "nan", "inf"}
+
+# Renamed presets, old name -> new name: our commands answer "did you mean" for an old name (DVC itself
+# only says `Parameters 'models.<old>' are missing`).
+PRESET_ALIASES: dict[str, str] = {
+    "qwen2.5-0.5b-instruct": "qwen2_5-0_5b-instruct",
+    "qwen2.5-1.5b-instruct": "qwen2_5-1_5b-instruct",
+}
+
+
+def preset_name_problem(name: str) -> str:
+    """'' when DVC can select preset `name` (`-S model=<name>` and `models.${model}`), else why not."""
+    if not isinstance(name, str) or not PRESET_NAME.fullmatch(name) or name.lower() in _HYDRA_WORDS:
+        fixed = PRESET_ALIASES.get(str(name)) or re.sub(r"[^A-Za-z0-9_-]", "_", str(name))
+        if not fixed[:1].isalpha() or fixed.lower() in _HYDRA_WORDS:
+            fixed = "m-" + fixed
+        return (f"preset name {name!r} cannot be selected with `dvc exp run -S model=...` (DVC splits "
+                f"`models.${{model}}` at dots and parses the name with Hydra): use a letter, then letters, "
+                f"digits, '-' and '_', e.g. {fixed!r}")
+    return ""
+
+
 def load_preset(params: dict[str, Any], name: str | None = None, where: str = "model") -> tuple[str, ModelPreset]:
     """Return (preset name, preset) for `name` or the params' `model:` selector; `where` names the key."""
     models = params.get("models") or {}
@@ -390,7 +418,14 @@ def load_preset(params: dict[str, Any], name: str | None = None, where: str = "m
     if not name:
         raise ReflectEvoError(f"model: required key is missing. Valid presets: {', '.join(sorted(models))}")
     if name not in models:
+        new = PRESET_ALIASES.get(str(name))
+        if new in models:
+            raise ReflectEvoError(f"{where}: model preset {name!r} was renamed (preset names have no dots, so DVC "
+                                  f"can select them). Did you mean {new!r}?")
         raise unknown("model preset", name, models, where)
+    problem = preset_name_problem(name)
+    if problem:
+        raise ReflectEvoError(f"models.{name}: {problem}")
     return name, from_dict(ModelPreset, models[name], f"models.{name}")
 
 

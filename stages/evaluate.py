@@ -37,9 +37,11 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     from reflectevo.backends.hf import make_backend
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
+    from reflectevo.models import check_available
     from reflectevo.training import ADAPTERS
 
     name, preset, cfg = stage_params(params, "evaluate")
+    check_available(name, preset)  # an unreachable hub preset: one line, before anything is written
     items, tasks = load_items(sources)
     if cfg.limit:
         items = items[: cfg.limit]

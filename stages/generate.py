@@ -90,9 +90,10 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     from reflectevo.errors import ReflectEvoError
     from reflectevo.generation import Stats, generate, make_spec, shard_slice, summarize, write_shards
     from reflectevo.jsonio import write_json
-    from reflectevo.models import model_fingerprint
+    from reflectevo.models import check_available, model_fingerprint
 
     name, preset, cfg = stage_params(params, "generate")
+    check_available(name, preset)  # an unreachable hub preset: one line now, before data/raw is touched
     items, tasks = load_items(sources)
     if cfg.limit:
         items = items[: cfg.limit]

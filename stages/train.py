@@ -36,7 +36,7 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
                                          "(checkpoints/<setting> beside the models folder) or 'none'")) -> None:
     from reflectevo.errors import unknown
     from reflectevo.jsonio import write_json
-    from reflectevo.models import model_fingerprint
+    from reflectevo.models import check_available, model_fingerprint
     from reflectevo.training import SETTINGS, train_setting
 
     if setting not in SETTINGS:
@@ -44,6 +44,8 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
     name, preset, cfg = stage_params(params, "train")
     train_rows = _read_rows(train_data, setting)
     eval_rows = [] if eval_data == "none" else _read_rows(Path(eval_data), setting)
+    if train_rows:
+        check_available(name, preset)  # an unreachable hub preset: one line before any checkpoint is written
     if checkpoints == "none":
         ckpt_dir = None
     elif checkpoints == "auto":

@@ -13,7 +13,7 @@ def test_project_params_validate():
     params = read_params(ROOT / "params.yaml")
     validate_all(params)
     assert params["model"] == "smollm2-135m"
-    required = {"tiny-random", "smollm2-135m", "qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct", "llama3-8b",
+    required = {"tiny-random", "smollm2-135m", "qwen2_5-0_5b-instruct", "qwen2_5-1_5b-instruct", "llama3-8b",
                 "mistral-7b", "gemma2-9b"}
     assert required <= set(params["models"])
     for name in params["models"]:
@@ -76,12 +76,20 @@ def test_preset_rejects_unknown_backend_and_source():
         from_dict(ModelPreset, {"source": "hubb"}, "models.x")
 
 
-def test_hub_presets_keep_their_real_path_and_pinned_revision(tmp_path):
+def test_hub_presets_keep_their_real_path_and_pinned_revision(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from reflectevo import models
     from reflectevo.models import hub_revision, model_fingerprint, resolve_model
 
     params = read_params(ROOT / "params.yaml")
     name, preset = load_preset(params, "llama3-8b")
+    # not in the (empty) local cache, and the hub answers for this id and revision: transformers gets the hub id
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    asked = []
+    monkeypatch.setattr(models, "probe_hub", lambda hub_id, revision: asked.append((hub_id, revision)) or "")
     assert resolve_model(name, preset) == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert asked == [("meta-llama/Meta-Llama-3-8B-Instruct", preset.revision)]
     assert hub_revision(preset) == preset.revision
     assert model_fingerprint(name, preset) == {"preset": "llama3-8b", "source": "meta-llama/Meta-Llama-3-8B-Instruct",
                                                "revision": preset.revision}

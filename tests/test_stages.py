@@ -126,7 +126,7 @@ def test_unknown_preset_error_lists_all_presets(tmp_path):
     r = run("train", "--setting", "one_stage", "--params", params, "--train-data", tmp_path / "d.jsonl", "--out",
             tmp_path / "m", "--metrics", tmp_path / "t.json")
     assert r.exit_code == 2
-    assert "Did you mean 'llama3-8b'?" in r.output and "qwen2.5-0.5b-instruct" in r.output
+    assert "Did you mean 'llama3-8b'?" in r.output and "qwen2_5-0_5b-instruct" in r.output
 
 
 def test_unknown_task_in_prepare(tmp_path):
