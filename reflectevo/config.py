@@ -281,7 +281,8 @@ class CurateConfig:
     max_reflection_words: int = 400
     max_pairs_per_item: int = 4                 # D± / Dpref pairs kept per failed attempt
     dedup_threshold: float = 0.9                # TF-IDF cosine at or above which a reflection is a near-duplicate
-    judge: str = "none"                         # a model preset that ranks fixing reflections (Dpref), or none
+    judge: str = "none"                         # ranks fixing reflections (Dpref): likelihood | self (the generating
+                                                # model) | a model preset | none
     seed: int = 0
 
     def validate(self, where: str) -> None:

@@ -126,7 +126,10 @@ def curate(episodes: Sequence[dict], cfg: CurateConfig, judge=None, judge_info: 
         from reflectevo.judge import Comparison
 
         verdicts = judge([Comparison(ep["item"]["question"], attempt(ep["trial1"]), a["reflection"]["text"],
-                                     b["reflection"]["text"]) for _, _, a, b, ep in pending])
+                                     b["reflection"]["text"],
+                                     first_retry=(a["trial2"]["prompt"], a["trial2"]["completion"]),
+                                     second_retry=(b["trial2"]["prompt"], b["trial2"]["completion"]))
+                          for _, _, a, b, ep in pending])
         for (split, common, a, b, _), v in zip(pending, verdicts):
             if v["winner"] is None:
                 drops["judge_inconsistent"] += 1

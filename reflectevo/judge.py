@@ -44,15 +44,24 @@ class Comparison:
     trial: str
     first: str
     second: str
+    # the retry each reflection led to: (prompt as sent, completion); the likelihood judge scores them
+    first_retry: tuple[str, str] | None = None
+    second_retry: tuple[str, str] | None = None
 
 
-def judge_record(preset_name: str, preset: Any, backend: Any) -> dict[str, Any]:
-    """Who judged: preset, backend, base-model fingerprint, prompt version; for an endpoint also its URL
-    (scheme, host, port, path: never a key), the served model name and the request mode."""
+# curate.judge values besides `none` and a preset name: judges made of the generating model itself
+JUDGES = ("likelihood", "self")
+
+
+def judge_record(preset_name: str, preset: Any, backend: Any, kind: str = "preset") -> dict[str, Any]:
+    """Who judged: kind (likelihood | self | preset), preset, backend, base-model fingerprint, prompt
+    version; for an endpoint also its URL (scheme, host, port, path: never a key), the served model
+    name and the request mode."""
     from reflectevo.models import model_fingerprint
 
-    record: dict[str, Any] = {"preset": preset_name, "backend": preset.backend,
-                              "model": model_fingerprint(preset_name, preset), "prompt_version": JUDGE_PROMPT_VERSION}
+    version = LIKELIHOOD_VERSION if kind == "likelihood" else JUDGE_PROMPT_VERSION
+    record: dict[str, Any] = {"kind": kind, "preset": preset_name, "backend": preset.backend,
+                              "model": model_fingerprint(preset_name, preset), "prompt_version": version}
     describe = getattr(backend, "describe", None)
     if describe is not None:
         record.update({k: v for k, v in describe().items() if k != "backend"})
@@ -80,4 +89,56 @@ def judge(comparisons: Sequence[Comparison], backend, max_new_tokens: int = 4) -
         second_wins = (fwd == "B") + (rev == "A")
         winner = 0 if first_wins == 2 else 1 if second_wins == 2 else None
         out.append({"winner": winner, "votes": [gens[2 * i].text.strip()[:20], gens[2 * i + 1].text.strip()[:20]]})
+    return out
+
+
+# -- likelihood judge ---------------------------------------------------------------------------------
+LIKELIHOOD_VERSION = "likelihood-v1"
+_FINISH_OPEN = re.compile(r"Finish\s*(\[|<<<)")
+
+
+def answer_split(completion: str) -> tuple[str, str] | None:
+    """(completion up to and including the opening of its first answer, the answer with its closing
+    bracket): `... Action: Finish[` + `7]`. None without a complete `Finish[...]` / `Finish<<<...>>>`."""
+    m = _FINISH_OPEN.search(completion)
+    if not m:
+        return None
+    close = "]" if m.group(1) == "[" else ">>>"
+    end = completion.find(close, m.end())
+    if end < 0:
+        return None
+    return completion[:m.end()], completion[m.end():end + len(close)]
+
+
+def likelihood_judge(comparisons: Sequence[Comparison], backend, margin: float = 1e-3) -> list[dict[str, Any]]:
+    """Prefer the reflection under which the model gives the right answer the higher probability: for
+    each fixing reflection, the log-probability of its retry's (correct) answer tokens given the retry
+    prompt and the retry's own reasoning up to the answer. No generation, no position bias; a pair whose
+    scores differ by less than `margin` nats has no winner. Needs a backend with `score` (transformers)."""
+    score = getattr(backend, "score", None)
+    if score is None:
+        from reflectevo.errors import ReflectEvoError
+
+        raise ReflectEvoError(f"curate.judge likelihood needs the transformers backend (backend {backend.name!r} "
+                              "cannot score continuations); use a generating judge preset instead")
+    prompts, conts, index = [], [], []
+    for n, c in enumerate(comparisons):
+        for retry in (c.first_retry, c.second_retry):
+            split = answer_split(retry[1]) if retry is not None else None
+            if split is None:
+                index.append(None)
+                continue
+            index.append(len(prompts))
+            prompts.append(retry[0] + split[0])
+            conts.append(split[1])
+    scores = score(prompts, conts) if prompts else []
+    out = []
+    for n in range(len(comparisons)):
+        a, b = index[2 * n], index[2 * n + 1]
+        if a is None or b is None:
+            out.append({"winner": None, "votes": []})
+            continue
+        sa, sb = scores[a], scores[b]
+        winner = None if abs(sa - sb) < margin else (0 if sa > sb else 1)
+        out.append({"winner": winner, "votes": [round(sa, 4), round(sb, 4)]})
     return out

@@ -40,12 +40,14 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
         from functools import partial
 
         from reflectevo.backends.hf import make_backend
-        from reflectevo.judge import judge, judge_record
+        from reflectevo.judge import JUDGES, judge, judge_record, likelihood_judge
 
-        jname, jpreset = load_preset(read_params(params), cfg.judge, where="curate.judge")
+        # likelihood / self: the generating model (params `model`) judges; any other name is a preset
+        jname, jpreset = (load_preset(read_params(params)) if cfg.judge in JUDGES
+                          else load_preset(read_params(params), cfg.judge, where="curate.judge"))
         jbackend = make_backend(jname, jpreset)  # any backend: transformers, vllm, openai (an endpoint)
-        judge_fn = partial(judge, backend=jbackend)
-        judge_info = judge_record(jname, jpreset, jbackend)
+        judge_fn = partial(likelihood_judge if cfg.judge == "likelihood" else judge, backend=jbackend)
+        judge_info = judge_record(jname, jpreset, jbackend, kind=cfg.judge if cfg.judge in JUDGES else "preset")
     shards = sorted(raw.glob(SHARD_GLOB))
     if not shards:
         raise ReflectEvoError(f"{raw}: no episode shards ({SHARD_GLOB}); run the generate stage first")
@@ -61,7 +63,8 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     info = {"generator": gen["model"], "prompt_version": gen["prompt_version"], "gen_params": gen["gen"],
             "params": to_dict(cfg), "counts": counts, "drops": dict(result["drops"]), "stats": result["stats"],
             "judge": judge_info,
-            "notes": {} if judge_fn else {"dpref": "empty: set curate.judge to a model preset to rank fixing reflections"}}
+            "notes": {} if judge_fn else {"dpref": "empty: set curate.judge (likelihood, self or a model preset) "
+                                                   "to rank fixing reflections"}}
     write_json(out / "stats.json", info)
     write_text(out / "README.md", curated_card(info))
     write_json(metrics, {"counts": counts, "drops": dict(result["drops"]),

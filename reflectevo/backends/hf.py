@@ -16,6 +16,7 @@ explicit `SamplingParams`. Both backends stop at the tokenizer's EOS and at the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,10 @@ class TransformersBackend:
         new: list[list[int]] = [[] for _ in prompts]
         reason = ["length"] * len(prompts)
         cache = DynamicCache()
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # transformers >= 5.2x renames the forward's `past_key_values` to `cache`; the vllm extra's
+            # transformers (< 5.21) has only the old name, which both accept
+            warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
             out, mask, pos = self._prefill(rows, cache)
             last_pos = pos[:, -1]
             for _ in range(sampling.max_new_tokens):
