@@ -74,6 +74,9 @@ def _common(ep: dict) -> dict[str, Any]:
     return {"item_id": ep["item_id"], "task": ep["task"], "question": it["question"], "choices": it.get("choices"),
             "answer": it["answer"], "trial1_prompt": ep["trial1"]["prompt"], "trial1": attempt(ep["trial1"]),
             "trial1_answer": ep["trial1"]["extracted"], "model": ep["model"]["preset"],
+            # how the retry prompt was built (a corrector trains on the same prompt it is evaluated with)
+            "retry_previous": bool(ep["gen"].get("use_previous_trial", True)),
+            "retry_rejected": ep["trial1"]["extracted"] if ep["gen"].get("name_rejected") else None,
             "prompt_version": ep["prompt_version"], "episode_id": ep["episode_id"]}
 
 

@@ -76,7 +76,8 @@ def examples(setting: str, rows: list[dict[str, Any]]) -> dict[str, list[dict[st
             "reflector": [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
                            "completion": _assistant(r["reflection"].strip())} for r in rows],
             "corrector": [{"prompt": trial_messages(tasks[r["task"]], row_item(r), reflection=r["reflection"],
-                                                    previous=r["trial1"]),
+                                                    previous=r["trial1"] if r.get("retry_previous", True) else None,
+                                                    retry=True, rejected=r.get("retry_rejected")),
                            "completion": _assistant(r["trial2"].strip())} for r in rows],
         }
     if setting in ("dpo_pm", "dpo_pref"):

@@ -19,6 +19,7 @@ import typer
 
 CHAIN = {"name": "rg/chain_sum", "options": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}}
 FAMILY = {"name": "rg/family_relationships", "options": {}}
+FAMILY_MC = {"name": "rg/family_relationships", "options": {"choices": 4}}
 
 CANDIDATES = {
     "A-chain-paper": ([CHAIN], {}),
@@ -30,6 +31,9 @@ CANDIDATES = {
     "F-family-named-sampled-k4": ([FAMILY], {"name_rejected": True, "retry_temperature": 0.7, "k": 4}),
     "H-family-named-noprev-hot-k4": ([FAMILY], {"name_rejected": True, "use_previous_trial": False,
                                                 "retry_temperature": 1.0, "k": 4}),
+    "I-familymc-paper": ([FAMILY_MC], {}),
+    "J-familymc-named-sampled-k4": ([FAMILY_MC], {"name_rejected": True, "retry_temperature": 0.7, "k": 4}),
+    "K-familymc-named-k2": ([FAMILY_MC], {"name_rejected": True}),
 }
 
 

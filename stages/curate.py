@@ -28,6 +28,7 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     from reflectevo.config import to_dict
     from reflectevo.curation import curate
     from reflectevo.datacard import curated_card
+    from reflectevo.diagnostics import episode_diagnostics
     from reflectevo.errors import ReflectEvoError
     from reflectevo.generation import SHARD_GLOB
     from reflectevo.jsonio import iter_jsonl, write_json, write_jsonl, write_text
@@ -62,6 +63,7 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     gen = episodes[0]
     info = {"generator": gen["model"], "prompt_version": gen["prompt_version"], "gen_params": gen["gen"],
             "params": to_dict(cfg), "counts": counts, "drops": dict(result["drops"]), "stats": result["stats"],
+            "diagnostics": episode_diagnostics(episodes),
             "judge": judge_info,
             "notes": {} if judge_fn else {"dpref": "empty: set curate.judge (likelihood, self or a model preset) "
                                                    "to rank fixing reflections"}}

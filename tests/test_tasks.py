@@ -43,3 +43,29 @@ def test_unknown_task_and_bad_options():
         get_task("rg/leg_countin")
     with pytest.raises(ReflectEvoError, match="bad generator options"):
         get_task("rg/chain_sum", {"nope": 1}).load("test", 2)
+
+
+def test_reasoning_gym_multiple_choice_variant():
+    """`choices: N` turns a reasoning-gym task into multiple choice: the gold among N - 1 distractors from
+    the generator's own answers, deterministic per question, the letter as the answer."""
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.tasks import check_prompting, get_task
+
+    task = get_task("rg/family_relationships", {"choices": 4})
+    items = task.load("test", 5, 0)
+    again = get_task("rg/family_relationships", {"choices": 4}).load("test", 5, 0)
+    assert items == again
+    for it in items:
+        assert len(it.choices) == 4 and len(set(it.choices)) == 4
+        assert it.choices[ord(it.answer) - 65] == it.meta["rg_answer"]
+        assert task.verify(f"Thought: t\nAction: Finish[{it.answer}]", it).correct
+        assert task.verify(f"Action: Finish[{it.meta['rg_answer']}]", it).correct      # the option text counts too
+        wrong = next(chr(65 + i) for i in range(4) if chr(65 + i) != it.answer)
+        assert not task.verify(f"Action: Finish[{wrong}]", it).correct
+    shots = task.fewshot()
+    assert all("\nA. " in q and c.endswith("]") and "That is option" in c for q, c in shots)
+    check_prompting(task, items[0])
+    with pytest.raises(ReflectEvoError, match="choices must be >= 3"):
+        get_task("rg/family_relationships", {"choices": 2})
+    with pytest.raises(ReflectEvoError, match=r"choices 40 needs that many distinct answers"):
+        get_task("rg/family_relationships", {"choices": 40})

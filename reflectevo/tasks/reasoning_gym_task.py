@@ -7,6 +7,7 @@ text also appears in the other split are dropped from train, so the splits are d
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from typing import Any
 
@@ -18,6 +19,8 @@ from reflectevo.tasks.fewshot import builtin_file, load_fewshot
 
 _TEST_STREAM = 100_000  # test items are drawn from a separate seed offset
 _FEWSHOT_STREAM = 900_000  # few-shot examples come from a third stream, outside both splits
+_POOL_STREAM = 800_000     # multiple choice: distractors come from the answers of a fourth stream
+_POOL_SIZE = 400
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,6 +46,18 @@ class ReasoningGymTask(Task):
         # `fewshot: <file>` among the options picks a few-shot file (default: the built-in one, if any)
         custom = self.options.pop("fewshot", None)
         self.fewshot_file = Path(custom) if custom else builtin_file(self.name)
+        # `choices: N` among the options: multiple choice, the gold among N - 1 distractors drawn from the
+        # generator's own answers (a separate stream); the answer is then the option letter
+        self.n_choices = int(self.options.pop("choices", 0) or 0)
+        if self.n_choices:
+            if self.n_choices < 3:
+                raise ReflectEvoError(f"task {self.name}: choices must be >= 3 (a wrong binary answer is fixed by "
+                                      f"flipping it), got {self.n_choices}")
+            self.answer_type = "choice"
+            pool = self._answer_pool()
+            if len(pool) < self.n_choices:
+                raise ReflectEvoError(f"task {self.name}: choices {self.n_choices} needs that many distinct answers; "
+                                      f"the generator gave {len(pool)} in {_POOL_SIZE} items: {pool[:10]}")
         if self.fewshot_file is not None:
             self.fewshot()  # a missing or empty file fails now, naming the task and the key
 
@@ -74,22 +89,50 @@ class ReasoningGymTask(Task):
         items = []
         for i in range(size):
             e = ds[i]
-            items.append(
-                Item(
-                    id=f"{self.generator}-{split}-s{seed}-{i}",
-                    task=self.name,
-                    question=e["question"],
-                    answer=str(e["answer"]),
-                    meta={"rg_metadata": _jsonable(e.get("metadata", {}))},
-                )
-            )
+            item = Item(id=f"{self.generator}-{split}-s{seed}-{i}", task=self.name, question=e["question"],
+                        answer=str(e["answer"]), meta={"rg_metadata": _jsonable(e.get("metadata", {}))})
+            items.append(self._as_choice(item) if self.n_choices else item)
         return items
+
+    # -- multiple choice (`choices: N`) ----------------------------------------------------------------
+    @functools.lru_cache(maxsize=1)
+    def _answer_pool(self) -> list[str]:
+        ds = self._dataset(_POOL_SIZE, _POOL_STREAM)
+        return sorted({str(ds[i]["answer"]).strip() for i in range(_POOL_SIZE)})
+
+    def _options(self, question: str, gold: str) -> tuple[list[str], str]:
+        """(the N option texts, the gold's letter): distractors and order drawn from the question's hash."""
+        import random
+
+        rng = random.Random(hashlib.sha256(f"{self.name}:{question}".encode()).hexdigest())
+        others = [a for a in self._answer_pool() if a.lower() != gold.strip().lower()]
+        options = rng.sample(others, self.n_choices - 1) + [gold.strip()]
+        rng.shuffle(options)
+        return options, chr(65 + options.index(gold.strip()))
+
+    def _as_choice(self, item: Item) -> Item:
+        options, letter = self._options(item.question, item.answer)
+        return Item(id=item.id, task=item.task, question=item.question, answer=letter, choices=tuple(options),
+                    meta={**item.meta, "rg_answer": item.answer})
+
+    def answer_format(self) -> str:
+        if self.n_choices:
+            return 'End with the letter of the correct option in the form "Action: Finish[B]".'
+        return super().answer_format()
 
     def fewshot(self) -> list[tuple[str, str]]:
         """The task's worked examples (`reflectevo/resources/fewshot/rg__<generator>.yaml` or the
         `fewshot` option); without a file, one item of a separate stream with its answer only."""
         if self.fewshot_file is not None:
-            return [(q, f"Thought: {t}\nAction: Finish[{a}]") for q, t, a in load_fewshot(str(self.fewshot_file), self.name)]
+            shots = load_fewshot(str(self.fewshot_file), self.name)
+            if not self.n_choices:
+                return [(q, f"Thought: {t}\nAction: Finish[{a}]") for q, t, a in shots]
+            out = []
+            for q, t, a in shots:  # the options are part of the example's question text
+                options, letter = self._options(q, a)
+                listed = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options))
+                out.append((f"{q}\n{listed}", f"Thought: {t} That is option {letter}.\nAction: Finish[{letter}]"))
+            return out
         e = self._dataset(1, _FEWSHOT_STREAM)[0]
         return [(e["question"], f"Thought: The answer is {e['answer']}.\nAction: Finish[{e['answer']}]")]
 
@@ -101,6 +144,14 @@ class ReasoningGymTask(Task):
         pred = self.extract(completion)
         if pred is None:
             return Verdict(False, 0.0, None, "no answer found")
+        if self.n_choices:
+            from reflectevo.tasks.answers import mc_letter
+
+            letter = mc_letter(pred, len(item.choices or ()) or self.n_choices, list(item.choices or ()))
+            if letter is None:
+                return Verdict(False, 0.0, pred, "not an option letter")
+            ok = letter == item.answer
+            return Verdict(ok, float(ok), letter)
         entry = {"question": item.question, "answer": item.answer, "metadata": item.meta.get("rg_metadata", {})}
         try:
             score = float(self._scorer.score_answer(pred, entry))
