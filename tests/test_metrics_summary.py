@@ -146,3 +146,36 @@ def test_dvc_metrics_diff_of_the_committed_run_fits_a_terminal(dvc_project):
     shown = json.loads(_sh("dvc", "metrics", "show", "--json", cwd=proj))
     assert set(shown[""]["data"]) == {"metrics/headline/eval.json", "metrics/headline/curate.json",
                                       *(f"metrics/headline/train/{s}.json" for s in SETTINGS)}
+
+
+def test_the_stages_write_full_and_headline(tmp_path):
+    """curate, train and evaluate write the full JSON to --metrics and the headline to --headline."""
+    from test_curation import GOOD, _episode
+    from test_stages import run, tiny_params
+
+    params = tiny_params(tmp_path)
+    (tmp_path / "raw").mkdir()
+    eps = [_episode(1, False, [(GOOD, True), ("The second term was misread entirely.", False)]), _episode(2, True, [])]
+    (tmp_path / "raw/episodes-00000-of-00001.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+    r = run("curate", "--params", params, "--raw", tmp_path / "raw", "--out", tmp_path / "curated",
+            "--metrics", tmp_path / "cur.json", "--headline", tmp_path / "h/curate.json")
+    assert r.exit_code == 0, r.output
+    full = json.loads((tmp_path / "cur.json").read_text())
+    assert "drops" in full and json.loads((tmp_path / "h/curate.json").read_text()) == full["counts"]
+
+    (tmp_path / "empty.jsonl").write_text("")
+    r = run("train", "--setting", "dpo_pm", "--params", params, "--train-data", tmp_path / "empty.jsonl",
+            "--eval-data", "none", "--out", tmp_path / "models/dpo_pm", "--metrics", tmp_path / "train.json",
+            "--headline", tmp_path / "h/train/dpo_pm.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "h/train/dpo_pm.json").read_text()) == {"status": "no training data"}
+
+    run("prepare", "--params", params, "--out", tmp_path / "sources")
+    r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models",
+            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json",
+            "--plots", tmp_path / "plots", "--headline", tmp_path / "h/eval.json")
+    assert r.exit_code == 0, r.output
+    full = json.loads((tmp_path / "eval.json").read_text())
+    head = json.loads((tmp_path / "h/eval.json").read_text())
+    assert head == eval_headline(full) and head["base_reflect.overall.acc_t1"] == full["overall"]["acc_t1"]
+    assert {k.split(".")[0] for k in head} == {"base_noreflect", "base_reflect"}
