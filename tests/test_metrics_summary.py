@@ -32,34 +32,46 @@ def headlines(eval_full: dict, curate_full: dict, train_full: dict[str, dict]) -
     return out
 
 
+def _numbers(full: dict) -> dict[str, float]:
+    """Every Acc@t1 / Acc@t2 / Δ number of a full eval file, keyed as the headline keys them."""
+    return {f"{s}.{t}.{k}": b[k] for s, e in full["systems"].items()
+            for t, b in {**e["per_task"], "overall": e["overall"]}.items()
+            for k in ("acc_t1", "acc_t2", "delta") if isinstance(b.get(k), (int, float))}
+
+
 def test_eval_headline_is_flat_table2_numbers():
     full = committed("eval.json")
     h = eval_headline(full)
+    assert h == _numbers(full) and h  # every number, flat, nothing else
     assert h["base_reflect.overall.acc_t2"] == full["systems"]["base_reflect"]["overall"]["acc_t2"]
-    assert h["base_noreflect.rg/chain_sum.delta"] == full["systems"]["base_noreflect"]["per_task"]["rg/chain_sum"]["delta"]
-    assert h["sft_qa.overall.acc_t1"] == full["systems"]["sft_qa"]["overall"]["acc_t1"]
-    assert "sft_qa.overall.acc_t2" not in h and "sft_qa.overall.delta" not in h  # Acc@t1 only: no nulls
-    assert all(isinstance(v, (int, float)) for v in h.values())
-    assert {k.rsplit(".", 1)[1] for k in h} == {"acc_t1", "acc_t2", "delta"}
-    assert len(h) == 2 * 3 * 3 + 3  # two reflecting systems x (2 tasks + overall) x 3, sft_qa Acc@t1 x 3
+    task = min(full["systems"]["base_noreflect"]["per_task"])
+    assert h[f"base_noreflect.{task}.delta"] == full["systems"]["base_noreflect"]["per_task"][task]["delta"]
+    if "sft_qa" in full["systems"]:  # Acc@t1 only: its null Acc@t2 and Δ are left out
+        assert "sft_qa.overall.acc_t1" in h and "sft_qa.overall.acc_t2" not in h and "sft_qa.overall.delta" not in h
     # the McNemar p-value against base_reflect, where the full file has one
     full["systems"]["base_noreflect"]["overall"]["p_vs_base_reflect"] = 0.5
-    full["systems"]["base_noreflect"]["per_task"]["rg/syllogism"]["p_vs_base_reflect"] = None
+    full["systems"]["base_noreflect"]["per_task"][task]["p_vs_base_reflect"] = None
     h = eval_headline(full)
-    assert h["base_noreflect.overall.p_vs_base_reflect"] == 0.5 and not any("syllogism.p_" in k for k in h)
+    assert h["base_noreflect.overall.p_vs_base_reflect"] == 0.5 and f"base_noreflect.{task}.p_vs_base_reflect" not in h
     # a file from before `systems` existed
-    old = {k: committed("eval.json")[k] for k in ("system", "overall", "per_task")}
-    assert eval_headline(old)["base_reflect.rg/syllogism.acc_t2"] == old["per_task"]["rg/syllogism"]["acc_t2"]
+    old = {"system": "base_reflect", "overall": {"acc_t1": 0.5, "acc_t2": 0.75, "delta": 0.25, "n": 4},
+           "per_task": {"rg/x": {"acc_t1": 0.5, "acc_t2": None}}}
+    assert eval_headline(old) == {"base_reflect.overall.acc_t1": 0.5, "base_reflect.overall.acc_t2": 0.75,
+                                  "base_reflect.overall.delta": 0.25, "base_reflect.rg/x.acc_t1": 0.5}
 
 
 def test_curate_and_train_headlines():
     assert curate_headline(committed("curate.json")) == committed("curate.json")["counts"]
-    assert train_headline(committed("train/one_stage.json")) == {"status": "no training data"}
-    sft = committed("train/sft_qa.json")
-    assert train_headline(sft) == {"status": "trained", "train_loss": sft["answerer"]["train_loss"]}
+    assert train_headline({"setting": "one_stage", "trained": False, "reason": "D+ is empty"}) == \
+        {"status": "no training data"}
+    sft = {"setting": "sft_qa", "trained": True, "answerer": {"steps": 38, "train_loss": 0.4597, "eval_loss": None}}
+    assert train_headline(sft) == {"status": "trained", "train_loss": 0.4597}
     two = {"setting": "two_stage", "trained": True, "reflector": {"train_loss": 1.5, "steps": 3},
            "corrector": {"train_loss": 0.25, "steps": 3}}
     assert train_headline(two) == {"status": "trained", "reflector.train_loss": 1.5, "corrector.train_loss": 0.25}
+    for s in SETTINGS:  # the committed run's files
+        full = committed(f"train/{s}.json")
+        assert train_headline(full)["status"] == ("trained" if full["trained"] else "no training data")
 
 
 def test_dvc_yaml_declares_only_the_headlines():
@@ -122,25 +134,32 @@ def dvc_project(tmp_path_factory):
 
 def test_dvc_metrics_diff_of_the_committed_run_fits_a_terminal(dvc_project):
     proj, run = dvc_project
-    # another experiment: one_stage now trains and is evaluated, every number moves
+    # another run: every accuracy moves 3.1 points, three more curated rows per file, a new loss, and a
+    # setting that did not train before trains now and is evaluated
     ev, cur, tr = copy.deepcopy(run["eval"]), copy.deepcopy(run["curate"]), copy.deepcopy(run["train"])
     for entry in ev["systems"].values():
         for block in [entry["overall"], *entry["per_task"].values()]:
-            block.update({k: round(v + 0.0313, 4) for k, v in block.items() if k in ("acc_t1", "acc_t2") and v is not None})
+            block.update({k: round(block[k] + 0.0313, 4) for k in ("acc_t1", "acc_t2") if block[k] is not None})
             if block.get("acc_t2") is not None:
                 block["delta"] = round(block["acc_t2"] - block["acc_t1"], 4)
-    ev["systems"]["one_stage"] = copy.deepcopy(ev["systems"]["base_reflect"])
+    new = next((s for s in SETTINGS if not tr[s]["trained"] and s != "sft_qa"), None)
+    if new is not None:
+        ev["systems"][new] = copy.deepcopy(ev["systems"]["base_reflect"])
+        tr[new] = {"setting": new, "trained": True, new: {"train_loss": 1.2}}
     cur["counts"] = {k: v + 3 for k, v in cur["counts"].items()}
-    tr["one_stage"] = {"setting": "one_stage", "trained": True, "one_stage": {"train_loss": 1.2}}
-    tr["sft_qa"]["answerer"]["train_loss"] = 0.41
     _write(proj, headlines(ev, cur, tr))
     md = _sh("dvc", "metrics", "diff", "--md", cwd=proj)
     header, *rows = _table(md)
     assert header == ["Path", "Metric", "HEAD", "workspace", "Change"]
-    assert 30 <= len(rows) <= 60 and all(len(r) == len(header) for r in rows), md
-    assert ["metrics/headline/eval.json", "base_reflect.overall.acc_t2", "0.4062", "0.4375", "0.0313"] in rows
-    assert ["metrics/headline/train/one_stage.json", "status", "no training data", "trained", "-"] in rows
-    assert ["metrics/headline/eval.json", "one_stage.overall.delta", "-", "0.0", "-"] in rows
+    assert len(rows) <= 60 and all(len(r) == len(header) for r in rows), md
+    by_key = {(r[0], r[1]): r[2:] for r in rows}
+    old_acc = run["eval"]["systems"]["base_reflect"]["overall"]["acc_t2"]
+    head, work, change = by_key[("metrics/headline/eval.json", "base_reflect.overall.acc_t2")]
+    assert (float(head), float(work), float(change)) == pytest.approx((old_acc, old_acc + 0.0313, 0.0313), abs=1e-4)
+    assert len([k for k in by_key if k[0] == "metrics/headline/eval.json"]) >= len(_numbers(run["eval"]))
+    if new is not None:
+        assert by_key[(f"metrics/headline/train/{new}.json", "status")] == ["no training data", "trained", "-"]
+        assert by_key[("metrics/headline/eval.json", f"{new}.overall.acc_t2")][0] == "-"
     header, *rows = _table(_sh("dvc", "metrics", "diff", "--md", "--all", cwd=proj))  # unchanged rows too
     assert len(rows) <= 60 and len(header) <= 8
     shown = json.loads(_sh("dvc", "metrics", "show", "--json", cwd=proj))
