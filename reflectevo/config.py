@@ -154,6 +154,7 @@ class ModelPreset:
     package_version: str = ""        # gguf-package: pinned version (part of the cache key)
     file: str = ""                   # gguf-package: file name inside the package
     path: str = ""                   # optional local folder that overrides the hub (offline use)
+    license: str = ""                # the base's Hub license id (model cards' `license:`); empty: none stated
     dtype: str = "auto"              # auto picks bf16 where the CPU/GPU has fast bf16, else fp32
     quantization: str = "none"       # none | 4bit (QLoRA training: NF4 base + LoRA; CUDA + bitsandbytes; generation unquantized)
     backend: str = "transformers"

@@ -6,7 +6,7 @@ an **empty environment**, in a new session (its own process group), with stdin/s
 to files of a private per-check folder, and a fresh working folder. Both folders are removed
 afterwards. Many checks run in parallel (`run_many`: a thread pool over subprocesses).
 
-Trusted prologue (the harness, `_HARNESS`) runs first in the child, before any model code:
+Trusted prologue (the child program, `resources/sandbox_child.py`) runs first in the child, before model code:
 
 1. On Linux as root: `unshare(CLONE_NEWNET | CLONE_NEWNS)` -- a network namespace with no interfaces
    (no sockets can reach anything, not even loopback) and a private mount namespace in which fresh
@@ -61,6 +61,7 @@ What is not enforced (and why):
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import os
@@ -85,175 +86,14 @@ DEFAULT_FSIZE = 4 << 20  # RLIMIT_FSIZE bytes
 OUTPUT_CAP = 8192  # bytes of the child's stdout/stderr kept in a result
 
 
-# ----------------------------------------------------------------------------------------------------
-# The child's trusted prologue and runner. It is passed with `-c`; it holds no secret.
-# ----------------------------------------------------------------------------------------------------
-_HARNESS = r'''
-import sys, os, json
-sys.set_int_max_str_digits(0)
-_rd, _wr, _close = os.read, os.write, os.close
-def _read_all(fd):
-    parts = []
-    while True:
-        b = _rd(fd, 1 << 16)
-        if not b:
-            return b"".join(parts)
-        parts.append(b)
-cfg = json.loads(_read_all(0))
-_close(0)
-iso = {"netns": False, "mountns": False, "uid": os.getuid(), "nproc_binds": False}
-import resource
-try:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-except Exception:
-    libc = None
-NEWNET, NEWNS, NEWUSER = 0x40000000, 0x00020000, 0x10000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-def _mount(src, tgt, fstype, flags, data):
-    enc = lambda s: None if s is None else s.encode()
-    return libc.mount(enc(src), enc(tgt), enc(fstype), flags, enc(data)) == 0
-work = cfg["workdir"]
-if libc is not None and sys.platform.startswith("linux"):
-    if os.getuid() == 0:
-        if libc.unshare(NEWNET | NEWNS) == 0:
-            iso["netns"] = True
-            ok = _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-            std = os.path.dirname(os.__file__)
-            dyn = os.path.join(std, "lib-dynload")
-            keep = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
-            size = "size=%d" % (4 * cfg["fsize"] + (8 << 20))
-            for d in ("/tmp", "/var/tmp", "/dev/shm"):
-                if ok and os.path.isdir(d):
-                    ok = _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, size + ",mode=1777")
-            if ok:
-                for sub in ("/tmp/.stdlib", "/tmp/.stdlib-dynload", "/tmp/work"):
-                    os.mkdir(sub, 0o755)
-                ok = (_mount("/proc/self/fd/%d" % keep, "/tmp/work", None, MS_BIND, None)
-                      and _mount(std, "/tmp/.stdlib", None, MS_BIND | MS_REC, None)
-                      and _mount(None, "/tmp/.stdlib", None, MS_BIND | MS_REMOUNT | MS_RDONLY, None))
-                if ok and os.path.isdir(dyn):
-                    ok = (_mount(dyn, "/tmp/.stdlib-dynload", None, MS_BIND, None)
-                          and _mount(None, "/tmp/.stdlib-dynload", None, MS_BIND | MS_REMOUNT | MS_RDONLY, None))
-            os.close(keep)
-            if ok:
-                iso["mountns"] = True
-                work = "/tmp/work"
-                sys.path[:0] = ["/tmp/.stdlib", "/tmp/.stdlib-dynload"]
-                for _mod in list(sys.modules.values()):  # packages already loaded find submodules there too
-                    _p = getattr(_mod, "__path__", None)
-                    if isinstance(_p, list):
-                        _p[:] = [x.replace(std, "/tmp/.stdlib", 1) if x.startswith(std) else x for x in _p]
-    elif libc.unshare(NEWUSER | NEWNET) == 0:
-        iso["netns"] = True
-os.chdir(work)
-os.umask(0o077)
-def _lim(name, value):
-    r = getattr(resource, name, None)
-    if r is None:
-        return False
-    try:
-        resource.setrlimit(r, (value, value))
-        return True
-    except (ValueError, OSError):
-        return False
-_lim("RLIMIT_CPU", cfg["cpu"])
-_lim("RLIMIT_AS", cfg["memory"])
-_lim("RLIMIT_FSIZE", cfg["fsize"])
-_lim("RLIMIT_CORE", 0)
-_lim("RLIMIT_NOFILE", 64)
-if os.getuid() == 0 and cfg["drop_root"]:
-    # without the read-only stdlib bind: load what reference solutions use while it is still readable
-    for m in () if iso["mountns"] else ("re", "math", "cmath", "collections", "itertools", "functools", "heapq", "bisect", "string",
-              "operator", "random", "statistics", "decimal", "fractions", "datetime", "copy", "array",
-              "typing", "collections.abc", "struct", "calendar", "textwrap"):
-        try:
-            __import__(m)
-        except Exception:
-            pass
-    try:
-        os.setgroups([])
-        os.setgid(cfg["gid"])
-        os.setuid(cfg["uid"])
-    except OSError:
-        pass
-    iso["uid"] = os.getuid()
-if os.getuid() != 0:
-    iso["nproc_binds"] = _lim("RLIMIT_NPROC", 0)
-if libc is not None and sys.platform.startswith("linux"):
-    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-import math as _m
-from decimal import Decimal as _D
-from fractions import Fraction as _Fr
-_isinst, _type, _repr, _str, _len, _list, _sorted = isinstance, type, repr, str, len, list, sorted
-_dkeys, _dvals, _ditems = type({}.keys()), type({}.values()), type({}.items())
-_nonce = cfg["nonce"]
-_dumps = json.dumps
-_out = cfg["result_fd"]
-def emit(rec):
-    rec["nonce"] = _nonce
-    data = (_dumps(rec) + "\n").encode()
-    while data:
-        n = _wr(_out, data)
-        data = data[n:]
-emit({"kind": "isolation", "value": iso})
-_budget = [1_000_000]
-def enc(v, depth=0):
-    _budget[0] -= 1
-    if _budget[0] < 0 or depth > 100:
-        raise ValueError("result too large or too deep")
-    t = _type(v)
-    if v is None: return ["N"]
-    if t is bool: return ["b", v]
-    if _isinst(v, bool): return ["b", bool(v)]
-    if _isinst(v, int): return ["i", int.__repr__(v)]
-    if _isinst(v, float): return ["f", float.__repr__(v)]
-    if _isinst(v, complex): return ["c", float.__repr__(v.real), float.__repr__(v.imag)]
-    if _isinst(v, str): return ["s", str.__str__(v)]
-    if _isinst(v, (bytes, bytearray)): return ["y", bytes(v).hex()]
-    if _isinst(v, _D): return ["D", _D.__str__(v)]
-    if _isinst(v, _Fr): return ["Q", int(v.numerator), int(v.denominator)]
-    if _isinst(v, range): return ["r", v.start, v.stop, v.step]
-    if _isinst(v, list): return ["l", [enc(x, depth + 1) for x in list.__iter__(v)]]
-    if _isinst(v, tuple): return ["t", [enc(x, depth + 1) for x in tuple.__iter__(v)]]
-    if _isinst(v, frozenset): return ["F", [enc(x, depth + 1) for x in frozenset.__iter__(v)]]
-    if _isinst(v, set): return ["S", [enc(x, depth + 1) for x in set.__iter__(v)]]
-    if _isinst(v, dict): return ["d", [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in dict.items(v)]]
-    if _isinst(v, _dkeys): return ["K", [enc(x, depth + 1) for x in v]]
-    if _isinst(v, _ditems): return ["E", [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in v]]
-    if _isinst(v, _dvals) or (hasattr(v, "__next__") and hasattr(v, "__iter__")):
-        return ["I", [enc(x, depth + 1) for x in v]]
-    raise TypeError("unsupported result type " + _type(v).__qualname__)
-def _err(e):
-    try:
-        return (_type(e).__name__ + ": " + _str(e))[:500]
-    except BaseException:
-        return "exception"
-ns = {"__name__": "__main__", "__builtins__": __builtins__}
-stage = "code"
-try:
-    exec(compile(cfg["code"], "<candidate>", "exec"), ns)
-    stage = "test setup"
-    if cfg["setup"]:
-        exec(compile(cfg["setup"], "<setup>", "exec"), ns)
-except BaseException as e:
-    emit({"kind": "crash", "stage": stage, "error": _err(e)})
-    os._exit(0)
-for ti, test in enumerate(cfg["tests"]):
-    try:
-        if test["kind"] == "exec":
-            exec(compile(test["src"], "<test>", "exec"), ns)
-            emit({"kind": "ran", "test": ti})
-        else:
-            for li, src in enumerate(test["leaves"]):
-                val = eval(compile(src, "<test>", "eval"), ns)
-                emit({"kind": "leaf", "test": ti, "leaf": li, "value": enc(val)})
-    except BaseException as e:
-        emit({"kind": "error", "test": ti, "error": _err(e)})
-        break
-emit({"kind": "done"})
-os._exit(0)
-'''
+# The child's trusted prologue and runner: a module of its own, shipped as package data.
+CHILD_PROGRAM = Path(__file__).parent / "resources" / "sandbox_child.py"
+
+
+@functools.cache
+def child_program() -> str:
+    """The child's source (resources/sandbox_child.py), passed with `-c`; it holds no secret."""
+    return CHILD_PROGRAM.read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -491,8 +331,8 @@ def run_tests(code: str, tests: Sequence[str], setup: str = "", timeout: float =
             (private / "in").write_text(json.dumps(cfg))
             with open(private / "in", "rb") as fin, open(private / "out", "wb") as fout, \
                     open(private / "err", "wb") as ferr:
-                proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", _HARNESS], stdin=fin, stdout=fout,
-                                        stderr=ferr, env={}, cwd=str(private), start_new_session=True,
+                proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", child_program()], stdin=fin,
+                                        stdout=fout, stderr=ferr, env={}, cwd=str(private), start_new_session=True,
                                         pass_fds=(fres.fileno(),), close_fds=True)
                 timed_out = False
                 try:

@@ -35,6 +35,7 @@ from typing import Any
 
 from reflectevo.config import ModelPreset, TrainConfig, to_dict
 from reflectevo.jsonio import write_json, write_text
+from reflectevo.modelcard import base_model_info, model_card_text
 from reflectevo.prompts import (
     answer_target,
     one_stage_messages,
@@ -135,31 +136,14 @@ def _barrier() -> None:
 
 
 def write_card(out_dir: Path, card: dict[str, Any]) -> None:
+    """model_card.json, and README.md cards with Hub metadata: the setting's, and one per role folder."""
     if not is_main_process():
         return
     write_json(out_dir / "model_card.json", card)
-    lines = [f"# {card['setting']}", "", f"- status: **{card['status']}**",
-             f"- base preset: `{card['base']['preset']}` ({card['base']['source']}, revision {card['base']['revision']})",
-             f"- training rows: {card['n_train']} (eval {card['n_eval']}), data hash `{card['data_hash']}`",
-             f"- adapters: {', '.join(f'`{k}` -> `{v}`' for k, v in card.get('adapters', {}).items()) or 'none'}"]
-    if card.get("reason"):
-        lines.append(f"- reason: {card['reason']}")
-    if any(card.get("resumed_from_step", {}).values()):
-        lines.append("- resumed from checkpoint at step: "
-                     + ", ".join(f"`{k}` {v}" for k, v in card["resumed_from_step"].items()))
-    if "vllm_lora_compatible" in card:
-        vl = card.get("vllm_lora", {})
-        if card["vllm_lora_compatible"]:
-            ranks = sorted({v["min_max_lora_rank"] for v in vl.values() if v.get("min_max_lora_rank")})
-            lines.append(f"- vLLM LoRA: compatible by static check (start vLLM with `enable_lora=True`, "
-                         f"`max_lora_rank>={ranks[-1] if ranks else '?'}`); loading in vLLM itself is verified "
-                         "only on a GPU machine (`bench/gpu_check_vllm_lora.py`)")
-        else:
-            lines.append("- vLLM LoRA: **not compatible**: "
-                         + "; ".join(f"`{k}`: {', '.join(v['reasons'])}" for k, v in vl.items() if v["reasons"]))
-    lines += ["", ("Load an adapter with `PeftModel.from_pretrained(base, dir)`; the base comes from the preset, "
-                   "never from an absolute path."), "", "```json", json.dumps(card["params"], indent=2), "```", ""]
-    write_text(out_dir / "README.md", "\n".join(lines))
+    write_text(out_dir / "README.md", model_card_text(card))
+    for role, sub in card.get("adapters", {}).items():
+        if sub != "." and (out_dir / sub).is_dir():
+            write_text(out_dir / sub / "README.md", model_card_text(card, role=role))
 
 
 _LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy",
@@ -499,7 +483,8 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
     out_dir.mkdir(parents=True, exist_ok=True)
     is_dpo = setting.startswith("dpo")
     hp = cfg.dpo if is_dpo else cfg.sft
-    card: dict[str, Any] = {"setting": setting, "base": model_fp, "n_train": len(train_rows), "n_eval": len(eval_rows),
+    card: dict[str, Any] = {"setting": setting, "base": model_fp, "base_model": base_model_info(preset_name, preset),
+                            "n_train": len(train_rows), "n_eval": len(eval_rows),
                             "data_hash": data_hash(train_rows + eval_rows), "adapters": {},
                             "params": {"train": to_dict(hp), "seed": cfg.seed, "lora": to_dict(preset.lora),
                                        "lr": preset.lr_dpo if is_dpo else preset.lr_sft}}

@@ -24,7 +24,8 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @friendly_errors
 def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: Path = Path("data/curated"),
-         metrics: Path = Path("metrics/curate.json")) -> None:
+         metrics: Path = Path("metrics/curate.json"),
+         headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     from reflectevo.config import to_dict
     from reflectevo.curation import curate
     from reflectevo.datacard import curated_card
@@ -69,9 +70,14 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
                                                    "to rank fixing reflections"}}
     write_json(out / "stats.json", info)
     write_text(out / "README.md", curated_card(info))
-    write_json(metrics, {"counts": counts, "drops": dict(result["drops"]),
-                         "pct_correct_after_reflection": result["stats"]["total"]["pct_correct_after_reflection"]})
+    full = {"counts": counts, "drops": dict(result["drops"]),
+            "pct_correct_after_reflection": result["stats"]["total"]["pct_correct_after_reflection"]}
+    write_json(metrics, full)
     typer.echo(f"curate: {counts} drops={dict(result['drops'])} -> {out}")
+    if headline is not None:  # full JSON above (plain output), small flat copy here (DVC metric)
+        from reflectevo.metrics_summary import curate_headline
+
+        write_json(headline, curate_headline(full))
 
 
 if __name__ == "__main__":

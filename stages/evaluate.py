@@ -29,7 +29,8 @@ MAIN_ORDER = ("one_stage", "two_stage", "dpo_pm", "dpo_pref")
 @friendly_errors
 def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/test.jsonl"),
          models: Path = Path("models"), predictions: Path = Path("data/eval/predictions.jsonl"),
-         metrics: Path = Path("metrics/eval.json"), plots: Path = Path("plots/eval")) -> None:
+         metrics: Path = Path("metrics/eval.json"), plots: Path = Path("plots/eval"),
+         headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     import gc
     import json
 
@@ -111,6 +112,10 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
         typer.echo(f"evaluate[{s}]: n={o['n']} acc_t1={o['acc_t1']} acc_t2={o['acc_t2']} delta={o['delta']}{rounds}")
     if skipped:
         typer.echo(f"evaluate: skipped {skipped}")
+    if headline is not None:  # full JSON above (plain output), small flat copy here (DVC metric)
+        from reflectevo.metrics_summary import eval_headline
+
+        write_json(headline, eval_headline(report))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
          out: Path = typer.Option(...), metrics: Path = typer.Option(...),
          curves: Path = typer.Option(None, help="dvclive folder for train/eval curves"),
          checkpoints: str = typer.Option("auto", help="checkpoint folder to resume from: a path, 'auto' "
-                                         "(checkpoints/<setting> beside the models folder) or 'none'")) -> None:
+                                         "(checkpoints/<setting> beside the models folder) or 'none'"),
+         headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     from reflectevo.errors import unknown
     from reflectevo.jsonio import write_json
     from reflectevo.models import check_available, model_fingerprint
@@ -62,6 +63,10 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
         (curves / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     write_json(metrics, {"model": name, **result})
     typer.echo(f"train[{setting}]: {result}")
+    if headline is not None:  # full JSON above (plain output), small flat copy here (DVC metric)
+        from reflectevo.metrics_summary import train_headline
+
+        write_json(headline, train_headline(result))
 
 
 def _read_rows(path: Path, setting: str) -> list[dict]:

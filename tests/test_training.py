@@ -150,7 +150,11 @@ def test_two_stage_trains_two_adapters_and_dpo_one(tiny_preset, tmp_path):
     assert card["adapters"] == {"reflector": "reflector", "corrector": "corrector"}
     for role in ("reflector", "corrector"):
         assert (tmp_path / "ts" / role / "adapter_model.safetensors").exists()
-        assert not (tmp_path / "ts" / role / "README.md").exists()
+        from huggingface_hub import ModelCard
+
+        role_card = ModelCard.load(tmp_path / "ts" / role / "README.md")  # ours (Hub metadata), not PEFT's
+        assert role_card.data.library_name == "peft" and role_card.data.tags[:2] == ["reflectevo", "two_stage"]
+        assert f"# reflectevo `two_stage` · `{role}`" in role_card.text and str(tmp_path) not in role_card.content
     a = (tmp_path / "ts/reflector/adapter_model.safetensors").read_bytes()
     assert a != (tmp_path / "ts/corrector/adapter_model.safetensors").read_bytes()
     res = train_setting("dpo_pm", "tiny-random", tiny_preset, _fp(tiny_preset), dpm_rows(4), [], CFG, tmp_path / "dpo")

@@ -5,8 +5,8 @@
     reflectevo metrics example_Reflection_raw.jsonl                 # count.py numbers + Wilson intervals
     reflectevo metrics data/eval/predictions.jsonl --protocol intrinsic
 
-Registered on reflectevo.cli.app by the import at the end of reflectevo/cli.py. Formats and the field
-map: docs/compat.md.
+Registered on the app by `register` (see reflectevo/cli/__init__.py). Formats and the field map:
+docs/compat.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 
 import typer
 
-from reflectevo.cli import app
 from reflectevo.errors import ReflectEvoError
 from reflectevo.stage import friendly_errors
 
@@ -30,7 +29,6 @@ PROTOCOL_NOTES = {
 }
 
 
-@app.command("convert")
 @friendly_errors
 def convert_cmd(
     input: Path = typer.Argument(..., help="file to read"),
@@ -96,7 +94,6 @@ def results_metrics(path: Path, fmt: str | None, protocol: str, task: str | None
     return out
 
 
-@app.command("metrics")
 @friendly_errors
 def metrics_cmd(
     results: Path = typer.Argument(..., help="ReflectEvo run.py output, our data/eval/predictions.jsonl, or our "
@@ -111,3 +108,8 @@ def metrics_cmd(
 
         raise unknown("protocol", protocol, PROTOCOL_NOTES, "--protocol")
     typer.echo(json.dumps(results_metrics(results, fmt, protocol, task), ensure_ascii=False, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert_cmd)
+    app.command("metrics")(metrics_cmd)
