@@ -36,6 +36,8 @@ class _Acc:
         if rec is None:
             return
         self.stops[phase][str(rec.get("stop_reason", "unknown"))] += 1
+        if rec.get("forced_answer"):
+            self.c[f"{phase}_forced"] += 1
         t = self.tokens[phase]
         t[0] += 1
         t[1] += int(rec.get("n_prompt_tokens") or 0)
@@ -47,6 +49,7 @@ class _Acc:
             "items": c["items"], "trial1_correct": c["t1_correct"],
             "trial1_format_failures": c["t1_format"], "samples": c["samples"], "fixes": c["fixes"],
             "trial2_format_failures": c["t2_format"], "repeats": c["repeats"],
+            "answer_steps": {"trial1": c["trial1_forced"], "trial2": c["trial2_forced"]},
             "fix_rate": _rate(c["fixes"], c["t1_wrong_samples"]),
             "repeat_rate": _rate(c["repeats"], c["samples"]),
             "trial1_format_failure_rate": _rate(c["t1_format"], c["items"]),
@@ -104,7 +107,8 @@ def prediction_diagnostics(system_rows: dict[str, list[dict[str, Any]]]) -> dict
                 g.c["t1_correct"] += int(bool(r.get("t1_correct")))
                 g.c["t1_format"] += int("t1_answer" in r and r.get("t1_answer") is None)
                 if "t1_stop" in r:
-                    g.phase("trial1", {"stop_reason": r["t1_stop"], "n_new_tokens": r.get("t1_new_tokens")})
+                    g.phase("trial1", {"stop_reason": r["t1_stop"], "n_new_tokens": r.get("t1_new_tokens"),
+                                       "forced_answer": r.get("t1_forced")})
                 if "t2" not in r:      # did not retry (right under the oracle protocol, or sft_qa)
                     continue
                 g.c["samples"] += 1
@@ -116,12 +120,13 @@ def prediction_diagnostics(system_rows: dict[str, list[dict[str, Any]]]) -> dict
                 if "reflection_stop" in r:
                     g.phase("reflection", {"stop_reason": r["reflection_stop"], "n_new_tokens": r.get("reflection_new_tokens")})
                 if "t2_stop" in r:
-                    g.phase("trial2", {"stop_reason": r["t2_stop"], "n_new_tokens": r.get("t2_new_tokens")})
+                    g.phase("trial2", {"stop_reason": r["t2_stop"], "n_new_tokens": r.get("t2_new_tokens"),
+                                       "forced_answer": r.get("t2_forced")})
         out[system] = {"overall": _short(total.result()), "per_task": {k: _short(v.result()) for k, v in sorted(per_task.items())}}
     return out
 
 
 def _short(d: dict[str, Any]) -> dict[str, Any]:
     keep = ("items", "trial1_format_failures", "samples", "fixes", "fix_rate", "repeats", "repeat_rate",
-            "trial2_format_failures", "stop_reasons", "tokens")
+            "trial2_format_failures", "answer_steps", "stop_reasons", "tokens")
     return {k: d[k] for k in keep if k in d}

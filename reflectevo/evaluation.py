@@ -45,7 +45,7 @@ def trial1(items: Sequence[Item], tasks: dict[str, Task], model, cfg: EvaluateCo
         v = tasks[it.task].verify(g.text, it)
         rows.append({"item_id": it.id, "task": it.task, "t1_prompt": p, "t1": attempt_text(p, g.text, tasks[it.task]),
                      "t1_answer": v.extracted, "t1_correct": v.correct, "t1_stop": g.stop_reason,
-                     "t1_new_tokens": g.n_new_tokens})
+                     "t1_forced": g.forced, "t1_new_tokens": g.n_new_tokens})
     return rows
 
 
@@ -64,7 +64,7 @@ def _rounds(items: Sequence[Item], t1_rows: list[dict[str, Any]], cfg: EvaluateC
     (trial 1, after round 1, ..., after round R), `t2_correct` (after round 1) and `final_correct`."""
     oracle = _oracle(cfg)
     out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"],
-            **{k: r[k] for k in ("t1_answer", "t1_stop", "t1_new_tokens") if k in r},
+            **{k: r[k] for k in ("t1_answer", "t1_stop", "t1_forced", "t1_new_tokens") if k in r},
             "correct_by_round": [r["t1_correct"]]} for r in t1_rows]
     latest = [r["t1"] for r in t1_rows]
     rejected = [r.get("t1_answer") for r in t1_rows]
@@ -106,7 +106,8 @@ def _retry_step(items, tasks, model, cfg: EvaluateConfig, idx: list[int], latest
         task = tasks[items[i].task]
         v = task.verify(g.text, items[i])
         recs.append({"t2_prompt": p, "t2": attempt_text(p, g.text, task), "t2_answer": v.extracted,
-                     "t2_correct": v.correct, "t2_stop": g.stop_reason, "t2_new_tokens": g.n_new_tokens})
+                     "t2_correct": v.correct, "t2_stop": g.stop_reason, "t2_forced": g.forced,
+                     "t2_new_tokens": g.n_new_tokens})
     return recs
 
 

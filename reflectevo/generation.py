@@ -118,7 +118,7 @@ def _trial_record(prompt: str, gen, verdict: Verdict, task: Task, sampling: Samp
     """A trial as recorded: the prompt as sent (ending with the task's prefix), the generated text, the
     attempt later prompts show (prefix + completion), why generation stopped, tokens and the verdict."""
     rec = {"prompt": prompt, "completion": gen.text, "attempt": attempt_text(prompt, gen.text, task),
-           "stop_reason": gen.stop_reason, "n_prompt_tokens": gen.n_prompt_tokens,
+           "stop_reason": gen.stop_reason, "forced_answer": gen.forced, "n_prompt_tokens": gen.n_prompt_tokens,
            "n_new_tokens": gen.n_new_tokens, **verdict.to_dict()}
     if sampling is not None and sampling.temperature > 0:
         rec["sampling"] = {**sampling.to_dict(), "seed": seed}

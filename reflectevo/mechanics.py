@@ -2,8 +2,11 @@
 
 - A **trial** starts with the task's assistant-side prefix (`Thought:`, as the original's "Thought: "
   prefix) appended to the rendered prompt, and ends at its first complete answer (`Task.answer_stop`,
-  e.g. the first `Finish[...]`), at EOS, or at a ramble guard (a new "Question:" / "Observation" block),
-  whichever comes first. The attempt that later prompts show is prefix + completion.
+  e.g. the first `Finish[...]`), at EOS, or at a ramble guard (a new "Question:" / "Observation" block,
+  a blank line: `Task.ramble_stops`), whichever comes first. A trial that ended without an answer gets
+  the **answer step**, as the original's second ("Action: ") call: its text continues with the answer
+  form's opening (`\nAction: Finish[`) and the model completes the answer, up to the closing bracket
+  (a few tokens; marked `forced`). The attempt that later prompts show is prefix + completion.
 - A **reflection** ends at EOS or when it starts a new block ("Question:", "Action:", "Thought:",
   "Observation"): it is a diagnosis and a plan, not another attempt.
 - A **one-stage** output (reflection, "Answer:", a new attempt) ends at the new attempt's answer.
@@ -16,6 +19,7 @@ pattern) and put back in order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,14 +27,15 @@ from reflectevo.backends import Generation, Sampling
 from reflectevo.tasks import Item, Task
 
 TRIAL_STOPS = ("\nQuestion:", "\nObservation", "(END OF")          # a trial that rambles into a new block
+ANSWER_STEP_TOKENS = 12                                             # budget of the answer step
 REFLECTION_STOPS = ("\nQuestion:", "\nAction:", "\nThought:", "\nObservation", "\nPrevious attempt:")
 ONE_STAGE_STOPS = ("\nQuestion:", "\nObservation")
-MECHANICS_VERSION = "m1"   # bump when the rules above change (part of the prompt version)
+MECHANICS_VERSION = "m2"   # bump when the rules above change (part of the prompt version); m2: answer step
 
 
 def trial_sampling(task: Task, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                    seed: int = 0) -> Sampling:
-    return Sampling(max_new_tokens, temperature, top_p if temperature > 0 else 1.0, seed, TRIAL_STOPS,
+    return Sampling(max_new_tokens, temperature, top_p if temperature > 0 else 1.0, seed, task.ramble_stops(),
                     task.answer_stop())
 
 
@@ -86,4 +91,29 @@ def run_trials(backend: Any, tasks: dict[str, Task], items: Sequence[Item], mess
     prompts = [render_trial(backend, t, m, prefix) for t, m in zip(row_tasks, messages)]
     gens = generate_per_task(backend, prompts, row_tasks,
                              lambda t: trial_sampling(t, max_new_tokens, temperature, top_p), seeds=seeds)
-    return prompts, gens
+    return prompts, answer_step(backend, prompts, row_tasks, gens, seeds)
+
+
+def answer_step(backend: Any, prompts: Sequence[str], row_tasks: Sequence[Task], gens: list[Generation],
+                seeds: Sequence[int] | None = None) -> list[Generation]:
+    """For every trial that ended without a complete answer: continue its text with the answer form's
+    opening and let the model write the answer (greedy, `ANSWER_STEP_TOKENS`, up to the closing
+    bracket). Trials that answered are returned unchanged."""
+    from dataclasses import replace
+
+    from reflectevo.backends import stop_position
+
+    todo = [i for i, (t, g) in enumerate(zip(row_tasks, gens))
+            if t.answer_opening() is not None
+            and stop_position(g.text, Sampling(1, stop_regex=t.answer_stop())) is None]
+    if not todo:
+        return gens
+    heads = [gens[i].text.rstrip() + row_tasks[i].answer_opening()[0] for i in todo]
+    cont = generate_per_task(backend, [prompts[i] + h for i, h in zip(todo, heads)], [row_tasks[i] for i in todo],
+                             lambda t: Sampling(ANSWER_STEP_TOKENS, stop=("\n",),
+                                                stop_regex=re.escape(t.answer_opening()[1])),
+                             seeds=[seeds[i] for i in todo] if seeds is not None else None)
+    out = list(gens)
+    for i, h, c in zip(todo, heads, cont):
+        out[i] = replace(gens[i], text=h + c.text, n_new_tokens=gens[i].n_new_tokens + c.n_new_tokens, forced=True)
+    return out

@@ -111,7 +111,7 @@ def test_trials_start_with_the_prefix_and_the_attempt_keeps_it():
     backend = ScriptedBackend(respond)
     prompts, gens = run_trials(backend, {CHAIN.name: CHAIN}, [ITEM], [[{"role": "user", "content": "q"}]], 32)
     assert prompts[0].endswith("Thought:") and seen[0][1].stop_regex == CHAIN.answer_stop()
-    assert seen[0][1].stop == TRIAL_STOPS
+    assert seen[0][1].stop == CHAIN.ramble_stops() and set(TRIAL_STOPS) < set(CHAIN.ramble_stops())
     assert gens[0].text == " 4 + 3 = 7.\nAction: Finish[7]" and gens[0].stop_reason == "stop"
     assert attempt_text(prompts[0], gens[0].text, CHAIN) == "Thought: 4 + 3 = 7.\nAction: Finish[7]"
     # the SFT-on-answers baseline answers without a thought
@@ -218,3 +218,27 @@ def test_shared_prompt_prefix_is_computed_once_with_the_same_tokens(tiny_preset,
     assert [g.text for g in shared] == [g.text for g in full]
     assert [g.n_prompt_tokens for g in shared] == [g.n_prompt_tokens for g in full]
     assert computed < b.prefilled_tokens - computed          # the shared pass computed fewer prompt tokens
+
+
+def test_answer_step_completes_a_thought_that_stopped_without_an_answer():
+    """As the original's second ("Action: ") call: a trial that rambles (blank line) or runs out of budget
+    without an answer continues from the answer form's opening; one that answered is left alone."""
+    calls = []
+
+    def respond(prompt, sampling):
+        calls.append((prompt, sampling))
+        if prompt.endswith("Action: Finish["):
+            return "B] and more"
+        if "q1" in prompt:
+            return " it is the second option.\n\nA:\nA:"
+        return " 4 + 3 = 7.\nAction: Finish[7]"
+
+    backend = ScriptedBackend(respond)
+    items = [ITEM, Item(id="y", task=ITEM.task, question="q1", answer="B")]
+    _, gens = run_trials(backend, {CHAIN.name: CHAIN}, items, [[{"role": "user", "content": it.question}] for it in items], 32)
+    assert gens[0].text == " 4 + 3 = 7.\nAction: Finish[7]" and not gens[0].forced
+    assert gens[1].text == " it is the second option.\nAction: Finish[B]" and gens[1].forced
+    assert gens[1].stop_reason == "stop"                        # the thought's own end (the blank line)
+    step = [s for p, s in calls if p.endswith("Finish[")]
+    assert len(step) == 1 and step[0].max_new_tokens <= 16      # only the row without an answer, a few tokens
+    assert CHAIN.verify(gens[1].text, Item(id="y", task=ITEM.task, question="q1", answer="B")).extracted == "B"

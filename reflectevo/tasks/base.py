@@ -113,6 +113,17 @@ class Task(ABC):
         """Assistant-side text every trial starts with (the original's "Thought: " prefix); "" for none."""
         return "Thought:"
 
+    def answer_opening(self) -> tuple[str, str] | None:
+        """(opening, closing) of the answer form for the answer step: a trial whose thought ends without
+        an answer continues from `opening` (as the original's second, "Action: " call does) and ends at
+        `closing`. None: no answer step (code answers are not forced)."""
+        return ("\nAction: Finish[", "]")
+
+    def ramble_stops(self) -> tuple[str, ...]:
+        """Plain stop strings that end a trial which rambles on instead of answering: a new block, or a
+        blank line (a thought is one paragraph; code and worked math may have blank lines)."""
+        return ("\nQuestion:", "\nObservation", "(END OF", "\n\n")
+
     def fewshot(self) -> list[tuple[str, str]]:
         """Worked examples (question, completion in the answer form) shown before the question.
 

@@ -67,6 +67,16 @@ class TypedTask(Task):
     def fewshot(self) -> list[tuple[str, str]]:
         return [_FEWSHOT[self.answer_type]]
 
+    def answer_opening(self) -> tuple[str, str] | None:
+        if self.answer_type == "code":
+            return None
+        return ("\nAction: Finish<<<", ">>>") if self.answer_type == "math" else super().answer_opening()
+
+    def ramble_stops(self) -> tuple[str, ...]:
+        if self.answer_type in ("code", "math"):
+            return ("\nQuestion:", "\nObservation", "(END OF")
+        return super().ramble_stops()
+
     def answer_stop(self) -> str:
         if self.answer_type == "code":
             return r"\[BEGIN\][\s\S]*?\[END\]"
