@@ -5,9 +5,10 @@ headlines are declared (dvc.yaml `metrics:`, under `metrics/headline/`); the ful
 (`metrics/eval.json`, `metrics/curate.json`, `metrics/train/<setting>.json`, `metrics/generate.json`)
 stay plain git-tracked outputs that the report and people read.
 
-- evaluate: per system and task (and `overall`) Acc@t1, Acc@t2, Δ, and the McNemar p-value against
-  `base_reflect` where the full file has one (`p_vs_base_reflect` in the block); keys
-  `<system>.<task>.<metric>`, nulls left out (`sft_qa` has Acc@t1 only);
+- evaluate: per system and task (and `overall`; per task only when there are several) Acc@t1,
+  Acc@t2, Δ, and for `overall` the exact McNemar p-value of Acc@t2 against `base_reflect`
+  (`p_vs_base_reflect`, from the block's `vs_base_reflect.p`); keys `<system>.<task>.<metric>`, nulls
+  left out (`sft_qa` has Acc@t1 only);
 - curate: the row count of each curated file (`dplus_train`, ...);
 - train: `status` (`trained` / `no training data`) and `train_loss` (per role for several adapters:
   `<role>.train_loss`).
@@ -34,10 +35,14 @@ def eval_headline(full: dict[str, Any]) -> Flat:
         systems = {str(full.get("system") or "main"): full}
     out: Flat = {}
     for system, entry in (systems or {}).items():
-        blocks = {**(entry.get("per_task") or {}), "overall": entry.get("overall") or {}}
+        per_task = entry.get("per_task") or {}
+        blocks = {**(per_task if len(per_task) > 1 else {}), "overall": entry.get("overall") or {}}
         for task, block in blocks.items():
+            vs = block.get("vs_base_reflect")
+            if task == "overall" and isinstance(vs, dict) and "p_vs_base_reflect" not in block:
+                block = {**block, "p_vs_base_reflect": vs.get("p")}
             for key in EVAL_KEYS:
-                if _number(block.get(key)):
+                if _number(block.get(key)) and (key != "p_vs_base_reflect" or task == "overall"):
                     out[f"{system}.{task}.{key}"] = block[key]
     return out
 

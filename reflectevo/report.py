@@ -200,12 +200,13 @@ def validate_stats(path: Path, data: Any) -> dict[str, Any]:
     total = table.get("total")
     if total is not None and not isinstance(total, dict):
         raise ReflectEvoError(f"{path}: 'total' must be an object")
-    for key in ("counts", "drops"):
+    for key in ("counts", "drops", "diagnostics"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ReflectEvoError(f"{path}: {key!r} must be an object")
     return {"per_task": per_task, "total": total, "counts": data.get("counts") or {},
             "drops": data.get("drops") or {}, "generator": data.get("generator"), "notes": data.get("notes") or {},
-            "pct_correct_after_reflection": data.get("pct_correct_after_reflection")}
+            "pct_correct_after_reflection": data.get("pct_correct_after_reflection"),
+            "diagnostics": data.get("diagnostics") or {}}
 
 
 def _rows(path: Path, data: Any, what: str) -> list[dict[str, Any]]:
@@ -385,9 +386,24 @@ def _cell(block: dict[str, Any] | None, best: float | None) -> dict[str, Any]:
     if acc2 is None:
         return {"na": False, "t1_only": True, "acc_t1": acc1, "acc_t1_ci": ci1, "title": f"n={n}; Acc@t1 only"}
     i2c, c2i = _signed(block.get("delta_i2c")), _signed(block.get("delta_c2i"))
+    p_t = (block.get("mcnemar_t1_t2") or {}).get("p")
+    vs = block.get("vs_base_reflect") or {}
+    p_b = vs.get("p")
+    title = f"n={n}; Δi→c {i2c}, Δc→i {c2i}; Acc@t1 {acc1} {ci1}"
+    if _is_num(p_t):
+        title += f"; McNemar Acc@t1 vs Acc@t2 p={p_t:.3g}"
+    if _is_num(p_b):
+        title += f"; vs base_reflect on Acc@t2: +{vs.get('b')} / -{vs.get('c')} items, p={p_b:.3g}"
     return {"na": False, "t1_only": False, "best": best is not None and _is_num(acc2) and abs(acc2 - best) < 1e-12,
             "acc_t2": _pct(acc2), "delta": _signed(block.get("delta")), "acc_t2_ci": _ci(block.get("acc_t2_ci")),
-            "acc_t1": acc1, "i2c": i2c, "c2i": c2i, "title": f"n={n}; Δi→c {i2c}, Δc→i {c2i}; Acc@t1 {acc1} {ci1}"}
+            "acc_t1": acc1, "i2c": i2c, "c2i": c2i, "title": title, "sig": _stars(p_t),
+            "vs_base": (f"vs base_reflect +{vs.get('b')}/−{vs.get('c')}, p={p_b:.2g}" if _is_num(p_b) else ""),
+            "sig_base": _stars(p_b)}
+
+
+def _stars(p: Any) -> str:
+    """Significance marks of an exact McNemar p-value: ** p < 0.01, * p < 0.05."""
+    return "" if not _is_num(p) else "**" if p < 0.01 else "*" if p < 0.05 else ""
 
 
 def matrix_view(inp: ReportInputs) -> dict[str, Any]:
@@ -570,8 +586,32 @@ class Section:
     view: Callable[[ReportInputs], dict[str, Any]]
 
 
+def diagnostics_view(inp: ReportInputs) -> dict[str, Any]:
+    """What went wrong, per system (evaluation) and for the generated data: format failures, answer
+    steps, repeat and fix rates, stop reasons and mean generated tokens per phase."""
+    def row(name: str, d: dict[str, Any]) -> dict[str, Any]:
+        toks = d.get("tokens") or {}
+        return {"name": name, "items": d.get("items"), "samples": d.get("samples"),
+                "t1_fmt": d.get("trial1_format_failures"), "t2_fmt": d.get("trial2_format_failures"),
+                "steps": {"trial1": "–", "trial2": "–", **(d.get("answer_steps") or {})}, "repeat": _pct(d.get("repeat_rate")), "fix": _pct(d.get("fix_rate")),
+                "stops": {p: ", ".join(f"{k} {v}" for k, v in c.items()) for p, c in (d.get("stop_reasons") or {}).items()},
+                "new": {p: t.get("mean_new") for p, t in toks.items()}}
+
+    ev = (inp.eval or {}).get("diagnostics") or {}
+    gen = (inp.stats or {}).get("diagnostics") or {}
+    systems = [row(s, ev[s]["overall"]) for s in _order(list(ev))]
+    demands = sorted(((k, v) for k, v in (gen.get("per_demand") or {}).items()), key=lambda kv: -(kv[1].get("fix_rate") or 0))
+    missing = None if (systems or gen) else _missing(inp, "metrics", "run diagnostics (evaluation metrics or data statistics)")
+    return {"missing": missing,
+            "systems": systems, "generated": row("generated (train split)", gen["overall"]) if gen.get("overall") else None,
+            "per_task": [row(t, d) for t, d in (gen.get("per_task") or {}).items()],
+            "demands": [{"id": k, **v, "fix": _pct(v.get("fix_rate")), "repeat": _pct(v.get("repeat_rate"))}
+                        for k, v in demands]}
+
+
 SECTIONS = (
     Section("results", "results", "Results (Table 2 style)", "section_matrix.html.jinja", matrix_view),
+    Section("diagnostics", "diagnostics", "Run diagnostics", "section_diagnostics.html.jinja", diagnostics_view),
     Section("rounds", "accuracy by round", "Accuracy by round", "section_rounds.html.jinja", rounds_view),
     Section("transitions", "transitions", "Trial 1 → final answer", "section_transitions.html.jinja", transitions_view),
     Section("data", "data statistics", "Data statistics", "section_stats.html.jinja", stats_view),

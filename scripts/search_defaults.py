@@ -34,6 +34,9 @@ CANDIDATES = {
     "I-familymc-paper": ([FAMILY_MC], {}),
     "J-familymc-named-sampled-k4": ([FAMILY_MC], {"name_rejected": True, "retry_temperature": 0.7, "k": 4}),
     "K-familymc-named-k2": ([FAMILY_MC], {"name_rejected": True}),
+    "L-familymc-named-sampled-k2": ([FAMILY_MC], {"name_rejected": True, "retry_temperature": 0.7}),
+    "M-chainmc-named-sampled-k4": ([{"name": "rg/chain_sum", "options": {**CHAIN["options"], "choices": 4}}],
+                                   {"name_rejected": True, "retry_temperature": 0.7, "k": 4}),
 }
 
 

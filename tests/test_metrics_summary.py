@@ -33,10 +33,14 @@ def headlines(eval_full: dict, curate_full: dict, train_full: dict[str, dict]) -
 
 
 def _numbers(full: dict) -> dict[str, float]:
-    """Every Acc@t1 / Acc@t2 / Δ number of a full eval file, keyed as the headline keys them."""
-    return {f"{s}.{t}.{k}": b[k] for s, e in full["systems"].items()
-            for t, b in {**e["per_task"], "overall": e["overall"]}.items()
-            for k in ("acc_t1", "acc_t2", "delta") if isinstance(b.get(k), (int, float))}
+    """Every Acc@t1 / Acc@t2 / Δ number of a full eval file, keyed as the headline keys them (per task
+    only when there are several tasks), and each overall McNemar p-value against base_reflect."""
+    out = {f"{s}.{t}.{k}": b[k] for s, e in full["systems"].items()
+           for t, b in {**(e["per_task"] if len(e["per_task"]) > 1 else {}), "overall": e["overall"]}.items()
+           for k in ("acc_t1", "acc_t2", "delta") if isinstance(b.get(k), (int, float))}
+    out.update({f"{s}.overall.p_vs_base_reflect": e["overall"]["vs_base_reflect"]["p"]
+                for s, e in full["systems"].items() if "vs_base_reflect" in e["overall"]})
+    return out
 
 
 def test_eval_headline_is_flat_table2_numbers():
@@ -45,19 +49,24 @@ def test_eval_headline_is_flat_table2_numbers():
     assert h == _numbers(full) and h  # every number, flat, nothing else
     assert h["base_reflect.overall.acc_t2"] == full["systems"]["base_reflect"]["overall"]["acc_t2"]
     task = min(full["systems"]["base_noreflect"]["per_task"])
-    assert h[f"base_noreflect.{task}.delta"] == full["systems"]["base_noreflect"]["per_task"][task]["delta"]
+    if len(full["systems"]["base_noreflect"]["per_task"]) > 1:
+        assert h[f"base_noreflect.{task}.delta"] == full["systems"]["base_noreflect"]["per_task"][task]["delta"]
     if "sft_qa" in full["systems"]:  # Acc@t1 only: its null Acc@t2 and Δ are left out
         assert "sft_qa.overall.acc_t1" in h and "sft_qa.overall.acc_t2" not in h and "sft_qa.overall.delta" not in h
-    # the McNemar p-value against base_reflect, where the full file has one
-    full["systems"]["base_noreflect"]["overall"]["p_vs_base_reflect"] = 0.5
-    full["systems"]["base_noreflect"]["per_task"][task]["p_vs_base_reflect"] = None
+    # the McNemar p-value against base_reflect (overall only), where the full file has one
+    full["systems"]["base_noreflect"]["overall"]["vs_base_reflect"] = {"n": 4, "b": 2, "c": 0, "p": 0.5}
+    full["systems"]["base_noreflect"]["per_task"][task]["vs_base_reflect"] = {"n": 2, "b": 1, "c": 0, "p": 1.0}
     h = eval_headline(full)
     assert h["base_noreflect.overall.p_vs_base_reflect"] == 0.5 and f"base_noreflect.{task}.p_vs_base_reflect" not in h
     # a file from before `systems` existed
     old = {"system": "base_reflect", "overall": {"acc_t1": 0.5, "acc_t2": 0.75, "delta": 0.25, "n": 4},
-           "per_task": {"rg/x": {"acc_t1": 0.5, "acc_t2": None}}}
+           "per_task": {"rg/x": {"acc_t1": 0.5, "acc_t2": None}, "rg/y": {"acc_t1": 0.25}}}
     assert eval_headline(old) == {"base_reflect.overall.acc_t1": 0.5, "base_reflect.overall.acc_t2": 0.75,
-                                  "base_reflect.overall.delta": 0.25, "base_reflect.rg/x.acc_t1": 0.5}
+                                  "base_reflect.overall.delta": 0.25, "base_reflect.rg/x.acc_t1": 0.5,
+                                  "base_reflect.rg/y.acc_t1": 0.25}
+    # one task: its block would repeat `overall`, so only `overall` is listed
+    del old["per_task"]["rg/y"]
+    assert "base_reflect.rg/x.acc_t1" not in eval_headline(old)
 
 
 def test_curate_and_train_headlines():

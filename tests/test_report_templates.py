@@ -70,3 +70,31 @@ def test_a_section_is_one_registry_entry_and_one_partial(tmp_path, monkeypatch):
     assert '<h2 id="extra">Extra section</h2>\n<p>5 inputs &lt;b&gt;</p>\n<footer>' in page
     assert "Data statistics" in text_of(page)  # the other sections are unchanged
     assert dataclasses.is_dataclass(extra)
+
+
+def test_matrix_marks_mcnemar_significance_and_diagnostics_section(tmp_path):
+    """The Table-2 matrix marks exact McNemar p-values (Acc@t1 vs Acc@t2, and a trained setting vs
+    base_reflect); the diagnostics section shows format failures, repeat and fix rates per system."""
+    from test_report import eval_fixture, stats_fixture
+
+    ev = eval_fixture()
+    main = ev["system"]
+    block = ev["systems"][main]["overall"]
+    block["mcnemar_t1_t2"] = {"n": 40, "b": 12, "c": 0, "p": 0.000488}
+    block["vs_base_reflect"] = {"n": 40, "b": 9, "c": 1, "p": 0.0215}
+    ev["diagnostics"] = {main: {"overall": {"items": 40, "trial1_format_failures": 2, "samples": 30, "fixes": 12,
+                                            "fix_rate": 0.4, "repeats": 3, "repeat_rate": 0.1,
+                                            "trial2_format_failures": 1, "answer_steps": {"trial1": 4, "trial2": 5},
+                                            "stop_reasons": {"trial1": {"stop": 40}}, "tokens": {}}}}
+    stats = stats_fixture()
+    stats["diagnostics"] = {"overall": {"items": 9, "samples": 8, "fix_rate": 0.25, "repeat_rate": 0.5},
+                            "per_task": {}, "per_demand": {"1-1-1": {"samples": 4, "fixes": 2, "fix_rate": 0.5,
+                                                                      "repeats": 1, "repeat_rate": 0.25,
+                                                                      "trial2_format_failures": 0}}}
+    inp = report.ReportInputs(eval=report.validate_eval(tmp_path / "e.json", ev),
+                              stats=report.validate_stats(tmp_path / "s.json", stats))
+    page = report.build_report(inp)
+    text = text_of(page)
+    assert "vs base_reflect +9/−1, p=0.021 *" in text
+    assert "McNemar Acc@t1 vs Acc@t2 p=0.000488" in page and '<sup class="sig">**</sup>' in page
+    assert "Run diagnostics" in text and "4 / 5" in text and "40.0" in text and "1-1-1" in text
