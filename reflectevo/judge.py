@@ -121,16 +121,19 @@ def likelihood_judge(comparisons: Sequence[Comparison], backend, margin: float =
 
         raise ReflectEvoError(f"curate.judge likelihood needs the transformers backend (backend {backend.name!r} "
                               "cannot score continuations); use a generating judge preset instead")
-    prompts, conts, index = [], [], []
+    prompts, conts, index, seen = [], [], [], {}
     for n, c in enumerate(comparisons):
         for retry in (c.first_retry, c.second_retry):
             split = answer_split(retry[1]) if retry is not None else None
             if split is None:
                 index.append(None)
                 continue
-            index.append(len(prompts))
-            prompts.append(retry[0] + split[0])
-            conts.append(split[1])
+            key = (retry[0] + split[0], split[1])   # a reflection in several pairs is scored once
+            if key not in seen:
+                seen[key] = len(prompts)
+                prompts.append(key[0])
+                conts.append(key[1])
+            index.append(seen[key])
     scores = score(prompts, conts) if prompts else []
     out = []
     for n in range(len(comparisons)):

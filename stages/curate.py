@@ -4,10 +4,11 @@
     python stages/curate.py --params params.yaml --raw data/raw --out data/curated
 
 Reads `curate` in params.yaml. An empty D+ is a normal outcome for a tiny model: it is recorded, and
-the later stages record "no training data". `curate.judge` names a model preset that ranks fixing
-reflections into Dpref; an `openai` preset judges through an endpoint (base URL and key from the
-environment, see reflectevo/backends/openai_backend.py), and the judge is recorded in every Dpref row,
-`stats.json` and the card.
+the later stages record "no training data". `curate.judge` ranks fixing reflections into Dpref:
+`likelihood` (the generating model's log-probability of the right answer in each fixing retry; offline,
+no generation), `self` (the generating model judges each pair in both orders), or a model preset (an
+`openai` preset judges through an endpoint, base URL and key from the environment, see
+reflectevo/backends/openai_backend.py). The judge is recorded in every Dpref row, `stats.json` and the card.
 """
 
 from __future__ import annotations

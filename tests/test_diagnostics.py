@@ -84,3 +84,23 @@ def test_likelihood_judge_scores_with_the_real_backend(tiny_preset):
     assert s[0] < 0 and s[1] < s[0]                      # a longer continuation has a lower log-probability
     assert likelihood_judge([Comparison("q", "t", "a", "b", (p, " 7. Finish[7]"), (p, " 8 - 1 = 7. Finish[7]"))],
                             b)[0]["winner"] in (0, 1)
+
+
+def test_score_equals_a_full_forward_pass(tiny_preset):
+    """The left-padded, last-positions-only, shared-head scoring equals log-softmax over a plain forward."""
+    import torch
+
+    from reflectevo.backends.hf import make_backend
+
+    b = make_backend("tiny-random", tiny_preset)
+    head = "A shared head of several words, long enough to be computed once. " * 3
+    prompts = [b.render([{"role": "user", "content": head + q}]) for q in ("one", "two three four")]
+    conts = [" Finish[7]", " 5 Finish[75]"]
+    got = b.score(prompts, conts)
+    for p, c, g in zip(prompts, conts, got):
+        ids_p = b.tokenizer(p, add_special_tokens=False)["input_ids"]
+        ids_c = b.tokenizer(c, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = b.model(input_ids=torch.tensor([ids_p + ids_c])).logits.float().log_softmax(-1)[0]
+        want = sum(float(logp[len(ids_p) - 1 + i, t]) for i, t in enumerate(ids_c))
+        assert abs(g - want) < 1e-3

@@ -128,27 +128,29 @@ class TransformersBackend:
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
         """Log-probability of each continuation after its prompt (sum over the continuation's tokens),
-        in batches, teacher-forced: what the likelihood judge ranks reflections by."""
+        teacher-forced, in batches: what the likelihood judge ranks reflections by. Rows are left-padded,
+        so every continuation ends the row and only the last positions get logits; the prompts' shared
+        head is computed once per batch (as in generation)."""
         import torch
+        from transformers import DynamicCache
 
         out: list[float] = []
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(prompts), self.batch_size):
             ps = self.tokenizer(list(prompts[start:start + self.batch_size]), add_special_tokens=False)["input_ids"]
             cs = self.tokenizer(list(continuations[start:start + self.batch_size]), add_special_tokens=False)["input_ids"]
-            seqs = [p + c for p, c in zip(ps, cs)]
-            width = max(len(x) for x in seqs)
-            ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=self.model.device)
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=self.model.device)
-            with torch.inference_mode():
-                logp = self.model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-            for row, (p, c) in enumerate(zip(ps, cs)):
-                positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=ids.device)
-                targets = torch.tensor(c, device=ids.device)
-                out.append(float(logp[row, positions, targets].sum()))
+            rows = [p + c for p, c in zip(ps, cs)]
+            keep = max(len(c) for c in cs) + 1
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+                res, _, _ = self._prefill(rows, DynamicCache(), logits_to_keep=keep)
+            logp = res.logits.float().log_softmax(-1)          # [rows, keep, vocab]: the last `keep` positions
+            for row, c in enumerate(cs):
+                # position keep-1-len(c)+i predicts continuation token i
+                idx = torch.arange(keep - 1 - len(c), keep - 1, device=logp.device)
+                out.append(float(logp[row, idx, torch.tensor(c, device=logp.device)].sum()))
         return out
 
-    def _prefill(self, rows: list[list[int]], cache):
+    def _prefill(self, rows: list[list[int]], cache, logits_to_keep: int = 1):
         """Run the prompts through the model into `cache`: (last-position output, attention mask, position
         ids). The tokens every prompt of the batch starts with (system prompt, few-shot block, template
         head: the prompts of one phase and task share them) are computed once and the cache is copied per
@@ -159,7 +161,8 @@ class TransformersBackend:
         device = self.model.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         shared = _common_prefix(rows) if len(rows) > 1 else 0
-        shared = min(shared, min(len(r) for r in rows) - 1)   # every row keeps at least one own token
+        # every row keeps at least `logits_to_keep` own tokens (the positions whose logits are returned)
+        shared = max(0, min(shared, min(len(r) for r in rows) - logits_to_keep))
         if shared < PREFIX_MIN_TOKENS:
             shared = 0
         if shared:
@@ -174,7 +177,7 @@ class TransformersBackend:
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, shared:]
         self.prefilled_tokens += shared + sum(len(t) for t in tails)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=logits_to_keep)
         return out, mask, pos
 
 
