@@ -3,9 +3,11 @@
     .venv/bin/python bench/bench_mechanics.py [--items 200] [--dtype float32] [--before 9be08cf]
 
 "before" is the project at commit `--before` (trials ran to max_new_tokens, no prefix, last answer
-judged, reflections to their cap, `model.generate` on full prompts); "after" is this checkout with its
-default generation parameters. Both run their own `stages/generate.py` in a subprocess on the same
-train items (prepared once by this checkout), the same model preset and dtype, one after the other.
+judged, reflections to their cap, `model.generate` on full prompts); "after" is this checkout. Each side
+runs its own `stages/generate.py` with its own default generation parameters (token budgets, sampling,
+prompts) except `k` (reflections per failure), set to `--k` on both so an episode costs the same number
+of reflections, in a subprocess on the same train items: `--items` of rg/chain_sum (1-digit, 2-3 terms),
+a task both versions support, prepared once by this checkout; same model preset and dtype.
 Reported per side: episodes/s (generation time, from the stage's own summary, and wall time), the fix
 rate (trial 1 wrong -> trial 2 right, per sample) and repeat rate, prompt and generated tokens per phase
 (reflection prompts included), and the stop reasons; then the speed-up ratio.
@@ -38,11 +40,17 @@ def _checkout(commit: str, dest: Path) -> Path:
     return dest
 
 
-def _params(tree: Path, out: Path, dtype: str, items: int) -> Path:
+TASKS = [{"name": "rg/chain_sum", "n_train": 0, "n_test": 4,
+          "options": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}}]
+
+
+def _params(tree: Path, out: Path, dtype: str, items: int, k: int) -> Path:
     p = yaml.safe_load((tree / "params.yaml").read_text())
     p["model"] = "smollm2-135m"
     p["models"]["smollm2-135m"]["dtype"] = dtype
+    p["prepare"]["tasks"] = [{**TASKS[0], "n_train": items}]
     p["generate"]["limit"] = items
+    p["generate"]["k"] = k
     out.write_text(yaml.safe_dump(p, sort_keys=False))
     return out
 
@@ -72,20 +80,21 @@ def _side(raw: Path, summary: Path, wall: float) -> dict:
             "stop_reasons": d["stop_reasons"], "gen_params": eps[0]["gen"] if eps else None}
 
 
-def main(items: int = 200, dtype: str = "float32", before: str = "9be08cf",
+def main(items: int = 200, dtype: str = "float32", before: str = "9be08cf", k: int = 3,
          out: Path = ROOT / "bench/results/mechanics.json") -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         old = _checkout(before, tmp / "before")
         sources = tmp / "sources"
-        params_new = _params(ROOT, tmp / "params-after.yaml", dtype, items)
+        params_new = _params(ROOT, tmp / "params-after.yaml", dtype, items, k)
         subprocess.run([sys.executable, "stages/prepare.py", "--params", str(params_new), "--out", str(sources)],
                        cwd=ROOT, check=True)
         n = sum(1 for _ in open(sources / "train.jsonl"))
         if n < items:
             raise SystemExit(f"the default tasks give {n} train items, fewer than --items {items}")
-        result = {"items": items, "dtype": dtype, "before_commit": before, "load_average": os.getloadavg()}
-        wall = _run(old, _params(old, tmp / "params-before.yaml", dtype, items), sources / "train.jsonl",
+        result = {"items": items, "dtype": dtype, "k": k, "task": TASKS[0], "before_commit": before,
+                  "load_average": os.getloadavg()}
+        wall = _run(old, _params(old, tmp / "params-before.yaml", dtype, items, k), sources / "train.jsonl",
                     tmp / "raw-before", tmp / "before.json")
         result["before"] = _side(tmp / "raw-before", tmp / "before.json", wall)
         wall = _run(ROOT, params_new, sources / "train.jsonl", tmp / "raw-after", tmp / "after.json")

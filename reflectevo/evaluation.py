@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from reflectevo.config import EvaluateConfig
-from reflectevo.mechanics import (attempt_text, generate_per_task, one_stage_sampling, reflection_sampling,
-                                  run_trials)
+from reflectevo.mechanics import (answer_step, attempt_text, generate_per_task, one_stage_sampling,
+                                  reflection_sampling, run_trials)
 from reflectevo.metrics import by_task
 from reflectevo.prompts import one_stage_messages, reflection_messages, split_one_stage, trial_messages
 from reflectevo.tasks import Item, Task
@@ -142,15 +142,16 @@ def one_stage(items, tasks, model, t1_rows, cfg: EvaluateConfig) -> list[dict[st
     def step(idx: list[int], latest: list[str], rejected: list[str | None]) -> list[dict[str, Any]]:
         prompts = [model.render(one_stage_messages(tasks[items[i].task], items[i], t, oracle=_oracle(cfg)))
                    for i, t in zip(idx, latest)]
-        gens = generate_per_task(model, prompts, [tasks[items[i].task] for i in idx],
-                                 lambda task: one_stage_sampling(task, budget))
+        row_tasks = [tasks[items[i].task] for i in idx]
+        gens = generate_per_task(model, prompts, row_tasks, lambda task: one_stage_sampling(task, budget))
+        gens = answer_step(model, prompts, row_tasks, gens)   # an output without an answer gets the answer step
         recs = []
         for i, p, g in zip(idx, prompts, gens):
             reflection, answer = split_one_stage(g.text)
             v = tasks[items[i].task].verify(answer or g.text, items[i])
             recs.append({"prompt": p, "output": g.text, "reflection": reflection, "t2": answer or g.text,
                          "t2_answer": v.extracted, "t2_correct": v.correct, "t2_stop": g.stop_reason,
-                         "t2_new_tokens": g.n_new_tokens})
+                         "t2_forced": g.forced, "t2_new_tokens": g.n_new_tokens})
         return recs
 
     return _rounds(items, t1_rows, cfg, step)

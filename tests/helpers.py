@@ -57,8 +57,12 @@ def tiny_params_dict(params_file, tokens: int = 12, steps: int = 2, n_train: int
 
     p = yaml.safe_load(open(params_file).read())
     p["model"] = "tiny-random"
-    for t in p["prepare"]["tasks"]:
-        t["n_train"], t["n_test"] = n_train, n_test
+    # the tests' own two tasks (not the default run's choice): a number task and a Yes/No task
+    p["prepare"]["tasks"] = [{"name": "rg/chain_sum", "n_train": n_train, "n_test": n_test,
+                              "options": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}},
+                             {"name": "rg/syllogism", "n_train": n_train, "n_test": n_test}]
+    p["generate"]["k"] = 2
+    p["evaluate"]["rounds"] = 2                 # the multi-round path is tested on every run
     for section in ("generate", "evaluate"):
         p[section].update(max_new_tokens_trial=tokens, max_new_tokens_reflection=tokens)
     for hp in ("sft", "dpo"):
