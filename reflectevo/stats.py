@@ -23,7 +23,7 @@ def mcnemar_exact(b: int, c: int) -> float:
         return 1.0
     k = min(b, c)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return round(min(1.0, 2 * tail), 6)
+    return float(f"{min(1.0, 2 * tail):.4g}")   # 4 significant digits: a tiny p stays visible (1.49e-08)
 
 
 def paired_test(first: Sequence[bool], second: Sequence[bool]) -> dict[str, Any]:
