@@ -691,7 +691,8 @@ def result_rows(path: str | Path, fmt: str | None = None, task: str | None = Non
             elif this[1] == "predictions":
                 t1 = bool(rec["t1_correct"])
                 t2 = _get(rec, ("t2_correct",), where)[0]
-                rows.append({"system": rec["system"], "task": _get(rec, ("task",), where)[0], "t1": t1,
+                rows.append({"system": rec["system"], "item_id": rec.get("item_id"),
+                             "task": _get(rec, ("task",), where)[0], "t1": t1,
                              "t2_first": None if t2 is None else bool(t2)})
             else:
                 t1 = bool(_get(rec["trial1"], ("correct",), f"{where}: trial1")[0])
@@ -717,7 +718,8 @@ def protocol_pairs(rows: Iterable[dict[str, Any]], protocol: str) -> list[dict[s
     for r in rows:
         t1, t2f = r["t1"], r["t2_first"]
         t2 = (t1 or bool(t2f)) if protocol == "oracle" else (t1 if t2f is None else t2f)
-        out.append({"system": r["system"], "task": r["task"], "t1_correct": t1, "t2_correct": t2})
+        out.append({"system": r["system"], "item_id": r.get("item_id"), "task": r["task"], "t1_correct": t1,
+                    "t2_correct": t2})
     return out
 
 

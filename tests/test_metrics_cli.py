@@ -143,6 +143,10 @@ def test_our_predictions_per_system_and_task(tmp_path: Path) -> None:
     intrinsic = run_metrics(str(path), "--format", "ours", "--protocol", "intrinsic")
     assert (intrinsic["systems"]["base_reflect"]["acc_t2"], intrinsic["systems"]["base_reflect"]["delta_c2i"]) == \
         (0.5, 0.25)
+    # paired statistics on the same items, as in metrics/eval.json
+    assert base["mcnemar_t1_t2"] == {"n": 4, "b": 1, "c": 0, "p": 1.0} and len(base["delta_ci"]) == 2
+    vs = oracle["systems"]["one_stage"]["vs_base_reflect"]
+    assert (vs["n"], vs["b"], vs["c"]) == (4, 1, 0) and "vs_base_reflect" not in base and "vs_base_reflect" not in sft
 
 
 def test_our_episodes_file_and_folder(tmp_path: Path) -> None:

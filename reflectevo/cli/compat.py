@@ -61,8 +61,13 @@ def _block(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Overall metrics with Wilson intervals, plus per task when there are several tasks."""
     from reflectevo.metrics import by_task
 
+    from reflectevo.stats import bootstrap_delta_ci, paired_test
+
     m = by_task(rows, intervals=True)
     out: dict[str, Any] = {**m["overall"]}
+    t1, t2 = [bool(r["t1_correct"]) for r in rows], [bool(r["t2_correct"]) for r in rows]
+    out["mcnemar_t1_t2"] = paired_test(t1, t2)          # exact McNemar on the same items
+    out["delta_ci"] = bootstrap_delta_ci(t1, t2)
     if len(m["per_task"]) > 1:
         out["per_task"] = m["per_task"]
     else:
@@ -83,6 +88,7 @@ def results_metrics(path: Path, fmt: str | None, protocol: str, task: str | None
         for p in pairs:
             by_system[str(p["system"])].append(p)
         out["systems"] = {s: _block(ps) for s, ps in by_system.items()}
+        _versus_baselines(out["systems"], by_system)
         if "sft_qa" in out["systems"]:  # answers-only baseline: Acc@t1 only, as in metrics/eval.json
             sft = out["systems"]["sft_qa"]
             for block in [sft, *(sft.get("per_task") or {}).values()]:
@@ -92,6 +98,18 @@ def results_metrics(path: Path, fmt: str | None, protocol: str, task: str | None
     if what == "raw" and protocol == "oracle":
         out["count_py"] = count_py(rows)
     return out
+
+
+def _versus_baselines(blocks: dict[str, dict[str, Any]], by_system: dict[str, list[dict[str, Any]]]) -> None:
+    """Each trained setting's Acc@t2 against the prompt baselines' on the same items (exact McNemar)."""
+    from reflectevo.stats import aligned, paired_test
+
+    for s, rows in by_system.items():
+        if s in ("base_reflect", "base_noreflect", "sft_qa") or any(r.get("item_id") is None for r in rows):
+            continue
+        for base in ("base_reflect", "base_noreflect"):
+            if base in by_system:
+                blocks[s][f"vs_{base}"] = paired_test(*aligned(by_system[base], rows, "t2_correct", "t2_correct"))
 
 
 @friendly_errors
