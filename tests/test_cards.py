@@ -28,7 +28,7 @@ def _card(preset_name: str, setting: str = "one_stage", **kw) -> dict:
 
 
 @pytest.mark.parametrize("preset, base, revision, license_", [
-    ("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "7ae557604adf67be50417f59c2c2f167def9a775", "apache-2.0"),
+    ("qwen2_5-0_5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "7ae557604adf67be50417f59c2c2f167def9a775", "apache-2.0"),
     ("llama3-8b", "meta-llama/Meta-Llama-3-8B-Instruct", "8afb486c1db24fe5011ec46dfbe5b5dccdb575c2", "llama3"),
     ("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", None, "apache-2.0"),  # packaged GGUF: its origin
     ("tiny-random", None, None, None),                                             # synthetic: no base, no license
@@ -48,10 +48,10 @@ def test_model_card_metadata_parses_with_huggingface_hub(preset, base, revision,
 
 
 def test_no_training_data_card_and_publish_overrides():
-    card = _card("qwen2.5-0.5b-instruct", status="no training data", reason="D+ is empty", adapters={})
+    card = _card("qwen2_5-0_5b-instruct", status="no training data", reason="D+ is empty", adapters={})
     text = ModelCard(model_card_text(card)).text
     assert "- status: **no training data**" in text and "- reason: D+ is empty" in text and "## Usage" not in text
-    meta = ModelCard(model_card_text(_card("qwen2.5-0.5b-instruct"), repo_id="me/adapter",
+    meta = ModelCard(model_card_text(_card("qwen2_5-0_5b-instruct"), repo_id="me/adapter",
                                      datasets=["me/curated"]))
     assert meta.data.datasets == ["me/curated"] and 'PeftModel.from_pretrained(base, "me/adapter")' in meta.text
 

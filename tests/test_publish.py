@@ -100,10 +100,10 @@ def model_folder(root: Path, setting: str = "two_stage", **card_kw) -> Path:
     for sub in adapters.values():
         (out / sub).mkdir(parents=True, exist_ok=True)
         (out / sub / "adapter_config.json").write_text(json.dumps(
-            {"base_model_name_or_path": "reflectevo-preset:qwen2.5-0.5b-instruct", "peft_type": "LORA", "r": 8}))
+            {"base_model_name_or_path": "reflectevo-preset:qwen2_5-0_5b-instruct", "peft_type": "LORA", "r": 8}))
         (out / sub / "adapter_model.safetensors").write_bytes(b"\x00weights")
         (out / sub / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 2048}))
-    write_card(out, {**_card("qwen2.5-0.5b-instruct", setting, adapters=adapters), **card_kw})
+    write_card(out, {**_card("qwen2_5-0_5b-instruct", setting, adapters=adapters), **card_kw})
     return out
 
 
