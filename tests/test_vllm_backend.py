@@ -239,7 +239,9 @@ def test_generate_stage_with_vllm_records_vllms_sampler_and_dtype(fake_vllm, tmp
     assert r.exit_code == 0, r.output
     eps = list(load_episodes(tmp_path / "raw").values())
     assert eps and all(ep["gen"]["sampler"] == SAMPLER != HF_SAMPLER for ep in eps)
-    assert all(ep["resolved_dtype"] == "float32" and ep["trial1"]["n_new_tokens"] == 3 for ep in eps)
+    # the fake writes 3 tokens a call and no answer, so trial 1 also gets the answer step (3 more)
+    assert all(ep["resolved_dtype"] == "float32" and ep["trial1"]["forced_answer"]
+               and ep["trial1"]["n_new_tokens"] == 6 for ep in eps)
     assert len(fake.FakeLLM.instances) == 1
 
 
