@@ -45,7 +45,7 @@ def main(out: Path = Path("bench/results/default_search.json"), n: int = 48, dty
     from reflectevo.backends.hf import make_backend
     from reflectevo.config import GenerateConfig, load_preset, read_params
     from reflectevo.diagnostics import episode_diagnostics
-    from reflectevo.generation import Stats, generate, make_spec
+    from reflectevo.generation import generate, make_spec
     from reflectevo.models import model_fingerprint
     from reflectevo.tasks import get_task
 
