@@ -44,6 +44,10 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         self.model = load_model(preset_name, preset, adapter=adapter)
         self.model.generation_config = plain_generation_config(self.model.generation_config, self.tokenizer)
+        from reflectevo.backends import shared_prefix
+
+        # a batch's shared prompt head is kept once, not copied into every row (reflectevo/backends/shared_prefix.py)
+        self.cascade = shared_prefix.install(self.model)
         self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
         self.batch_size = batch_size or preset.gen_batch_size
         self.prefilled_tokens = 0   # prompt tokens actually computed (a shared prefix counts once per batch)
@@ -76,7 +80,7 @@ class TransformersBackend:
         rows = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         n_prompt = [len(r) for r in rows]
         eos = set(self.stop_ids)
-        stops = bool(sampling.stop or sampling.stop_regex)
+        stops = bool(sampling.stop or sampling.stop_regex or sampling.stop_patterns)
         sampler = SeededSampler(seeds, sampling.temperature, sampling.top_p) if sampling.temperature > 0 else None
         alive = list(range(len(prompts)))                 # original row of each running row
         new: list[list[int]] = [[] for _ in prompts]
@@ -86,7 +90,7 @@ class TransformersBackend:
             # transformers >= 5.2x renames the forward's `past_key_values` to `cache`; the vllm extra's
             # transformers (< 5.21) has only the old name, which both accept
             warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-            out, mask, pos = self._prefill(rows, cache)
+            out, mask, pos, extra = self._prefill(rows, cache)
             last_pos = pos[:, -1]
             for _ in range(sampling.max_new_tokens):
                 scores = out.logits[:, -1, :]
@@ -118,7 +122,7 @@ class TransformersBackend:
                 mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
                 last_pos = last_pos + 1
                 out = self.model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=last_pos.unsqueeze(1),
-                                 past_key_values=cache, use_cache=True)
+                                 past_key_values=cache, use_cache=True, **extra)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         results = []
         for t, p, toks, why in zip(texts, n_prompt, new, reason):
@@ -142,7 +146,7 @@ class TransformersBackend:
             keep = max(len(c) for c in cs) + 1
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-                res, _, _ = self._prefill(rows, DynamicCache(), logits_to_keep=keep)
+                res, _, _, _ = self._prefill(rows, DynamicCache(), logits_to_keep=keep)
             logp = res.logits.float().log_softmax(-1)          # [rows, keep, vocab]: the last `keep` positions
             for row, c in enumerate(cs):
                 # position keep-1-len(c)+i predicts continuation token i
@@ -152,11 +156,14 @@ class TransformersBackend:
 
     def _prefill(self, rows: list[list[int]], cache, logits_to_keep: int = 1):
         """Run the prompts through the model into `cache`: (last-position output, attention mask, position
-        ids). The tokens every prompt of the batch starts with (system prompt, few-shot block, template
-        head: the prompts of one phase and task share them) are computed once and the cache is copied per
-        row; each row's remaining tokens follow, left-padded, so the pads sit between the shared prefix
-        and the row's own tokens (masked out; positions continue from the prefix)."""
+        ids, extra forward kwargs for the decode steps). The tokens every prompt of the batch starts with
+        (system prompt, few-shot block, template head: the prompts of one phase and task share them) are
+        computed once. With the shared-prefix attention (`self.cascade`) they stay a single batch-1 block
+        that every row attends to and `cache` holds only the rows' own tokens; otherwise the head's cache
+        is copied per row. Each row's remaining tokens follow, left-padded, so the pads sit between the
+        shared prefix and the row's own tokens (masked out; positions continue from the prefix)."""
         import torch
+        from transformers import DynamicCache
 
         device = self.model.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -165,20 +172,28 @@ class TransformersBackend:
         shared = max(0, min(shared, min(len(r) for r in rows) - logits_to_keep))
         if shared < PREFIX_MIN_TOKENS:
             shared = 0
+        extra: dict[str, Any] = {}
         if shared:
-            self.model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache,
+            head = DynamicCache() if self.cascade else cache
+            self.model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=head,
                        use_cache=True, logits_to_keep=1)
-            cache.batch_repeat_interleave(len(rows))
+            if self.cascade:
+                from reflectevo.backends.shared_prefix import prefix_kv
+
+                extra["shared_prefix"] = prefix_kv(head)
+            else:
+                cache.batch_repeat_interleave(len(rows))
         tails = [r[shared:] for r in rows]
         width = max(len(t) for t in tails)
         ids = torch.tensor([[pad] * (width - len(t)) + t for t in tails], device=device)
         own = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in tails], device=device)
-        mask = torch.cat([own.new_ones((len(rows), shared)), own], dim=1)
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        full = torch.cat([own.new_ones((len(rows), shared)), own], dim=1)
+        pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        mask = own if extra else full
         self.prefilled_tokens += shared + sum(len(t) for t in tails)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, logits_to_keep=logits_to_keep)
-        return out, mask, pos
+                         use_cache=True, logits_to_keep=logits_to_keep, **extra)
+        return out, mask, pos, extra
 
 
 PREFIX_MIN_TOKENS = 16   # a shared prompt prefix shorter than this is not worth a separate pass
