@@ -2,8 +2,9 @@
 
 - A **trial** starts with the task's assistant-side prefix (`Thought:`, as the original's "Thought: "
   prefix) appended to the rendered prompt, and ends at its first complete answer (`Task.answer_stop`,
-  e.g. the first `Finish[...]`), at EOS, or at a ramble guard (a new "Question:" / "Observation" block,
-  a blank line: `Task.ramble_stops`), whichever comes first. A trial that ended without an answer gets
+  e.g. the first `Finish[...]`), at EOS, or at a ramble guard (a new "Question:" / "Observation" block:
+  `Task.ramble_stops`; a blank line not followed by the answer form: `Task.ramble_patterns`), whichever
+  comes first. A trial that ended without an answer gets
   the **answer step**, as the original's second ("Action: ") call: its text continues with the answer
   form's opening (`\nAction: Finish[`) and the model completes the answer, up to the closing bracket
   (a few tokens; marked `forced`). The attempt that later prompts show is prefix + completion.
@@ -26,17 +27,17 @@ from typing import Any
 from reflectevo.backends import Generation, Sampling
 from reflectevo.tasks import Item, Task
 
-TRIAL_STOPS = ("\nQuestion:", "\nObservation", "(END OF")          # a trial that rambles into a new block
 ANSWER_STEP_TOKENS = 12                                             # budget of the answer step
 REFLECTION_STOPS = ("\nQuestion:", "\nAction:", "\nThought:", "\nObservation", "\nPrevious attempt:")
 ONE_STAGE_STOPS = ("\nQuestion:", "\nObservation")
-MECHANICS_VERSION = "m2"   # bump when the rules above change (part of the prompt version); m2: answer step
+MECHANICS_VERSION = "m3"   # bump when the rules above change (part of the prompt version); m2: answer step;
+                           # m3: a blank line followed by the answer form no longer ends a trial
 
 
 def trial_sampling(task: Task, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                    seed: int = 0) -> Sampling:
     return Sampling(max_new_tokens, temperature, top_p if temperature > 0 else 1.0, seed, task.ramble_stops(),
-                    task.answer_stop())
+                    task.answer_stop(), task.ramble_patterns())
 
 
 def reflection_sampling(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Sampling:

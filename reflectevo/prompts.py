@@ -145,14 +145,17 @@ def prompt_version() -> str:
 
     h = hashlib.sha256("\x00".join(GENERATION_TEMPLATES).encode())
     h.update(repr(sorted(demand_pool().items())).encode())
-    h.update(repr((mechanics.MECHANICS_VERSION, mechanics.TRIAL_STOPS, mechanics.REFLECTION_STOPS)).encode())
+    h.update(repr((mechanics.MECHANICS_VERSION, mechanics.REFLECTION_STOPS, mechanics.ONE_STAGE_STOPS,
+                   mechanics.ANSWER_STEP_TOKENS)).encode())
     return f"v2-{h.hexdigest()[:10]}"
 
 
 def task_prompt_hash(task: Task) -> str:
-    """Hash of what a task contributes to every prompt: answer form, few-shot examples, the answer
-    pattern a trial stops at and the assistant-side prefix."""
-    parts = (task.answer_format(), task.fewshot(), task.answer_stop(), task.trial_prefix())
+    """Hash of what a task contributes to every prompt and trial: answer form, few-shot examples, the
+    answer pattern a trial stops at, the assistant-side prefix, the ramble guards and the answer step's
+    opening."""
+    parts = (task.answer_format(), task.fewshot(), task.answer_stop(), task.trial_prefix(), task.ramble_stops(),
+             task.ramble_patterns(), task.answer_opening())
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 

@@ -8,7 +8,7 @@ from helpers import ScriptedBackend
 
 from reflectevo.backends import Generation, Sampling, finish_text, stop_position
 from reflectevo.errors import ReflectEvoError
-from reflectevo.mechanics import REFLECTION_STOPS, TRIAL_STOPS, attempt_text, run_trials, trial_sampling
+from reflectevo.mechanics import REFLECTION_STOPS, attempt_text, run_trials, trial_sampling
 from reflectevo.tasks import Item, check_prompting, get_task
 
 CHAIN = get_task("rg/chain_sum")
@@ -111,7 +111,8 @@ def test_trials_start_with_the_prefix_and_the_attempt_keeps_it():
     backend = ScriptedBackend(respond)
     prompts, gens = run_trials(backend, {CHAIN.name: CHAIN}, [ITEM], [[{"role": "user", "content": "q"}]], 32)
     assert prompts[0].endswith("Thought:") and seen[0][1].stop_regex == CHAIN.answer_stop()
-    assert seen[0][1].stop == CHAIN.ramble_stops() and set(TRIAL_STOPS) < set(CHAIN.ramble_stops())
+    assert seen[0][1].stop == CHAIN.ramble_stops() and "\nQuestion:" in CHAIN.ramble_stops()
+    assert seen[0][1].stop_patterns == CHAIN.ramble_patterns() != ()
     assert gens[0].text == " 4 + 3 = 7.\nAction: Finish[7]" and gens[0].stop_reason == "stop"
     assert attempt_text(prompts[0], gens[0].text, CHAIN) == "Thought: 4 + 3 = 7.\nAction: Finish[7]"
     # the SFT-on-answers baseline answers without a thought
@@ -220,6 +221,29 @@ def test_shared_prompt_prefix_is_computed_once_with_the_same_tokens(tiny_preset,
     assert computed < b.prefilled_tokens - computed          # the shared pass computed fewer prompt tokens
 
 
+def test_shared_prefix_attention_gives_the_tokens_and_scores_of_per_row_copies(tiny_preset):
+    """The shared head kept once (batch 1, merged into every row's attention) and the head's cache copied
+    into every row are the same attention: same greedy and sampled tokens, same likelihood scores, rows
+    of different lengths and rows finishing early included."""
+    import reflectevo.backends.hf as hf
+
+    b = hf.make_backend("tiny-random", tiny_preset)
+    assert b.cascade, "tiny-random runs SDPA through AttentionInterface: the shared-prefix path must engage"
+    head = "Worked examples first. Question: 1 + 1 = ? Thought: 1 + 1 = 2. Action: Finish[2] " * 3
+    prompts = [b.render([{"role": "user", "content": head + q}]) for q in
+               ("one", "two and three", "four five six seven", "eight " * 12)]
+    runs = {}
+    for cascade in (True, False):
+        b.cascade = cascade
+        runs[cascade] = (b.generate(prompts, Sampling(16, temperature=1.0), seeds=[1, 2, 3, 4]),
+                         b.generate(prompts, Sampling(16, stop=("\n",))),
+                         b.score(prompts, [" Finish[2]", " no", " a longer continuation here", " x"]))
+    (s1, g1, sc1), (s2, g2, sc2) = runs[True], runs[False]
+    assert [g.text for g in s1] == [g.text for g in s2] and [g.n_new_tokens for g in s1] == [g.n_new_tokens for g in s2]
+    assert [(g.text, g.stop_reason) for g in g1] == [(g.text, g.stop_reason) for g in g2]
+    assert sc1 == pytest.approx(sc2, abs=1e-4)
+
+
 def test_answer_step_completes_a_thought_that_stopped_without_an_answer():
     """As the original's second ("Action: ") call: a trial that rambles (blank line) or runs out of budget
     without an answer continues from the answer form's opening; one that answered is left alone."""
@@ -242,3 +266,17 @@ def test_answer_step_completes_a_thought_that_stopped_without_an_answer():
     step = [s for p, s in calls if p.endswith("Finish[")]
     assert len(step) == 1 and step[0].max_new_tokens <= 16      # only the row without an answer, a few tokens
     assert CHAIN.verify(gens[1].text, Item(id="y", task=ITEM.task, question="q1", answer="B")).extracted == "B"
+
+
+def test_a_blank_line_ends_a_trial_unless_the_answer_form_follows():
+    """A thought is one paragraph: a blank line followed by anything but the answer form ends the trial
+    (cut before it); "...option B.\n\nAction: Finish[B]" is an answer, not a ramble. The stop waits
+    while the text after the blank line could still become the answer form."""
+    from reflectevo.backends import finish_text, stop_position
+
+    s = trial_sampling(CHAIN, 64)
+    assert finish_text(" so B.\n\nAction: Finish[B] junk", s, "length") == (" so B.\n\nAction: Finish[B]", "stop")
+    assert finish_text(" so B.\n\nQuestion: next", s, "length") == (" so B.", "stop")
+    assert finish_text(" so B.\n\nActor", s, "length") == (" so B.", "stop")
+    assert stop_position(" so B.\n\nAct", s) is None and stop_position(" so B.\n\n", s) is None
+    assert CHAIN.verify(finish_text(" 4 + 3 = 7.\n\nAction: Finish[7]", s, "eos")[0], ITEM).correct

@@ -27,9 +27,11 @@ class Sampling:
 
     `stop`: plain strings that end a completion *before* them (a new "Question:" block, say): every
     backend passes them natively. `stop_regex`: a pattern whose first match ends a completion *after*
-    it (the first complete answer, e.g. `Finish[...]`): the transformers backend stops on it while
-    generating; backends that only know plain stop strings (vLLM, OpenAI) generate on and the text is cut
-    at the same place afterwards (`finish_text`), so every backend returns the same text."""
+    it (the first complete answer, e.g. `Finish[...]`). `stop_patterns`: patterns that end a completion
+    *before* their match, as stop strings do, once the match is complete (a blank line that is not
+    followed by the answer form). The transformers backend stops on patterns while generating; backends
+    that only know plain stop strings (vLLM, OpenAI) generate on and the text is cut at the same place
+    afterwards (`finish_text`), so every backend returns the same text."""
 
     max_new_tokens: int
     temperature: float = 0.0       # 0 = greedy
@@ -37,12 +39,15 @@ class Sampling:
     seed: int = 0
     stop: tuple[str, ...] = ()
     stop_regex: str | None = None
+    stop_patterns: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
                                "top_p": self.top_p, "seed": self.seed}
         if self.stop or self.stop_regex:
             out.update(stop=list(self.stop), stop_regex=self.stop_regex)
+        if self.stop_patterns:
+            out["stop_patterns"] = list(self.stop_patterns)
         return out
 
 
@@ -59,12 +64,16 @@ def stop_position(text: str, sampling: Sampling) -> int | None:
     """Where `text` must be cut under `sampling`'s stops (None: no stop reached).
 
     The stop detected first wins: a plain stop string at i (seen once the whole string is there) cuts
-    at i; the first match of `stop_regex` cuts at its end."""
+    at i, so does a `stop_patterns` match starting at i; the first match of `stop_regex` cuts at its end."""
     best: tuple[int, int] | None = None   # (position where the stop is complete, cut position)
     for s in sampling.stop:
         i = text.find(s)
         if i >= 0 and (best is None or i + len(s) < best[0]):
             best = (i + len(s), i)
+    for pattern in sampling.stop_patterns:
+        m = _compiled(pattern).search(text)
+        if m and (best is None or m.end() < best[0]):
+            best = (m.end(), m.start())
     if sampling.stop_regex:
         m = _compiled(sampling.stop_regex).search(text)
         if m and (best is None or m.end() < best[0]):

@@ -120,9 +120,17 @@ class Task(ABC):
         return ("\nAction: Finish[", "]")
 
     def ramble_stops(self) -> tuple[str, ...]:
-        """Plain stop strings that end a trial which rambles on instead of answering: a new block, or a
-        blank line (a thought is one paragraph; code and worked math may have blank lines)."""
-        return ("\nQuestion:", "\nObservation", "(END OF", "\n\n")
+        """Plain stop strings that end a trial which rambles on instead of answering: a new block."""
+        return ("\nQuestion:", "\nObservation", "(END OF")
+
+    def ramble_patterns(self) -> tuple[str, ...]:
+        """Patterns that end a rambling trial before their match: a blank line not followed by the answer
+        form's opening (a thought is one paragraph, but "...option B.\n\nAction: Finish[B]" answers).
+        Code and worked math may have blank lines: those tasks return ()."""
+        opening = self.answer_opening()
+        if opening is None:
+            return ()
+        return (blank_line_not_followed_by(opening[0].strip().split()[0]),)
 
     def fewshot(self) -> list[tuple[str, str]]:
         """Worked examples (question, completion in the answer form) shown before the question.
@@ -163,3 +171,14 @@ def check_prompting(task: Task, sample: Item | None = None) -> None:
         if not rx.search(completion):
             raise ReflectEvoError(f"task {task.name}: fewshot example {n} has no complete answer matching "
                                   f"answer_stop {pattern!r}: {completion[-80:]!r}")
+
+
+def blank_line_not_followed_by(word: str) -> str:
+    """A pattern matching a blank line once the text after it has departed from `word` (the match
+    completes at the first character that cannot continue `word`, so a partial "Act" does not stop
+    a trial that goes on to "Action:")."""
+    import re
+
+    alternatives = ["[^\\s" + re.escape(word[0]) + "]"]
+    alternatives += [re.escape(word[:i]) + "[^" + re.escape(word[i]) + "]" for i in range(1, len(word))]
+    return r"\n[ \t]*\n\s*(?:" + "|".join(alternatives) + ")"

@@ -72,10 +72,10 @@ class TypedTask(Task):
             return None
         return ("\nAction: Finish<<<", ">>>") if self.answer_type == "math" else super().answer_opening()
 
-    def ramble_stops(self) -> tuple[str, ...]:
-        if self.answer_type in ("code", "math"):
-            return ("\nQuestion:", "\nObservation", "(END OF")
-        return super().ramble_stops()
+    def ramble_patterns(self) -> tuple[str, ...]:
+        if self.answer_type in ("code", "math"):   # blank lines belong to code and worked math
+            return ()
+        return super().ramble_patterns()
 
     def answer_stop(self) -> str:
         if self.answer_type == "code":
