@@ -96,9 +96,9 @@ def main(items: int = 200, dtype: str = "float32", before: str = "9be08cf", k: i
                   "load_average": os.getloadavg()}
         wall = _run(old, _params(old, tmp / "params-before.yaml", dtype, items, k), sources / "train.jsonl",
                     tmp / "raw-before", tmp / "before.json")
-        result["before"] = _side(tmp / "raw-before", tmp / "before.json", wall)
+        result["before"] = {**_side(tmp / "raw-before", tmp / "before.json", wall), "load_average_after": os.getloadavg()}
         wall = _run(ROOT, params_new, sources / "train.jsonl", tmp / "raw-after", tmp / "after.json")
-        result["after"] = _side(tmp / "raw-after", tmp / "after.json", wall)
+        result["after"] = {**_side(tmp / "raw-after", tmp / "after.json", wall), "load_average_after": os.getloadavg()}
     b, a = result["before"], result["after"]
     result["speedup_episodes_per_s"] = round(a["episodes_per_s"] / b["episodes_per_s"], 3)
     result["speedup_wall"] = round(b["wall_seconds"] / a["wall_seconds"], 3)
