@@ -39,7 +39,17 @@ from reflectevo.training.checkpoint import (
     latest_checkpoint,
     remove_checkpoints,
 )
-from reflectevo.training.data import ADAPTERS, SETTINGS, data_hash, examples, row_item, row_problem
+from reflectevo.training.data import (
+    ADAPTERS,
+    RL_SETTINGS,
+    SETTINGS,
+    data_hash,
+    examples,
+    family,
+    rl_rows,
+    row_item,
+    row_problem,
+)
 from reflectevo.training.dist import _barrier, is_main_process
 from reflectevo.training.dpo import build_dpo_trainer
 from reflectevo.training.model import (
@@ -48,13 +58,17 @@ from reflectevo.training.model import (
     _common_args,
     _lora,
     _portable_adapter,
+    _portable_model,
     _qlora_adapter_dtype,
     _tokens_per_s,
     _warmup_kwargs,
+    peft_config_for,
     qlora_config,
     refuse_unshardable_4bit,
     sharded_launcher,
+    train_method,
 )
+from reflectevo.training.rl import build_rl_trainer
 from reflectevo.training.run import train_setting
 from reflectevo.training.sft import build_sft_trainer
 from reflectevo.training.vllm_compat import (

@@ -23,7 +23,11 @@ def write_card(out_dir: Path, card: dict[str, Any]) -> None:
 
 
 _LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy",
-           "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "eval_rewards/accuracies")
+           "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "eval_rewards/accuracies",
+           # online RL (TRL GRPO / RLOO logs, plus the reflect-retry rollout's own)
+           "reward", "reward_std", "kl", "rewards/correct/mean", "rewards/format/mean", "completions/mean_length",
+           "completions/clipped_ratio", "frac_reward_zero_std", "entropy", "retry/repeat_rate", "retry/correct",
+           "reflection/truncated")
 
 
 def _log_to_live(live, prefix: str, step: int, logs: dict[str, Any]) -> None:

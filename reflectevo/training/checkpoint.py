@@ -20,7 +20,8 @@ _CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 
 
 def checkpoint_key(setting: str, role: str, model_fp: dict[str, str], preset: ModelPreset, hp, seed: int,
-                   train_examples: list[dict[str, Any]], eval_examples: list[dict[str, Any]]) -> tuple[str, dict]:
+                   train_examples: list[dict[str, Any]], eval_examples: list[dict[str, Any]], method: str = "lora",
+                   lr: float | None = None, gradient_checkpointing: bool = False) -> tuple[str, dict]:
     """(key, what it hashes): a checkpoint is resumed only by a run whose key is the same."""
     import peft
     import torch
@@ -30,7 +31,8 @@ def checkpoint_key(setting: str, role: str, model_fp: dict[str, str], preset: Mo
 
     what = {"setting": setting, "role": role, "base": model_fp,
             "preset": {"dtype": preset.dtype, "quantization": preset.quantization, "lora": to_dict(preset.lora),
-                       "lr": preset.lr_dpo if setting.startswith("dpo") else preset.lr_sft},
+                       "lr": lr if lr is not None else preset.lr_dpo if setting.startswith("dpo") else preset.lr_sft,
+                       "method": method, "gradient_checkpointing": gradient_checkpointing},
             "train": {k: v for k, v in to_dict(hp).items() if k not in CHECKPOINT_ONLY}, "seed": seed,
             "data": {"train": data_hash(train_examples), "eval": data_hash(eval_examples)},
             "num_processes": PartialState().num_processes,

@@ -16,9 +16,16 @@ from reflectevo.prompts import (
 )
 from reflectevo.tasks import Item, get_task
 
-SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa")
+RL_SETTINGS = ("grpo_one_stage", "grpo_reflect_retry", "rloo")   # online RL on data/raw's trial-1 attempts
+SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa", *RL_SETTINGS)
 ADAPTERS = {"one_stage": ("one_stage",), "two_stage": ("reflector", "corrector"), "dpo_pm": ("reflector",),
-            "dpo_pref": ("reflector",), "sft_qa": ("answerer",)}
+            "dpo_pref": ("reflector",), "sft_qa": ("answerer",),
+            "grpo_one_stage": ("one_stage",), "grpo_reflect_retry": ("reflector",), "rloo": ("one_stage",)}
+
+
+def family(setting: str) -> str:
+    """sft | dpo | rl: which trainer a setting uses."""
+    return "rl" if setting in RL_SETTINGS else "dpo" if setting.startswith("dpo") else "sft"
 
 
 def row_item(row: dict[str, Any]) -> Item:
@@ -56,6 +63,16 @@ def examples(setting: str, rows: list[dict[str, Any]]) -> dict[str, list[dict[st
         return {"reflector": [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
                                "chosen": _assistant(r["chosen"]["reflection"].strip()),
                                "rejected": _assistant(r["rejected"]["reflection"].strip())} for r in rows]}
+    if setting in RL_SETTINGS:  # rows: `rl_rows` (an item and its trial-1 attempt); prompts only, TRL samples
+        role = ADAPTERS[setting][0]
+        out = []
+        for r in rows:
+            item, oracle = Item.from_dict(r["item"]), r.get("protocol", "oracle") == "oracle"
+            prompt = (reflection_messages(item, r["trial1"], None, oracle=oracle) if setting == "grpo_reflect_retry"
+                      else one_stage_messages(tasks[item.task], item, r["trial1"], oracle=oracle))
+            out.append({"prompt": prompt, "item": json.dumps(item.to_dict(), sort_keys=True), "trial1": r["trial1"],
+                        "rejected": r.get("rejected") or "", "oracle": oracle})
+        return {role: out}
     if setting == "sft_qa":
         out = []
         for r in rows:  # unified-schema items
@@ -90,3 +107,17 @@ def row_problem(setting: str, row: dict[str, Any]) -> str | None:
 
 def data_hash(rows: list[dict[str, Any]]) -> str:
     return hashlib.sha256("\n".join(json.dumps(r, sort_keys=True) for r in rows).encode()).hexdigest()[:16]
+
+
+def rl_rows(episodes: dict[str, dict[str, Any]], protocol: str, limit: int = 0) -> list[dict[str, Any]]:
+    """RL prompts from raw episodes (`generation.load_episodes`): oracle -> the items whose trial 1 failed,
+    told so; intrinsic -> every item, no notice. Each row: the item, its trial-1 attempt, the rejected answer."""
+    rows = []
+    for eid in sorted(episodes):
+        ep = episodes[eid]
+        t1 = ep["trial1"]
+        if protocol == "oracle" and t1.get("correct"):
+            continue
+        rows.append({"item": ep["item"], "trial1": t1["attempt"], "rejected": t1.get("extracted"),
+                     "protocol": protocol, "episode_id": eid})
+    return rows[:limit] if limit else rows

@@ -137,7 +137,8 @@ def _lora(preset: ModelPreset):
 
 
 def _common_args(config_cls: type, hp, seed: int, lr: float, output_dir: Path, has_eval: bool,
-                 dtype_name: str, save_checkpoints: bool = False) -> dict[str, Any]:
+                 dtype_name: str, save_checkpoints: bool = False, gradient_checkpointing: bool = False
+                 ) -> dict[str, Any]:
     import torch
 
     from reflectevo.models import resolve_dtype
@@ -152,7 +153,7 @@ def _common_args(config_cls: type, hp, seed: int, lr: float, output_dir: Path, h
         weight_decay=hp.weight_decay, max_length=hp.max_length, logging_steps=1,
         eval_strategy="epoch" if has_eval else "no", report_to="none", seed=seed,
         use_cpu=not torch.cuda.is_available(), bf16=resolve_dtype(dtype_name) == torch.bfloat16,
-        gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True,
+        gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=0, disable_tqdm=True,
     )
 
 
@@ -177,3 +178,42 @@ def _portable_adapter(out_dir: Path, preset_name: str) -> None:
     write_json(p, cfg)
     (out_dir / "training_args.bin").unlink(missing_ok=True)
     (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's card names the absolute base path; ours replaces it
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA or full-parameter training
+
+
+def train_method(preset_name: str, preset: ModelPreset, method: str) -> str:
+    """`lora` or `full` for `train.method` (`auto`: the preset's `train_method`). Full fine-tuning saves every
+    weight, which the packaged GGUF preset cannot give a usable copy of: it is refused there with one line."""
+    from reflectevo.errors import ReflectEvoError
+
+    resolved = preset.train_method if method == "auto" else method
+    if resolved == "full" and preset.source == "gguf-package":
+        raise ReflectEvoError(
+            f"train.method: full on preset {preset_name!r}: its weights are the packaged GGUF ({preset.file}, "
+            "quantized), which cannot be saved in full; convert it first (python -c \"from reflectevo.models import "
+            f"convert_gguf_package as c; print(c({preset.package!r}, {preset.file!r}, {preset.package_version!r}))\") and "
+            "point a source: hub preset's path at that folder, or use train.method: lora")
+    if resolved == "full" and preset.quantization == "4bit":
+        raise ReflectEvoError(f"train.method: full on preset {preset_name!r}: quantization 4bit trains adapters "
+                              "only (QLoRA); set quantization: none for full fine-tuning")
+    return resolved
+
+
+def peft_config_for(preset: ModelPreset, method: str):
+    """The LoRA config, or None for full-parameter training (every weight trainable)."""
+    return _lora(preset) if method == "lora" else None
+
+
+def _portable_model(out_dir: Path, preset_name: str, tokenizer) -> None:
+    """A full-parameter save made standalone: the tokenizer beside the weights (so `from_pretrained(folder)`
+    and every backend load it alone), the preset name instead of a local base path, no pickled args."""
+    tokenizer.save_pretrained(str(out_dir))
+    p = out_dir / "config.json"
+    cfg = json.loads(p.read_text())
+    cfg["_name_or_path"] = f"reflectevo-preset:{preset_name}"
+    write_json(p, cfg)
+    (out_dir / "training_args.bin").unlink(missing_ok=True)
+    (out_dir / "README.md").unlink(missing_ok=True)
