@@ -90,7 +90,7 @@ def test_two_rl_steps_change_the_adapter_and_save_a_loadable_adapter_and_card(ti
     import torch
     from peft import PeftModel
 
-    import reflectevo.training.rl as rl
+    from reflectevo.training import rl
     from reflectevo.training.model import _base_model, _lora
 
     # the junk-writing tiny model never answers right, so the verifier alone gives every rollout 0 and no
@@ -164,3 +164,62 @@ def test_full_method_on_the_gguf_preset_is_refused_before_anything_is_written(tm
     msg = str(e.value)
     assert "train.method: full" in msg and "GGUF" in msg and "convert" in msg and "\n" not in msg
     assert (out / "keep.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the stage (stages/train.py) on RL settings
+
+
+def _stage(tmp_path, setting, raw=None, **train):
+    import yaml
+    from helpers import tiny_params_dict
+    from test_train_stage import ROOT, _app
+    from typer.testing import CliRunner
+
+    p = tiny_params_dict(ROOT / "params.yaml")
+    model = train.pop("model", None)
+    if model:
+        p["model"] = model
+    rl = train.pop("rl", {})
+    p["train"].update(train)
+    p["train"]["rl"].update({"max_steps": 1, "batch_size": 4, "num_generations": 4, "max_completion_length": 4,
+                             "max_new_tokens_retry": 4, "save_steps": 0, **rl})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    raw_dir = tmp_path / "raw"
+    if raw is not None:
+        from reflectevo.generation import write_shards
+
+        raw_dir.mkdir(exist_ok=True)
+        write_shards(raw_dir, list(raw.values()), 50)
+    return CliRunner().invoke(_app(), ["--setting", setting, "--params", str(tmp_path / "params.yaml"),
+                                       "--train-data", str(raw_dir), "--out", str(tmp_path / "models" / setting),
+                                       "--metrics", str(tmp_path / "m.json"), "--checkpoints", "none"])
+
+
+def test_stage_rl_is_disabled_by_default_and_reads_nothing(tmp_path):
+    res = _stage(tmp_path, "grpo_reflect_retry")          # no data/raw at all
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "models/grpo_reflect_retry/model_card.json").read_text())
+    assert card["status"] == "disabled" and json.loads((tmp_path / "m.json").read_text())["trained"] is False
+
+
+@pytest.mark.parametrize("raw,rl,train,message", [
+    (episodes(3, correct_every=1), {"enabled": True}, {}, "no failed trial-1 attempts among 3 episodes"),
+    (None, {"enabled": True, "num_generations": 1}, {}, "train.rl.num_generations: must be >= 2"),
+    (None, {"enabled": True, "reward_weights": {"correct": -0.5}}, {}, "reward_weights.correct: must be a number >= 0"),
+    (None, {"enabled": True, "reward_weights": {"correct": "high"}}, {}, "expected a number, got 'high'"),
+    (None, {}, {"method": "full", "model": "smollm2-135m"}, "cannot be saved in full; convert it first"),
+    (None, {}, {"method": "ful"}, "unknown training method 'ful'. Did you mean 'full'?"),
+])
+def test_stage_rl_bad_input_is_one_line_exit_2(tmp_path, raw, rl, train, message):
+    res = _stage(tmp_path, "grpo_one_stage", raw, rl=rl, **train)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output and res.output.count("\n") == 1, res.output
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "models").exists()
+
+
+def test_stage_rl_without_episodes_is_no_training_data(tmp_path):
+    res = _stage(tmp_path, "rloo", raw={}, rl={"enabled": True})
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "models/rloo/model_card.json").read_text())
+    assert card["status"] == "no training data" and "data/raw" in card["reason"]
