@@ -158,7 +158,13 @@ class VLLMBackend:
         self.vllm = vllm
         self.preset_name = preset_name
         self.tokenizer = load_tokenizer(preset_name, preset)
-        self.engine_kwargs = engine_kwargs(preset_name, preset, [adapter, *serves])
+        from reflectevo.models import is_full_model
+
+        self.engine_kwargs = engine_kwargs(preset_name, preset, [a for a in (adapter, *serves) if not is_full_model(a)])
+        if is_full_model(adapter):  # a full-parameter save: its own engine on that folder, no LoRA
+            folder = str(Path(adapter).resolve())
+            self.engine_kwargs.update(model=folder, revision=None, tokenizer_revision=None)
+            adapter = None
         self.llm = _engine(vllm, self.engine_kwargs, preset_name)
         config = getattr(self.llm, "model_config", None)   # vllm/entrypoints/llm.py: LLM.model_config
         self.dtype = str(getattr(config, "dtype", self.engine_kwargs["dtype"])).replace("torch.", "")
