@@ -143,6 +143,9 @@ def test_rl_disabled_by_default_writes_a_card_in_no_time(tiny_preset, tmp_path):
     result = train_setting("grpo_one_stage", "tiny-random", tiny_preset, _fp(tiny_preset), [], [], CFG, tmp_path / "m")
     card = json.loads((tmp_path / "m/model_card.json").read_text())
     assert not result["trained"] and card["status"] == "disabled" and "train.rl.enabled" in card["reason"]
+    from reflectevo.metrics_summary import train_headline
+
+    assert train_headline(result) == {"status": "disabled"}
 
 
 def test_rl_empty_set_is_no_training_data(tiny_preset, tmp_path):
@@ -223,3 +226,30 @@ def test_stage_rl_without_episodes_is_no_training_data(tmp_path):
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "models/rloo/model_card.json").read_text())
     assert card["status"] == "no training data" and "data/raw" in card["reason"]
+
+
+def test_evaluate_lists_rl_settings_as_rows_or_skipped(tmp_path, tiny_preset):
+    """A trained grpo_reflect_retry (retry by the policy) and grpo_one_stage are Table 2 rows with McNemar vs
+    base_reflect; a disabled rloo is listed under skipped with its reason."""
+    from test_stages import run, tiny_params
+
+    params = tiny_params(tmp_path)
+    run("prepare", "--params", params, "--out", tmp_path / "sources")
+    rows = rl_rows(episodes(4), "oracle")
+    cfg = dataclasses.replace(RL_CFG, rl=dataclasses.replace(RL, max_steps=1))
+    for setting in ("grpo_reflect_retry", "grpo_one_stage"):
+        assert train_setting(setting, "tiny-random", tiny_preset, _fp(tiny_preset), rows, [], cfg,
+                             tmp_path / "models" / setting)["trained"]
+    train_setting("rloo", "tiny-random", tiny_preset, _fp(tiny_preset), [], [], CFG, tmp_path / "models/rloo")
+    r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models",
+            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json",
+            "--plots", tmp_path / "plots")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert {"grpo_reflect_retry", "grpo_one_stage"} <= set(report["systems"])
+    assert "not enabled" in report["skipped"]["rloo"]
+    for s in ("grpo_reflect_retry", "grpo_one_stage"):
+        vs = report["systems"][s]["overall"]["vs_base_reflect"]
+        assert 0.0 <= vs["p"] <= 1.0 and vs["n"] == report["systems"][s]["overall"]["n"]
+    preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert any(p["system"] == "grpo_reflect_retry" and "reflection" in p for p in preds)

@@ -55,7 +55,7 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         reason = "not enabled (train.rl.enabled: false; dvc exp run -S train.rl.enabled=true trains it)"
         card.update(status="disabled", reason=reason)
         write_card(out_dir, card)
-        return {**result, "trained": False, "reason": reason}
+        return {**result, "trained": False, "status": "disabled", "reason": reason}
     if not train_rows:
         data = {"dpo_pm": "D±", "dpo_pref": "Dpref", "sft_qa": "the train split"}.get(
             setting, "data/raw's trial-1 attempts" if kind == "rl" else "D+")
