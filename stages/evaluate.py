@@ -77,7 +77,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     t1 = ev.trial1(items, tasks, base, cfg)
     systems = {"base_noreflect": ev.retry_without_reflection(items, tasks, t1, base, cfg),
                "base_reflect": ev.reflect_then_retry(items, tasks, t1, base, base, cfg)}
-    for setting in cards:  # by the roles a setting trained (RL settings evaluate like their SFT/DPO kin)
+    for setting, card in cards.items():  # by the roles a setting trained (RL settings as their SFT/DPO kin)
         roles = ADAPTERS[setting]
         if roles == ("one_stage",):          # one_stage, grpo_one_stage, rloo
             systems[setting] = ev.one_stage(items, tasks, backend(adapter(setting, "one_stage")), t1, cfg)
@@ -88,7 +88,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
             del reflector, corrector
         elif roles == ("reflector",):        # dpo_pm, dpo_pref; grpo_reflect_retry retries as it was trained
             reflector = backend(adapter(setting, "reflector"))
-            corrector = reflector if cards[setting].get("retry_by") == "policy" else base
+            corrector = reflector if card.get("retry_by") == "policy" else base
             systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
             del reflector, corrector
         elif roles == ("answerer",):

@@ -9,7 +9,7 @@ import json
 
 import pytest
 from test_rl_training import RL, episodes
-from test_training import CFG, _fp, dpm_rows, dplus_rows, one_thread  # noqa: F401 - one_thread: autouse fixture
+from test_training import CFG, _fp, dplus_rows, dpm_rows, one_thread  # noqa: F401 - one_thread: autouse fixture
 
 from reflectevo.training import rl_rows, train_setting
 
