@@ -350,6 +350,7 @@ class RLHyper(SFTHyper):
     reward_weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.0})
     retry_by: str = "policy"                    # grpo_reflect_retry: policy (the adapter) | base (adapter disabled)
     train_retry: bool = False                   # grpo_reflect_retry: also train the retry tokens (env_mask 1)
+    use_vllm: bool = False                      # grpo_one_stage / rloo rollouts by TRL's vLLM (colocate; CUDA + vllm)
 
     def validate(self, where: str) -> None:
         super().validate(where)

@@ -253,3 +253,17 @@ def test_evaluate_lists_rl_settings_as_rows_or_skipped(tmp_path, tiny_preset):
         assert 0.0 <= vs["p"] <= 1.0 and vs["n"] == report["systems"][s]["overall"]["n"]
     preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert any(p["system"] == "grpo_reflect_retry" and "reflection" in p for p in preds)
+
+
+@pytest.mark.parametrize("setting,message", [("grpo_one_stage", "needs a CUDA GPU and vllm"),
+                                             ("grpo_reflect_retry", "samples its two turns itself")])
+def test_use_vllm_is_refused_where_it_cannot_run(setting, message):
+    import torch
+
+    from reflectevo.training.rl import check_vllm_rollouts
+
+    if setting == "grpo_one_stage" and torch.cuda.is_available():
+        pytest.skip("a CUDA machine: use_vllm may run here")
+    with pytest.raises(ReflectEvoError, match=message):
+        check_vllm_rollouts(setting, dataclasses.replace(RL, use_vllm=True))
+    check_vllm_rollouts(setting, RL)  # off: nothing to check

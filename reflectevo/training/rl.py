@@ -167,6 +167,8 @@ def _rl_args(config_cls, cfg: TrainConfig, output_dir: Path, preset: ModelPreset
                         cfg.gradient_checkpointing)
     args.pop("max_length")  # TRL 1.16's GRPO/RLOO configs have none: prompts are filtered by length beforehand
     args.pop("per_device_eval_batch_size")
+    if hp.use_vllm:  # TRL's colocated vLLM engine samples the rollouts (GPU machines)
+        args.update(use_vllm=True, vllm_mode="colocate")
     return {**args, "num_generations": hp.num_generations, "beta": hp.beta,
             "max_completion_length": hp.max_completion_length, "temperature": hp.temperature,
             "reward_weights": weights, "log_completions": False}
@@ -182,6 +184,24 @@ def fit_prompts(tokenizer, examples: list[dict[str, Any]], max_length: int) -> l
     return keep
 
 
+def check_vllm_rollouts(setting: str, hp: RLHyper) -> None:
+    """`train.rl.use_vllm` needs CUDA and vllm, and applies to TRL's own rollouts (not grpo_reflect_retry's)."""
+    import importlib.util
+
+    import torch
+
+    from reflectevo.errors import ReflectEvoError
+
+    if not hp.use_vllm:
+        return
+    if setting == "grpo_reflect_retry":
+        raise ReflectEvoError("train.rl.use_vllm: grpo_reflect_retry samples its two turns itself with transformers "
+                              "(ReflectRetryRollout); set use_vllm: false for it")
+    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+        raise ReflectEvoError("train.rl.use_vllm: needs a CUDA GPU and vllm (pip install '.[vllm]'); set it to false "
+                              "on this machine")
+
+
 def build_rl_trainer(setting: str, preset_name: str, preset: ModelPreset, train_examples: list[dict[str, Any]],
                      eval_examples: list[dict[str, Any]], cfg: TrainConfig, output_dir: Path,
                      save_checkpoints: bool = False):
@@ -195,6 +215,7 @@ def build_rl_trainer(setting: str, preset_name: str, preset: ModelPreset, train_
 
     hp = cfg.rl
     method = train_method(preset_name, preset, cfg.method)
+    check_vllm_rollouts(setting, hp)
     tok = load_tokenizer(preset_name, preset)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
