@@ -11,6 +11,7 @@ import pytest
 from test_rl_training import RL, episodes
 from test_training import CFG, _fp, dplus_rows, dpm_rows, one_thread  # noqa: F401 - one_thread: autouse fixture
 
+from reflectevo.errors import ReflectEvoError
 from reflectevo.training import rl_rows, train_setting
 
 FULL = dataclasses.replace(CFG, method="full")
@@ -81,3 +82,26 @@ def test_the_method_is_part_of_the_checkpoint_key(tiny_preset, method):
     other, _ = checkpoint_key("one_stage", "one_stage", _fp(tiny_preset), tiny_preset, CFG.sft, 0, [], [],
                               method="full" if method == "lora" else "lora")
     assert what["preset"]["method"] == method and key != other
+
+
+def test_a_full_model_folder_gets_its_own_vllm_engine_without_lora(tiny_preset, tmp_path, monkeypatch):
+    """With a FAKE vllm (tests/fake_vllm.py): a full-parameter save in an adapter's place is served as the
+    engine's model, with no LoRARequest; the base keeps its own engine."""
+    import fake_vllm as fake
+
+    from reflectevo.backends.vllm_backend import VLLMBackend
+
+    fake.install(monkeypatch)
+    folder = tmp_path / "one_stage"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    preset = dataclasses.replace(tiny_preset, backend="vllm")
+    full = VLLMBackend("tiny-random", preset, adapter=folder)
+    assert full.lora is None and full.engine_kwargs["model"] == str(folder.resolve())
+    assert full.engine_kwargs["revision"] is None
+    assert len(fake.FakeLLM.instances) == 1
+    # beside the base's engine (evaluate builds the base first) a second engine needs a smaller memory share
+    fake.install(monkeypatch)
+    VLLMBackend("tiny-random", preset, serves=[folder])
+    with pytest.raises(ReflectEvoError, match="full-parameter model: vLLM needs a second engine"):
+        VLLMBackend("tiny-random", preset, adapter=folder)

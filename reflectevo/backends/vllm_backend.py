@@ -165,6 +165,11 @@ class VLLMBackend:
             folder = str(Path(adapter).resolve())
             self.engine_kwargs.update(model=folder, revision=None, tokenizer_revision=None)
             adapter = None
+            if _ENGINES and not any(k[0] == folder for k in _ENGINES) and not os.environ.get(ENV_GPU_MEMORY):
+                raise ReflectEvoError(
+                    f"{folder} is a full-parameter model: vLLM needs a second engine for it beside this process's "
+                    f"other engine, which does not fit at vLLM's default memory share; set ${ENV_GPU_MEMORY} (each "
+                    "engine's share, e.g. 0.45) or use backend: transformers")
         self.llm = _engine(vllm, self.engine_kwargs, preset_name)
         config = getattr(self.llm, "model_config", None)   # vllm/entrypoints/llm.py: LLM.model_config
         self.dtype = str(getattr(config, "dtype", self.engine_kwargs["dtype"])).replace("torch.", "")
