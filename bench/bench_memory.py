@@ -20,9 +20,8 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASES = [("one_stage", "lora", 0.0), ("one_stage", "full", 0.0), ("dpo_pm", "lora", 0.0), ("dpo_pm", "full", 0.0),
-         ("grpo_one_stage", "lora", 0.0), ("grpo_one_stage", "lora", 0.04), ("grpo_one_stage", "full", 0.04),
-         ("grpo_reflect_retry", "lora", 0.0)]
+ALL = ("one_stage:lora:0", "one_stage:full:0", "dpo_pm:lora:0", "dpo_pm:full:0", "grpo_one_stage:lora:0",
+       "grpo_one_stage:full:0.04", "grpo_reflect_retry:lora:0")
 
 CHILD = r"""
 import dataclasses, json, resource, sys, tempfile
@@ -56,18 +55,20 @@ print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF)
 """
 
 
-def main(steps: int = 1, out: Path = ROOT / "bench/results/memory.json") -> None:
+def main(steps: int = 1, cases: str = ",".join(ALL), out: Path = ROOT / "bench/results/memory.json") -> None:
+    """`cases`: setting:method:beta, comma-separated."""
     from reflectevo.config import load_preset, read_params
     from reflectevo.models import convert_gguf_package
 
     _, p = load_preset(read_params(ROOT / "params.yaml"), "smollm2-135m")
     folder = convert_gguf_package(p.package, p.file, p.package_version)
     results = []
-    for setting, method, beta in CASES:
+    for case in cases.split(","):
+        setting, method, beta = case.split(":")
         run = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), setting, method, str(beta), str(folder), str(steps)],
                              capture_output=True, text=True, check=False)
         line = run.stdout.strip().splitlines()[-1] if run.returncode == 0 else ""
-        rec = {"setting": setting, "method": method, "beta": beta,
+        rec = {"setting": setting, "method": method, "beta": float(beta),
                **(json.loads(line) if line.startswith("{") else {"error": run.stderr[-500:]})}
         print(rec, flush=True)
         results.append(rec)

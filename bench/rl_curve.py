@@ -53,7 +53,10 @@ def fix_rate(name, preset, rows, tasks, adapter, ecfg):
 
 
 def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 24, max_items: int = 0,
-         preset: str = "", seed: int = 0, out: Path = ROOT / "bench/results/rl_curve.json") -> None:
+         preset: str = "", seed: int = 0, max_completion_length: int = 0, max_new_tokens_retry: int = 0,
+         out: Path = ROOT / "bench/results/rl_curve.json") -> None:
+    """`max_completion_length` / `max_new_tokens_retry`: 0 = train.rl's (the reflection's budget in evaluation
+    follows max_completion_length too)."""
     import reflectevo.training as T
     from reflectevo.config import EvaluateConfig, load_preset, load_section, read_params
     from reflectevo.errors import ReflectEvoError
@@ -76,8 +79,11 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
     if not held or not train:
         raise ReflectEvoError(f"{len(rows)} failed attempts: too few for {held_out} held out and some to train on")
     tasks = {r["item"]["task"]: get_task(r["item"]["task"]) for r in rows}
-    ecfg = EvaluateConfig(protocol="oracle", rounds=1, max_new_tokens_trial=gen.max_new_tokens_trial,
-                          max_new_tokens_reflection=cfg.rl.max_completion_length, name_rejected=gen.name_rejected)
+    rl = dataclasses.replace(cfg.rl, enabled=True, retry_by="policy", max_steps=100000, save_steps=0, epochs=100.0,
+                             max_completion_length=max_completion_length or cfg.rl.max_completion_length,
+                             max_new_tokens_retry=max_new_tokens_retry or cfg.rl.max_new_tokens_retry)
+    ecfg = EvaluateConfig(protocol="oracle", rounds=1, max_new_tokens_trial=rl.max_new_tokens_retry,
+                          max_new_tokens_reflection=rl.max_completion_length, name_rejected=gen.name_rejected)
 
     t0 = time.perf_counter()
     before = fix_rate(name, p, held, tasks, None, ecfg)
@@ -102,7 +108,6 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
         return cb
 
     T.step_logger = step_logger
-    rl = dataclasses.replace(cfg.rl, enabled=True, retry_by="policy", max_steps=100000, save_steps=0, epochs=100.0)
     with tempfile.TemporaryDirectory() as d:
         models, curves = Path(d) / "m", Path(d) / "curves"
         res = T.train_setting("grpo_reflect_retry", name, p, model_fingerprint(name, p), train, [],

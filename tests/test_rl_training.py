@@ -267,3 +267,15 @@ def test_use_vllm_is_refused_where_it_cannot_run(setting, message):
     with pytest.raises(ReflectEvoError, match=message):
         check_vllm_rollouts(setting, dataclasses.replace(RL, use_vllm=True))
     check_vllm_rollouts(setting, RL)  # off: nothing to check
+
+
+def test_a_retry_ends_at_its_first_answer(tiny_preset):
+    from reflectevo.models import load_tokenizer
+    from reflectevo.training.rl import first_answer_ids
+
+    tok = load_tokenizer("tiny-random", tiny_preset)
+    stop = get_task("rg/chain_sum").answer_stop()
+    ids = tok(" 2 + 1 = 3.\nAction: Finish[3]\nQuestion: more", add_special_tokens=False)["input_ids"]
+    cut, answered = first_answer_ids(tok, ids, stop)
+    assert answered and tok.decode(cut).rstrip().endswith("Finish[3]") and len(cut) < len(ids)
+    assert first_answer_ids(tok, ids[:3], stop) == (ids[:3], False)

@@ -71,18 +71,18 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, temperature:
     return [cut_at_eos(row[ids.shape[1]:].tolist(), eos_ids, None if pad_id in eos_ids else pad_id) for row in out]
 
 
-def first_answer_ids(tokenizer, ids: list[int], stop_regex: str | None) -> list[int]:
-    """`ids` up to the token that completes the first answer (a trial ends at its first answer, as in
-    generation and evaluation); all of them when no answer is complete."""
+def first_answer_ids(tokenizer, ids: list[int], stop_regex: str | None) -> tuple[list[int], bool]:
+    """(`ids` up to the token that completes the first answer, True) (a trial ends at its first answer, as
+    in generation and evaluation), or (all of them, False) when no answer is complete."""
     import re
 
     if not stop_regex or not re.search(stop_regex, tokenizer.decode(ids, skip_special_tokens=True)):
-        return ids
+        return ids, False
     pattern = re.compile(stop_regex)
     for n in range(1, len(ids) + 1):
         if pattern.search(tokenizer.decode(ids[:n], skip_special_tokens=True)):
-            return ids[:n]
-    return ids
+            return ids[:n], True
+    return ids, True
 
 
 class ReflectRetryRollout:
@@ -137,7 +137,9 @@ class ReflectRetryRollout:
         completion_ids, masks, retry_texts, repeats = [], [], [], []
         for head, it, r, (tid, _) in zip(heads, items, rows, retries):
             task = self.tasks[it.task]
-            tid = first_answer_ids(tok, tid, task.answer_stop())
+            tid, answered = first_answer_ids(tok, tid, task.answer_stop())
+            if answered and (not tid or tid[-1] not in eos_ids):
+                tid = [*tid, eos_ids[0]]  # ended at its answer: an end token, so TRL does not count it truncated
             n_refl, n_turn = head["n_reflection"], head["n_turn"]
             seq = join_rollout(head["completion_ids"][:n_refl], False, head["completion_ids"][n_refl:n_refl + n_turn],
                                tid, hp.train_retry)
