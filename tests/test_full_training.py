@@ -105,3 +105,14 @@ def test_a_full_model_folder_gets_its_own_vllm_engine_without_lora(tiny_preset, 
     VLLMBackend("tiny-random", preset, serves=[folder])
     with pytest.raises(ReflectEvoError, match="full-parameter model: vLLM needs a second engine"):
         VLLMBackend("tiny-random", preset, adapter=folder)
+
+
+def test_gradient_checkpointing_reaches_the_trainer(tiny_preset, tmp_path):
+    from reflectevo.training import build_sft_trainer, examples
+
+    cfg = dataclasses.replace(FULL, gradient_checkpointing=True)
+    trainer = build_sft_trainer("tiny-random", tiny_preset, examples("one_stage", dplus_rows(2))["one_stage"], [], cfg,
+                                tmp_path)
+    assert trainer.args.gradient_checkpointing is True
+    assert all(p.requires_grad for p in trainer.model.parameters())        # full: every weight trains
+    assert not hasattr(trainer.model, "peft_config")
