@@ -49,7 +49,9 @@ elif setting.startswith("grpo"):
 else:
     data = dplus(4 * steps)
 with tempfile.TemporaryDirectory() as d:
-    res = train_setting(setting, "smollm2-135m", preset, {"preset": "smollm2-135m"}, data, [], cfg, Path(d) / "m")
+    from reflectevo.models import model_fingerprint
+    res = train_setting(setting, "smollm2-135m", preset, model_fingerprint("smollm2-135m", preset), data, [], cfg,
+                        Path(d) / "m")
 assert res["trained"], res
 print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
