@@ -5,7 +5,7 @@
 Full-parameter runs need weights that can be saved in full, so the SmolLM2 preset is used through its
 converted HF folder (`models.convert_gguf_package`) as a local `source: hub` preset. Writes
 bench/results/memory.json: per case peak RSS in MiB (`ru_maxrss` of the child, which includes Python,
-torch and the tokenizer: about 600 MiB before any model).
+torch and the tokenizer).
 """
 
 from __future__ import annotations
