@@ -364,6 +364,9 @@ class RLHyper(SFTHyper):
             raise unknown("protocol", self.protocol, ["oracle", "intrinsic"], f"{where}.protocol")
         if self.retry_by not in ("policy", "base"):
             raise unknown("retry_by", self.retry_by, ["policy", "base"], f"{where}.retry_by")
+        if self.train_retry and self.retry_by != "policy":
+            raise ReflectEvoError(f"{where}.train_retry: true needs retry_by: policy (the frozen base's retry tokens are "
+                                  "not the policy's samples to train)")
         if self.loss_type not in LOSS_TYPES:
             raise unknown("loss_type", self.loss_type, LOSS_TYPES, f"{where}.loss_type")
         if self.beta < 0 or self.temperature <= 0 or self.lr <= 0:

@@ -89,6 +89,7 @@ def test_reward_functions_follow_the_weights():
     ({"reward_weights": {"correct": 0.0, "format": 0.0}}, "at least one weight must be > 0"),
     ({"num_generations": 3, "batch_size": 4}, "must be a multiple of num_generations (3)"),
     ({"retry_by": "teacher"}, "unknown retry_by 'teacher'"),
+    ({"retry_by": "base", "train_retry": True}, "train_retry: true needs retry_by: policy"),
 ])
 def test_bad_rl_params_fail_with_one_clear_line(data, message):
     with pytest.raises(ReflectEvoError) as e:
