@@ -163,6 +163,8 @@ class ModelPreset:
     lora: LoraConfig = field(default_factory=LoraConfig)
     lr_sft: float = 2.0e-4
     lr_dpo: float = 5.0e-6
+    lr_full: float = 1.0e-5          # train.method full: learning rate of SFT (DPO / RL use lr_dpo / train.rl.lr)
+    train_method: str = "lora"       # what train.method auto means for this preset: lora | full
     seed: int = 0                    # tiny-random: weight init seed
     # backend: openai (an OpenAI-compatible endpoint; see reflectevo/backends/openai_backend.py)
     api_model: str = ""              # model name the endpoint serves; default: hub_id, else the preset name
@@ -197,6 +199,8 @@ class ModelPreset:
         if self.source == "api" and self.api_mode == "completions":
             raise ReflectEvoError(f"{where}.api_mode: completions needs the model's chat template (a tokenizer), "
                                   "which a source: api preset has not; use chat")
+        if self.train_method not in ("lora", "full"):
+            raise unknown("train_method", self.train_method, ("lora", "full"), f"{where}.train_method")
         if self.api_concurrency < 0 or self.api_retries < 0:
             raise ReflectEvoError(f"{where}: api_concurrency and api_retries must be >= 0")
 
@@ -324,14 +328,75 @@ class DPOHyper(SFTHyper):
     beta: float = 0.1                           # paper: 0.01 (full-parameter DPO)
 
 
+REWARDS = ("correct", "format")                 # reflectevo.training.rewards: the verifier, the answer form
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")   # trl.GRPOConfig.loss_type
+TRAIN_METHODS = ("auto", "lora", "full")
+
+
+@dataclass(frozen=True)
+class RLHyper(SFTHyper):
+    """Online RL (grpo_one_stage, grpo_reflect_retry, rloo). TRL 1.16 defaults noted where ours differ."""
+
+    enabled: bool = False                       # false: the RL settings write a "disabled" card (seconds)
+    protocol: str = "oracle"                    # oracle: failed trial-1 attempts + notice; intrinsic: every item
+    limit: int = 0                              # prompts drawn from data/raw (0 = all)
+    num_generations: int = 4                    # rollouts per prompt (TRL: 8); >= 2 (group baseline)
+    beta: float = 0.0                           # KL to the reference (TRL GRPO: 0.0; RLOO: 0.05)
+    loss_type: str = "dapo"                     # TRL GRPO default
+    max_completion_length: int = 64             # TRL: 512 (one_stage: reflection + answer; reflect_retry: reflection)
+    max_new_tokens_retry: int = 64              # grpo_reflect_retry: the retry's budget
+    temperature: float = 1.0                    # TRL default
+    lr: float = 1.0e-5                          # TRL GRPO default 1e-6 (full FT); LoRA wants more
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.0})
+    retry_by: str = "policy"                    # grpo_reflect_retry: policy (the adapter) | base (adapter disabled)
+    train_retry: bool = False                   # grpo_reflect_retry: also train the retry tokens (env_mask 1)
+    use_vllm: bool = False                      # grpo_one_stage / rloo rollouts by TRL's vLLM (colocate; CUDA + vllm)
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.num_generations < 2:
+            raise ReflectEvoError(f"{where}.num_generations: must be >= 2 (the group is the baseline), got "
+                                  f"{self.num_generations}")
+        if self.batch_size % self.num_generations:
+            raise ReflectEvoError(f"{where}.batch_size: {self.batch_size} completions per step must be a multiple of "
+                                  f"num_generations ({self.num_generations})")
+        if self.protocol not in ("oracle", "intrinsic"):
+            raise unknown("protocol", self.protocol, ["oracle", "intrinsic"], f"{where}.protocol")
+        if self.retry_by not in ("policy", "base"):
+            raise unknown("retry_by", self.retry_by, ["policy", "base"], f"{where}.retry_by")
+        if self.train_retry and self.retry_by != "policy":
+            raise ReflectEvoError(f"{where}.train_retry: true needs retry_by: policy (the frozen base's retry tokens are "
+                                  "not the policy's samples to train)")
+        if self.loss_type not in LOSS_TYPES:
+            raise unknown("loss_type", self.loss_type, LOSS_TYPES, f"{where}.loss_type")
+        if self.beta < 0 or self.temperature <= 0 or self.lr <= 0:
+            raise ReflectEvoError(f"{where}: beta must be >= 0, temperature and lr > 0")
+        if self.max_completion_length < 1 or self.max_new_tokens_retry < 1 or self.limit < 0:
+            raise ReflectEvoError(f"{where}: max_completion_length, max_new_tokens_retry >= 1; limit >= 0")
+        for name, w in self.reward_weights.items():
+            if name not in REWARDS:
+                raise unknown("reward", name, REWARDS, f"{where}.reward_weights")
+            if not w >= 0 or w == float("inf"):  # NaN fails too
+                raise ReflectEvoError(f"{where}.reward_weights.{name}: must be a number >= 0, got {w!r}")
+        if not any(w > 0 for w in self.reward_weights.values()):
+            raise ReflectEvoError(f"{where}.reward_weights: at least one weight must be > 0")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters shared by the settings (dvc.yaml `vars.settings` lists which settings run)."""
 
     seed: int = 0
+    method: str = "auto"                        # lora | full | auto (the preset's train_method)
+    gradient_checkpointing: bool = False        # recompute activations in backward (full FT of big models)
     sft: SFTHyper = field(default_factory=SFTHyper)
     dpo: DPOHyper = field(default_factory=DPOHyper)
+    rl: RLHyper = field(default_factory=RLHyper)
     keep_checkpoints: bool = False              # keep checkpoints/<setting>/ after a successful run
+
+    def validate(self, where: str) -> None:
+        if self.method not in TRAIN_METHODS:
+            raise unknown("training method", self.method, TRAIN_METHODS, f"{where}.method")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ system. Systems:
 | two_stage       | reflector adapter        | corrector adapter |
 | dpo_pm, dpo_pref| the DPO reflector adapter| base |
 | sft_qa          | — (Acc@t1 of the SFT-on-answers adapter only) | |
+| grpo_one_stage, rloo | as one_stage (RL-trained adapter)   | |
+| grpo_reflect_retry | the GRPO reflector adapter | the same adapter (`retry_by: policy`) or base (`base`) |
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from reflectevo.metrics import by_task
 from reflectevo.prompts import one_stage_messages, reflection_messages, split_one_stage, trial_messages
 from reflectevo.tasks import Item, Task
 
-REFLECTING = ("base_noreflect", "base_reflect", "one_stage", "two_stage", "dpo_pm", "dpo_pref")
+REFLECTING = ("base_noreflect", "base_reflect", "one_stage", "two_stage", "dpo_pm", "dpo_pref", "grpo_one_stage",
+              "grpo_reflect_retry", "rloo")
 
 
 def trial1(items: Sequence[Item], tasks: dict[str, Task], model, cfg: EvaluateConfig,

@@ -9,14 +9,21 @@ from typing import Any
 
 from reflectevo.config import ModelPreset
 
-METHOD = {"one_stage": "sft", "two_stage": "sft", "sft_qa": "sft", "dpo_pm": "dpo", "dpo_pref": "dpo"}
+METHOD = {"one_stage": "sft", "two_stage": "sft", "sft_qa": "sft", "dpo_pm": "dpo", "dpo_pref": "dpo",
+          "grpo_one_stage": "grpo", "grpo_reflect_retry": "grpo", "rloo": "rloo"}
 DATASET = {"one_stage": "dplus", "two_stage": "dplus", "dpo_pm": "dpm", "dpo_pref": "dpref"}  # data/curated configs
 WHAT = {"one_stage": "reflection and corrected answer in one generation (SFT on D+)",
         "two_stage": "a reflector and a corrector adapter (SFT on D+)",
         "dpo_pm": "a reflector preferring reflections that fixed the answer (DPO on D±)",
         "dpo_pref": "a reflector preferring judge-ranked reflections (DPO on Dpref)",
-        "sft_qa": "the answers-only baseline (SFT on the train split's question/answer pairs)"}
+        "sft_qa": "the answers-only baseline (SFT on the train split's question/answer pairs)",
+        "grpo_one_stage": "reflection and corrected answer in one generation (GRPO, verifier reward on failed trial-1 "
+                          "attempts)",
+        "grpo_reflect_retry": "a reflector trained by GRPO on whether the retry after its reflection is right (only the "
+                              "reflection tokens trained)",
+        "rloo": "reflection and corrected answer in one generation (RLOO, verifier reward)"}
 NO_DATA = "no training data"
+UNTRAINED = (NO_DATA, "disabled")
 
 
 def base_model_info(preset_name: str, preset: ModelPreset) -> dict[str, Any]:
@@ -48,6 +55,8 @@ def card_metadata(card: dict[str, Any], *, library: str = "peft", datasets: list
     extra = {"base_model_revision": base["revision"]} if base.get("revision") else {}
     if datasets is None:
         datasets = [DATASET[setting]] if setting in DATASET else None
+    if card.get("method") == "full" and library == "peft":
+        library = "transformers"
     return ModelCardData(base_model=base.get("hub_id"), library_name=library, pipeline_tag="text-generation",
                          license=base.get("license"), datasets=datasets,
                          tags=["reflectevo", setting, "trl", METHOD.get(setting, "sft")], **extra)
@@ -57,6 +66,10 @@ def _usage(card: dict[str, Any], role: str | None, where: str) -> list[str]:
     base = card.get("base_model") or {}
     preset = card["base"]["preset"]
     roles = [role] if role else [r for r in card.get("adapters", {})]
+    if card.get("method") == "full":  # every weight saved, with the tokenizer: loads on its own
+        return ["## Usage", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+                f'tokenizer = AutoTokenizer.from_pretrained("{where}")', "```", ""]
     lines = ["## Usage", "", "```python", "from peft import PeftModel",
              "from transformers import AutoModelForCausalLM, AutoTokenizer", ""]
     if base.get("source") == "gguf-package" or not base.get("hub_id"):
@@ -95,7 +108,8 @@ def model_card_text(card: dict[str, Any], *, role: str | None = None, repo_id: s
     where = repo_id or f"models/{setting}"  # the setting's folder (or repo); roles load with subfolder=
     title = f"reflectevo `{setting}`" + (f" · `{role}`" if role else "")
     plural = "" if role or len(card.get("adapters", {})) <= 1 else "s"
-    lines = [f"# {title}", "", f"LoRA adapter{plural} trained by reflectevo: {WHAT.get(setting, setting)}.", "",
+    kind = "Full-parameter model" if card.get("method") == "full" else f"LoRA adapter{plural}"
+    lines = [f"# {title}", "", f"{kind} trained by reflectevo: {WHAT.get(setting, setting)}.", "",
              f"- status: **{card['status']}**",
              f"- base preset: `{card['base']['preset']}` ({card['base']['source']}, revision {card['base']['revision']})"]
     if base.get("origin"):
@@ -120,6 +134,8 @@ def model_card_text(card: dict[str, Any], *, role: str | None = None, repo_id: s
     lines.append("")
     if card["status"] == NO_DATA:
         lines += ["This folder holds no adapter: there was nothing to train on (reflectevo publish refuses it).", ""]
+    elif card["status"] in UNTRAINED:
+        lines += [f"This folder holds no adapter: the setting is {card['status']}.", ""]
     else:
         lines += [*_usage(card, role, where), ""]
     lines += ["## Parameters", "", "```json",

@@ -365,14 +365,25 @@ def load_tokenizer(name: str, preset: ModelPreset):
     return tok
 
 
+def is_full_model(folder: str | Path | None) -> bool:
+    """A full-parameter save (`train.method: full`: config + weights, no adapter_config.json), not a LoRA adapter."""
+    return folder is not None and (Path(folder) / "config.json").is_file() \
+        and not (Path(folder) / "adapter_config.json").exists()
+
+
 def load_model(name: str, preset: ModelPreset, adapter: str | Path | None = None, dtype: Any = None):
-    """Load base weights (+ a LoRA adapter merged in) for inference."""
+    """Load base weights (+ a LoRA adapter merged in) for inference; a full-parameter save in `adapter`'s
+    place (`is_full_model`) is loaded instead of the base."""
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or resolve_dtype(preset.dtype)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(name, preset), revision=hub_revision(preset),
-                                                 dtype=dtype)
+    if is_full_model(adapter):
+        model = AutoModelForCausalLM.from_pretrained(str(adapter), dtype=dtype)
+        adapter = None
+    else:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(name, preset), revision=hub_revision(preset),
+                                                     dtype=dtype)
     if adapter is not None:
         from peft import PeftModel
 

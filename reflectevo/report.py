@@ -49,6 +49,9 @@ SYSTEM_LABELS = {
     "two_stage": "two-stage w/ D+",
     "dpo_pm": "DPO w/ D±",
     "dpo_pref": "DPO w/ Dpref",
+    "grpo_one_stage": "GRPO one-stage (verifier reward)",
+    "grpo_reflect_retry": "GRPO reflect → retry (reflection trained)",
+    "rloo": "RLOO one-stage (verifier reward)",
 }
 OUTCOMES = ("correct", "incorrect")
 EPISODE_KEYS = ("reflection", "t2", "output", "rounds")  # a prediction row with any of these is an episode

@@ -22,7 +22,7 @@ from reflectevo.stage import friendly_errors, load_items, stage_params
 
 app = typer.Typer(add_completion=False)
 
-MAIN_ORDER = ("one_stage", "two_stage", "dpo_pm", "dpo_pref")
+MAIN_ORDER = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "grpo_one_stage", "grpo_reflect_retry", "rloo")
 
 
 @app.command()
@@ -77,19 +77,21 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     t1 = ev.trial1(items, tasks, base, cfg)
     systems = {"base_noreflect": ev.retry_without_reflection(items, tasks, t1, base, cfg),
                "base_reflect": ev.reflect_then_retry(items, tasks, t1, base, base, cfg)}
-    for setting in cards:
-        if setting == "one_stage":
+    for setting, card in cards.items():  # by the roles a setting trained (RL settings as their SFT/DPO kin)
+        roles = ADAPTERS[setting]
+        if roles == ("one_stage",):          # one_stage, grpo_one_stage, rloo
             systems[setting] = ev.one_stage(items, tasks, backend(adapter(setting, "one_stage")), t1, cfg)
-        elif setting == "two_stage":
+        elif roles == ("reflector", "corrector"):
             reflector = backend(adapter(setting, "reflector"))
             corrector = backend(adapter(setting, "corrector"))
             systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
             del reflector, corrector
-        elif setting in ("dpo_pm", "dpo_pref"):
+        elif roles == ("reflector",):        # dpo_pm, dpo_pref; grpo_reflect_retry retries as it was trained
             reflector = backend(adapter(setting, "reflector"))
-            systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, base, cfg)
-            del reflector
-        elif setting == "sft_qa":
+            corrector = reflector if card.get("retry_by") == "policy" else base
+            systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
+            del reflector, corrector
+        elif roles == ("answerer",):
             systems[setting] = ev.answers_only(items, tasks, backend(adapter(setting, "answerer")), cfg)
         gc.collect()
 

@@ -1,12 +1,14 @@
-"""Stage `train@<setting>`: LoRA training of one learning setting -> models/<setting>/ + metrics/train/<setting>.json.
+"""Stage `train@<setting>`: LoRA (or full-parameter) training of one learning setting -> models/<setting>/ + metrics/train/<setting>.json.
 
     dvc repro train@one_stage            # or: dvc repro  (every setting of vars.settings in dvc.yaml)
     python stages/train.py --setting two_stage --train-data data/curated/dplus_train.jsonl \\
         --eval-data data/curated/dplus_eval.jsonl --out models/two_stage
 
-Settings: one_stage, two_stage (reflector + corrector), dpo_pm (D±), dpo_pref (Dpref), sft_qa (answers).
-Reads `train` and `models.<model>` in params.yaml. Empty data -> the folder holds only a card saying
-"no training data", and evaluate reports the setting as skipped.
+Settings: one_stage, two_stage (reflector + corrector), dpo_pm (D±), dpo_pref (Dpref), sft_qa (answers),
+and online RL on the trial-1 attempts in `--train-data data/raw`: grpo_one_stage, grpo_reflect_retry, rloo
+(off unless `train.rl.enabled: true`: then their folder holds a "disabled" card). Reads `train` and
+`models.<model>` in params.yaml. Empty data -> the folder holds only a card saying "no training data", and
+evaluate reports the setting as skipped.
 
 Checkpoints (every `train.sft|dpo.save_steps`) go to `--checkpoints` (default `checkpoints/<setting>` beside
 the folder holding `--out`, i.e. `checkpoints/<setting>` for `--out models/<setting>`; `none` disables):
@@ -27,7 +29,8 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @friendly_errors
-def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm | dpo_pref | sft_qa"),
+def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm | dpo_pref | sft_qa | grpo_one_stage | "
+                                     "grpo_reflect_retry | rloo"),
          params: Path = Path("params.yaml"), train_data: Path = typer.Option(...),
          eval_data: str = typer.Option("none", help="a JSONL file, or 'none'"),
          out: Path = typer.Option(...), metrics: Path = typer.Option(...),
@@ -38,13 +41,18 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
     from reflectevo.errors import unknown
     from reflectevo.jsonio import write_json
     from reflectevo.models import check_available, model_fingerprint
-    from reflectevo.training import SETTINGS, train_setting
+    from reflectevo.training import RL_SETTINGS, SETTINGS, train_method, train_setting
 
     if setting not in SETTINGS:
         raise unknown("training setting", setting, SETTINGS, "--setting")
     name, preset, cfg = stage_params(params, "train")
-    train_rows = _read_rows(train_data, setting)
-    eval_rows = [] if eval_data == "none" else _read_rows(Path(eval_data), setting)
+    train_method(name, preset, cfg.method)  # a method the preset cannot do: one line before anything is read
+    if setting in RL_SETTINGS:  # prompts from the raw episodes; nothing is read while RL is disabled
+        train_rows = _rl_rows(train_data, cfg.rl) if cfg.rl.enabled else []
+        eval_rows = []
+    else:
+        train_rows = _read_rows(train_data, setting)
+        eval_rows = [] if eval_data == "none" else _read_rows(Path(eval_data), setting)
     if train_rows:
         check_available(name, preset)  # an unreachable hub preset: one line before any checkpoint is written
     if checkpoints == "none":
@@ -67,6 +75,23 @@ def main(setting: str = typer.Option(..., help="one_stage | two_stage | dpo_pm |
         from reflectevo.metrics_summary import train_headline
 
         write_json(headline, train_headline(result))
+
+
+def _rl_rows(raw_dir: Path, hp) -> list[dict]:
+    """RL prompts from the episodes in `raw_dir` (generate's output): failed trial-1 attempts (oracle) or every
+    item (intrinsic). Episodes but no failed attempt -> one line, exit 2; no episodes -> "no training data"."""
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.generation import load_episodes
+    from reflectevo.training import rl_rows
+
+    if not raw_dir.is_dir():
+        raise ReflectEvoError(f"{raw_dir}: no raw episodes folder (run the generate stage: `dvc repro generate`)")
+    episodes = load_episodes(raw_dir)
+    rows = rl_rows(episodes, hp.protocol, hp.limit)
+    if episodes and not rows:
+        raise ReflectEvoError(f"{raw_dir}: no failed trial-1 attempts among {len(episodes)} episodes (train.rl.protocol: "
+                              "oracle trains on failures only); use train.rl.protocol: intrinsic or generate more items")
+    return rows
 
 
 def _read_rows(path: Path, setting: str) -> list[dict]:

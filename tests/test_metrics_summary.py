@@ -17,6 +17,7 @@ from reflectevo.metrics_summary import curate_headline, eval_headline, train_hea
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa")
+RL_SETTINGS = ("grpo_one_stage", "grpo_reflect_retry", "rloo")   # newer than the committed run: off by default
 
 
 def committed(name: str) -> dict:
@@ -134,7 +135,8 @@ def dvc_project(tmp_path_factory):
     _sh("git", "init", "-q", cwd=proj)
     _sh("dvc", "init", "-q", cwd=proj)
     run = {"eval": committed("eval.json"), "curate": committed("curate.json"),
-           "train": {s: committed(f"train/{s}.json") for s in SETTINGS}}
+           "train": {**{s: committed(f"train/{s}.json") for s in SETTINGS},
+                     **{s: {"setting": s, "trained": False, "status": "disabled"} for s in RL_SETTINGS}}}
     _write(proj, headlines(run["eval"], run["curate"], run["train"]))
     _sh("git", "add", "-A", cwd=proj)
     _sh("git", "commit", "-qm", "committed run", cwd=proj)
@@ -175,7 +177,7 @@ def test_dvc_metrics_diff_of_the_committed_run_fits_a_terminal(dvc_project):
     assert set(_numbers(run["eval"])) <= listed
     shown = json.loads(_sh("dvc", "metrics", "show", "--json", cwd=proj))
     assert set(shown[""]["data"]) == {"metrics/headline/eval.json", "metrics/headline/curate.json",
-                                      *(f"metrics/headline/train/{s}.json" for s in SETTINGS)}
+                                      *(f"metrics/headline/train/{s}.json" for s in SETTINGS + RL_SETTINGS)}
 
 
 def test_the_stages_write_full_and_headline(tmp_path):

@@ -98,3 +98,12 @@ def test_training_curves_are_dvc_plots(project):
     dst, _ = project
     out = sh("dvc", "plots", "show", "--json", cwd=dst).stdout
     assert "plots/train/sft_qa/plots/metrics/answerer/loss.tsv" in out
+
+
+def test_rl_settings_are_stages_that_stay_disabled_by_default(project):
+    dst, out = project
+    report = json.loads((dst / "metrics/eval.json").read_text())
+    for setting in ("grpo_one_stage", "grpo_reflect_retry", "rloo"):
+        assert f"Running stage 'train@{setting}'" in out
+        assert json.loads((dst / f"models/{setting}/model_card.json").read_text())["status"] == "disabled"
+        assert "not enabled" in report["skipped"][setting]

@@ -198,7 +198,7 @@ def test_evaluate_runs_every_trained_setting(tmp_path, tiny_preset):
     assert report["system"] == "one_stage"
     t1 = {s: m["overall"]["acc_t1"] for s, m in report["systems"].items()}
     assert len(set(t1.values())) == 1                      # trial 1 is the base model's for every system
-    assert set(report["skipped"]) == {"dpo_pref", "sft_qa"}
+    assert set(report["skipped"]) == {"dpo_pref", "sft_qa", "grpo_one_stage", "grpo_reflect_retry", "rloo"}
     preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert {p["system"] for p in preds} == set(report["systems"]) and len(preds) == 6 * 5
     reflected = [p for p in preds if p["system"] == "two_stage" and not p["t1_correct"]]

@@ -116,7 +116,7 @@ def _vllm_params(tmp_path, **preset):
 def test_evaluate_runs_the_base_and_every_adapter_on_one_engine(fake_vllm, tmp_path):
     """The evaluate stage builds the base model's backend first: that engine must already have LoRA on and a
     max_lora_rank for every adapter, since a second engine does not fit on the GPU (the fake fails as vLLM's
-    start-up memory check does). Base + five settings (six adapters) -> exactly one engine."""
+    start-up memory check does). Base + eight settings (nine adapters) -> exactly one engine."""
     from typer.testing import CliRunner
 
     params, _ = _vllm_params(tmp_path)
@@ -125,8 +125,10 @@ def test_evaluate_runs_the_base_and_every_adapter_on_one_engine(fake_vllm, tmp_p
     assert r.exit_code == 0, r.output
     models = tmp_path / "models"
     roles = {"one_stage": {"one_stage": "."}, "two_stage": {"reflector": "reflector", "corrector": "corrector"},
-             "dpo_pm": {"reflector": "."}, "dpo_pref": {"reflector": "."}, "sft_qa": {"answerer": "."}}
-    ranks = {"one_stage": 8, "two_stage": 8, "dpo_pm": 8, "dpo_pref": 8, "sft_qa": 24}
+             "dpo_pm": {"reflector": "."}, "dpo_pref": {"reflector": "."}, "sft_qa": {"answerer": "."},
+             "grpo_one_stage": {"one_stage": "."}, "grpo_reflect_retry": {"reflector": "."}, "rloo": {"one_stage": "."}}
+    ranks = {"one_stage": 8, "two_stage": 8, "dpo_pm": 8, "dpo_pref": 8, "sft_qa": 24, "grpo_one_stage": 8,
+             "grpo_reflect_retry": 8, "rloo": 8}
     paths = []
     for setting, adapters in roles.items():
         for sub in adapters.values():
@@ -137,7 +139,7 @@ def test_evaluate_runs_the_base_and_every_adapter_on_one_engine(fake_vllm, tmp_p
         "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models", models,
         "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json", "--plots", tmp_path / "plots")])
     assert r.exit_code == 0, r.output
-    (llm,) = fake.FakeLLM.instances                                       # one engine for base + 6 adapters
+    (llm,) = fake.FakeLLM.instances                                       # one engine for base + 9 adapters
     assert llm.kw["enable_lora"] is True and llm.kw["max_lora_rank"] == 32 and llm.kw["max_loras"] >= 2
     assert llm.kw["max_model_len"] == 4096 and "quantization" not in llm.kw and llm.kw["generation_config"] == "vllm"
     used = {c["lora"].lora_path for c in llm.calls if c["lora"] is not None}

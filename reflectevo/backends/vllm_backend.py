@@ -158,7 +158,18 @@ class VLLMBackend:
         self.vllm = vllm
         self.preset_name = preset_name
         self.tokenizer = load_tokenizer(preset_name, preset)
-        self.engine_kwargs = engine_kwargs(preset_name, preset, [adapter, *serves])
+        from reflectevo.models import is_full_model
+
+        self.engine_kwargs = engine_kwargs(preset_name, preset, [a for a in (adapter, *serves) if not is_full_model(a)])
+        if is_full_model(adapter):  # a full-parameter save: its own engine on that folder, no LoRA
+            folder = str(Path(adapter).resolve())
+            self.engine_kwargs.update(model=folder, revision=None, tokenizer_revision=None)
+            adapter = None
+            if _ENGINES and not any(k[0] == folder for k in _ENGINES) and not os.environ.get(ENV_GPU_MEMORY):
+                raise ReflectEvoError(
+                    f"{folder} is a full-parameter model: vLLM needs a second engine for it beside this process's "
+                    f"other engine, which does not fit at vLLM's default memory share; set ${ENV_GPU_MEMORY} (each "
+                    "engine's share, e.g. 0.45) or use backend: transformers")
         self.llm = _engine(vllm, self.engine_kwargs, preset_name)
         config = getattr(self.llm, "model_config", None)   # vllm/entrypoints/llm.py: LLM.model_config
         self.dtype = str(getattr(config, "dtype", self.engine_kwargs["dtype"])).replace("torch.", "")

