@@ -151,7 +151,7 @@ def build_phase_backends(preset_name: str, preset: Any, adapters: GenerationAdap
     serves = sorted({str(p) for p in adapters.paths.values()})
     base = make_backend(preset_name, preset, serves=serves)
     built: dict[str, Any] = {}
-    for phase, path in adapters.paths.items():
+    for path in adapters.paths.values():
         if str(path) not in built:
             built[str(path)] = make_backend(preset_name, preset, path, serves=serves)
     return PhaseBackends(base, **{phase: built[str(path)] for phase, path in adapters.paths.items()})
