@@ -188,11 +188,31 @@ def summary(rows: list[dict[str, Any]], setting: str, data: str, init: str) -> d
     return out
 
 
+HEADLINE = ("train_fix_rate", "dplus", "acc_t2", "delta")
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """metrics/headline/evolve.json (the declared DVC metric, `dvc exp show` columns): per iteration
+    `it<i>.train_fix_rate|dplus|acc_t2|delta` and `it<i>.p_vs_it1`; nulls and stopped iterations left out."""
+    out: dict[str, Any] = {}
+    for n in range(1, int(result.get("iterations") or 0) + 1):
+        row = result.get(f"it{n}") or {}
+        if row.get("stopped"):
+            continue
+        block = {k: row[k] for k in HEADLINE if row.get(k) is not None}
+        p = (row.get("vs_it1") or {}).get("p")
+        if p is not None:
+            block["p_vs_it1"] = p
+        if block:
+            out[f"it{n}"] = block
+    return out
+
+
 def plot_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """plots/evolve.json: one record per iteration (x: iteration; y: the rates and accuracies)."""
     keys = ("train_fix_rate", "repeat_rate", "acc_t1", "acc_t2", "delta")
     return [{"iteration": r["iteration"], **{k: r.get(k) for k in keys}} for r in rows if not r.get("stopped")]
 
 
-__all__ = ["DATA_KIND", "KINDS", "finish_warm_start", "iteration_number", "iteration_row", "load_adapter_weights",
+__all__ = ["DATA_KIND", "HEADLINE", "KINDS", "finish_warm_start", "headline", "iteration_number", "iteration_row", "load_adapter_weights",
            "plot_rows", "summary", "union_rows", "versus_first", "warm_start"]

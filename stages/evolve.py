@@ -182,6 +182,9 @@ def train(iteration: str = typer.Option(...), previous: Path = typer.Option(...,
     if cfg.init == "previous" and untrained_reason(prev) is None:
         card = read_card(prev)
         roles = {role: prev / sub for role, sub in card["adapters"].items()}
+        # no resume: a checkpoint's key does not hold the starting weights, and a role taken over from a
+        # killed run would not pass through the warm-start hook
+        args["checkpoints"] = "none"
         with warm_start(roles) as reached:
             _stage_main("train")(**args)
         result = json.loads((out / "train.json").read_text())
@@ -250,7 +253,8 @@ def evaluate(iteration: str = typer.Option(...), out: Path = typer.Option(...), 
 @friendly_errors
 def summary(params: Path = Path("params.yaml"), metrics_dir: Path = Path("metrics"), eval_dir: Path = Path("data/eval"),
             evolve_dir: Path = Path("evolve"), out: Path = Path("metrics/evolve.json"),
-            plots: Path = Path("plots/evolve.json")) -> None:
+            plots: Path = Path("plots/evolve.json"),
+            headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     """metrics/evolve.json and plots/evolve.json from iteration 1 (the main pipeline) and every chain entry."""
     from reflectevo import evolve as evo
     from reflectevo.errors import ReflectEvoError
@@ -279,6 +283,8 @@ def summary(params: Path = Path("params.yaml"), metrics_dir: Path = Path("metric
     result = evo.summary(rows, s, cfg.data, cfg.init)
     write_json(out, result)
     write_json(plots, evo.plot_rows(rows))
+    if headline is not None:  # full JSON above (plain output), small flat copy here (DVC metric)
+        write_json(headline, evo.headline(result))
     for row in rows:
         p = (row.get("vs_it1") or {}).get("p")
         line = (f"stopped: {row['stopped']}" if row.get("stopped") else

@@ -19,7 +19,7 @@ from reflectevo.config import (
     read_params,
 )
 from reflectevo.errors import ReflectEvoError
-from reflectevo.evolve import iteration_row, summary, union_rows, versus_first, warm_start
+from reflectevo.evolve import headline, iteration_row, summary, union_rows, versus_first, warm_start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +107,9 @@ def test_summary_by_iteration_with_mcnemar_against_iteration_1():
     out = summary([r1, {**r1, "iteration": 2}, r3], "one_stage", "union", "previous")
     assert out["iterations"] == 3 and out["it2"]["acc_t2"] == 0.5 and out["stopped_at"] == 3
     assert out["it3"]["stopped"].startswith("iteration 2's")
+    out["it2"]["vs_it1"] = versus_first(first, later)
+    assert headline(out) == {"it1": {"train_fix_rate": 0.3, "dplus": 5, "acc_t2": 0.5, "delta": 0.25},
+                             "it2": {"train_fix_rate": 0.3, "dplus": 5, "acc_t2": 0.5, "delta": 0.25, "p_vs_it1": 0.5}}
 
 
 # ------------------------------------------------------------------------------------------------------
