@@ -4,6 +4,7 @@ warm start from the previous adapter (evolve.init: previous) and the by-iteratio
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,25 @@ def test_summary_names_an_untrained_setting(tmp_path):
                                    "--out", str(tmp_path / "e.json"), "--plots", str(tmp_path / "p.json")])
     assert res.exit_code == 2 and "evolve.setting: 'dpo_pref' is not trained by this pipeline" in res.output
     assert not (tmp_path / "e.json").exists()
+
+
+def test_report_has_the_by_iteration_section(tmp_path):
+    from reflectevo.report import build_report, load_inputs
+
+    evo = {"setting": "one_stage", "data": "new", "init": "base", "iterations": 3, "stopped_at": 3,
+           "it1": {"train_fix_rate": 0.3, "repeat_rate": 0.07, "dplus": 45, "dpm": 56, "acc_t1": 0.22, "acc_t2": 0.49,
+                   "delta": 0.27},
+           "it2": {"train_fix_rate": 0.35, "repeat_rate": 0.05, "dplus": 50, "dpm": 60, "acc_t1": 0.22, "acc_t2": 0.55,
+                   "delta": 0.33, "vs_it1": {"n": 100, "b": 9, "c": 3, "p": 0.146}},
+           "it3": {"stopped": "iteration 2's one_stage adapter is not trained (no training data)"}}
+    path = tmp_path / "evolve.json"
+    path.write_text(json.dumps(evo))
+    page = build_report(load_inputs(None, None, None, evolve=path))
+    section = page[page.index('id="evolve"'):]
+    assert "Self-evolution by iteration" in page
+    assert "<td>35.0</td><td>50</td><td>60</td><td>5.0</td><td>22.0</td><td>55.0</td><td>+33.0</td><td>0.146 (b=9, c=3)</td>" in section
+    assert "stopped: iteration 2&#x27;s one_stage adapter is not trained (no training data)" in section
+    assert "No self-evolution metrics" in build_report(load_inputs(None, None, None, evolve=tmp_path / "none.json"))
+    path.write_text("[1, 2]")
+    with pytest.raises(ReflectEvoError, match="expected metrics/evolve.json"):
+        load_inputs(None, None, None, evolve=path)
