@@ -415,13 +415,67 @@ class EvaluateConfig:
             raise ReflectEvoError(f"{where}.rounds: must be in [1, 10]")
 
 
+@dataclass(frozen=True)
+class EvolveStep:
+    """One iteration i >= 2 of `evolve.chain`: where iteration i-1's outputs are (dvc.yaml's foreach)."""
+
+    models: str                                 # its trained settings folder (models, evolve/it<i-1>/models)
+    data: str                                   # its training data folder (data/curated, evolve/it<i-1>/data)
+
+
+EVOLVE_DATA = ("new", "union")
+EVOLVE_INIT = ("base", "previous")
+
+
+def evolve_chain(iterations: int) -> dict[str, dict[str, str]]:
+    """The `evolve.chain` for N iterations: it2 reads the main pipeline's outputs, it<i> those of it<i-1>."""
+    chain = {}
+    for i in range(2, iterations + 1):
+        prev = "" if i == 2 else f"evolve/it{i - 1}/"
+        chain[f"it{i}"] = {"models": f"{prev}models" if prev else "models",
+                           "data": f"{prev}data" if prev else "data/curated"}
+    return chain
+
+
+@dataclass(frozen=True)
+class EvolveConfig:
+    """Self-evolution (generate -> curate -> train again with the trained reflector): dvc.yaml's `evolve_*`
+    stages, one set per entry of `chain` (iterations 2..N); iteration 1 is the main pipeline."""
+
+    iterations: int = 1                         # N: 1 = train once (the paper)
+    setting: str = "one_stage"                  # whose adapters write the next round's reflections
+    data: str = "new"                           # new: the iteration's own D+ (D±, Dpref); union: with earlier ones
+    init: str = "base"                          # base: a fresh LoRA; previous: continue from iteration i-1's adapter
+    chain: dict[str, EvolveStep] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        from reflectevo.adapters import REFLECTION_SETTINGS
+
+        if self.iterations < 1:
+            raise ReflectEvoError(f"{where}.iterations: must be >= 1 (1 = train once, as the paper), got {self.iterations}")
+        if self.setting not in REFLECTION_SETTINGS:
+            raise unknown("reflection setting", self.setting, REFLECTION_SETTINGS, f"{where}.setting")
+        if self.data not in EVOLVE_DATA:
+            raise unknown("data policy", self.data, EVOLVE_DATA, f"{where}.data")
+        if self.init not in EVOLVE_INIT:
+            raise unknown("init", self.init, EVOLVE_INIT, f"{where}.init")
+        want = evolve_chain(self.iterations)
+        have = {k: {"models": v.models, "data": v.data} for k, v in self.chain.items()}
+        if have != want:
+            raise ReflectEvoError(
+                f"{where}.chain: does not match {where}.iterations: {self.iterations} (dvc.yaml runs one set of "
+                f"evolve stages per entry); write it with `python stages/evolve.py chain {self.iterations}`")
+
+
 SECTIONS: dict[str, type] = {
     "prepare": PrepareConfig,
     "generate": GenerateConfig,
     "curate": CurateConfig,
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
+    "evolve": EvolveConfig,
 }
+OPTIONAL_SECTIONS = ("evolve",)                 # params files written before it need not have it
 TOP_LEVEL = ("model", "models", *SECTIONS)
 
 
@@ -510,4 +564,6 @@ def validate_all(params: dict[str, Any]) -> None:
         load_preset(params, name)
     load_preset(params)
     for section in SECTIONS:
+        if section in OPTIONAL_SECTIONS and section not in params:
+            continue
         load_section(params, section)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class GenSpec:
     prompt_version: str
     cfg: GenerateConfig
     sampler: str = SAMPLER           # the backend's sampler (reflectevo.backends.backend_sampler)
+    # the trained setting whose adapters write the reflection / retry (reflectevo.adapters): its name and
+    # each phase's adapter content hash; empty = the base model writes every phase (keys as before)
+    adapters: dict[str, str] = field(default_factory=dict)
 
     def demands(self) -> list[str]:
         if not self.cfg.reflect or self.cfg.protocol != "oracle":
@@ -82,7 +85,7 @@ class GenSpec:
                 "max_new_tokens_reflection": c.max_new_tokens_reflection,
                 "use_previous_trial": c.use_previous_trial, "protocol": c.protocol, "reflect": c.reflect,
                 "rounds": c.rounds, "retry_temperature": c.retry_temperature, "name_rejected": c.name_rejected,
-                "seed": c.seed, "sampler": self.sampler}
+                "seed": c.seed, "sampler": self.sampler, **({"adapters": dict(self.adapters)} if self.adapters else {})}
 
     def episode_id(self, item: Item, task: Task) -> str:
         """Content key: model, dtype, prompt templates, the task's prompt parts, the item, generation params."""
@@ -150,8 +153,13 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
       its latest retry and retries again; rounds 2.. go to the sample's `later_rounds`.
     Round 1 of every sample sees trial 1 (never another sample's retry); no prompt carries the answer.
     Trials stop at their first complete answer and reflections at their own end (`reflectevo.mechanics`).
+    `backend` is one backend for every phase, or a `reflectevo.adapters.PhaseBackends` (trial 1 by the base,
+    reflections by `reflector`, retries by `corrector`: a trained setting's adapters).
     """
     cfg = spec.cfg
+    reflector = getattr(backend, "reflector", backend)
+    corrector = getattr(backend, "corrector", backend)
+    backend = getattr(backend, "trial", backend)
     oracle = cfg.protocol == "oracle"
     refl_sampling = reflection_sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, cfg.seed)
     ids = [spec.episode_id(it, tasks[it.task]) for it in items]
@@ -183,9 +191,9 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
         r_prompts: list[str | None] = [None] * len(active)
         seeds = [sample_seed(ids[jobs[a][0]], jobs[a][1], rnd) for a in active]
         if cfg.reflect:
-            r_prompts = [backend.render(reflection_messages(items[jobs[a][0]], latest[a], jobs[a][2], oracle=oracle))
+            r_prompts = [reflector.render(reflection_messages(items[jobs[a][0]], latest[a], jobs[a][2], oracle=oracle))
                          for a in active]
-            refl = backend.generate(r_prompts, refl_sampling, seeds=seeds)
+            refl = reflector.generate(r_prompts, refl_sampling, seeds=seeds)
             count(refl)
         msgs = [trial_messages(tasks[items[jobs[a][0]].task], items[jobs[a][0]],
                                reflection=r.text if r is not None else None,
@@ -193,7 +201,7 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
                                rejected=rejected[a] if cfg.name_rejected and oracle else None)
                 for a, r in zip(active, refl)]
         retry_seeds = [sample_seed(ids[jobs[a][0]], jobs[a][1], rnd, "retry") for a in active]
-        t2_prompts, t2 = run_trials(backend, tasks, [items[jobs[a][0]] for a in active], msgs,
+        t2_prompts, t2 = run_trials(corrector, tasks, [items[jobs[a][0]] for a in active], msgs,
                                     cfg.max_new_tokens_trial, cfg.retry_temperature, cfg.top_p,
                                     seeds=retry_seeds if cfg.retry_temperature > 0 else None)
         count(t2)
@@ -328,8 +336,11 @@ def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int) -> li
     return paths
 
 
-def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig, sampler: str = SAMPLER) -> GenSpec:
-    return GenSpec(model=model_fp, dtype=dtype, prompt_version=prompt_version(), cfg=cfg, sampler=sampler)
+def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig, sampler: str = SAMPLER,
+              adapters: dict[str, str] | None = None) -> GenSpec:
+    """`adapters`: `GenerationAdapters.key()` of the trained setting that writes reflections and retries."""
+    return GenSpec(model=model_fp, dtype=dtype, prompt_version=prompt_version(), cfg=cfg, sampler=sampler,
+                   adapters=dict(adapters or {}))
 
 
 __all__ = ["GenSpec", "Stats", "generate", "load_episodes", "make_spec", "plan", "run_chunk", "summarize", "to_dict", "write_shards"]

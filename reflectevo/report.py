@@ -122,6 +122,7 @@ class ReportInputs:
     accuracy_by_round: list[dict[str, Any]] | None = None
     transitions: list[dict[str, Any]] | None = None
     episodes: dict[str, Any] | None = None  # from predictions: see collect_episodes
+    evolve: dict[str, Any] | None = None    # metrics/evolve.json (self-evolution by iteration)
     sources: dict[str, str] = field(default_factory=dict)  # input kind -> path
     missing: dict[str, str] = field(default_factory=dict)  # path -> why it is not shown
     n_episodes: int = 3  # best and worst episodes shown per system
@@ -311,9 +312,17 @@ def collect_episodes(path: Path, n_episodes: int = 3) -> dict[str, Any]:
 
 
 def load_inputs(metrics_eval: str | Path | None, curate_stats: str | Path | None, predictions: str | Path | None,
-                plots_dir: str | Path | None = None, n_episodes: int = 3) -> ReportInputs:
+                plots_dir: str | Path | None = None, n_episodes: int = 3,
+                evolve: str | Path | None = None) -> ReportInputs:
     """Read and validate every input; missing/empty ones are noted, malformed ones raise ReflectEvoError."""
     inp = ReportInputs(n_episodes=n_episodes)
+    if evolve is not None:
+        p = Path(evolve)
+        inp.sources["evolve"] = str(p)
+        data = _read_json(p, inp.missing)
+        if data is not None and not (isinstance(data, dict) and isinstance(data.get("it1"), dict)):
+            raise ReflectEvoError(f"{p}: expected metrics/evolve.json from stages/evolve.py (an 'it1' block)")
+        inp.evolve = data
     if metrics_eval is not None:
         p = Path(metrics_eval)
         inp.sources["metrics"] = str(p)
@@ -612,6 +621,25 @@ def diagnostics_view(inp: ReportInputs) -> dict[str, Any]:
                         for k, v in demands]}
 
 
+def evolve_view(inp: ReportInputs) -> dict[str, Any]:
+    """Self-evolution by iteration: train fix rate, D+ / D± sizes, repeat rate, Acc@t1 / Acc@t2 / Δ of the
+    setting and its McNemar test against iteration 1 (metrics/evolve.json)."""
+    data = inp.evolve
+    if data is None:
+        return {"missing": _missing(inp, "evolve", "self-evolution metrics"), "rows": []}
+    rows = []
+    for n in range(1, int(data.get("iterations") or 1) + 1):
+        r = data.get(f"it{n}") or {}
+        vs = r.get("vs_it1") or {}
+        rows.append({"iteration": n, "stopped": r.get("stopped"), "note": r.get("note"),
+                     "fix": _pct(r.get("train_fix_rate")), "repeat": _pct(r.get("repeat_rate")),
+                     "dplus": r.get("dplus"), "dpm": r.get("dpm"), "acc_t1": _pct(r.get("acc_t1")),
+                     "acc_t2": _pct(r.get("acc_t2")), "delta": _signed(r.get("delta")),
+                     "p": "–" if n == 1 or vs.get("p") is None else f"{vs['p']}{_stars(vs['p'])} (b={vs['b']}, c={vs['c']})"})
+    return {"missing": None, "rows": rows, "setting": data.get("setting"), "data": data.get("data"),
+            "init": data.get("init")}
+
+
 SECTIONS = (
     Section("results", "results", "Results (Table 2 style)", "section_matrix.html.jinja", matrix_view),
     Section("diagnostics", "diagnostics", "Run diagnostics", "section_diagnostics.html.jinja", diagnostics_view),
@@ -620,6 +648,7 @@ SECTIONS = (
     Section("data", "data statistics", "Data statistics", "section_stats.html.jinja", stats_view),
     Section("episodes", "episodes", "Episodes: best and worst reflections", "section_episodes.html.jinja",
             episodes_view),
+    Section("evolve", "by iteration", "Self-evolution by iteration", "section_evolve.html.jinja", evolve_view),
 )
 
 
@@ -667,13 +696,13 @@ def build_report(inp: ReportInputs, *, title: str = "ReflectEvo evaluation repor
 
 def render_report(metrics_eval: str | Path | None, curate_stats: str | Path | None, predictions: str | Path | None,
                   out_html: str | Path, *, plots_dir: str | Path | None = None, n_episodes: int = 3,
-                  title: str = "ReflectEvo evaluation report") -> Path:
+                  title: str = "ReflectEvo evaluation report", evolve: str | Path | None = None) -> Path:
     """Read the inputs, build the page and write it atomically to `out_html`; returns the path."""
     from reflectevo.jsonio import write_text
 
     if n_episodes < 0:
         raise ReflectEvoError(f"episodes per kind must be >= 0, got {n_episodes}")
-    inp = load_inputs(metrics_eval, curate_stats, predictions, plots_dir, n_episodes)
+    inp = load_inputs(metrics_eval, curate_stats, predictions, plots_dir, n_episodes, evolve=evolve)
     out = Path(out_html)
     write_text(out, build_report(inp, title=title))
     out.chmod(0o644)

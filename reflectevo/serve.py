@@ -54,8 +54,11 @@ class CompletionServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, backend: Any, model_name: str, host: str = "127.0.0.1", port: int = 0,
-                 api_key: str | None = None, default_chat_max_tokens: int = 512, quiet: bool = True) -> None:
+                 api_key: str | None = None, default_chat_max_tokens: int = 512, quiet: bool = True,
+                 others: dict[str, Any] | None = None) -> None:
         self.backend, self.model_name, self.api_key = backend, model_name, api_key or None
+        # more models behind the same endpoint, by request `model` name (the adapters of `--adapter`)
+        self.backends = {model_name: backend, **(others or {})}
         self.default_chat_max_tokens = default_chat_max_tokens
         self.quiet = quiet
         self.created = int(time.time())
@@ -78,9 +81,9 @@ class CompletionServer(ThreadingHTTPServer):
         if not hmac.compare_digest(got.encode(), f"Bearer {self.api_key}".encode()):
             raise RequestError(401, "invalid or missing API key", kind="authentication_error")
 
-    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[Generation]:
+    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int], backend: Any = None) -> list[Generation]:
         with self.lock:
-            return self.backend.generate(prompts, sampling, seeds=seeds)
+            return (backend if backend is not None else self.backend).generate(prompts, sampling, seeds=seeds)
 
     # request bodies -> responses -------------------------------------------------------------------
     def _sampling(self, body: dict, default_max: int, max_key: str = "max_tokens") -> tuple[Sampling, int]:
@@ -102,26 +105,28 @@ class CompletionServer(ThreadingHTTPServer):
             seed = secrets.randbits(31)
         return Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed), seed
 
-    def _check_model(self, body: dict) -> None:
+    def _check_model(self, body: dict) -> Any:
+        """The backend serving the request's `model` (404 for a name not served here)."""
         model = body.get("model")
-        if model != self.model_name:
-            raise RequestError(404, f"The model `{model}` does not exist; this server serves `{self.model_name}`",
-                               kind="not_found_error", param="model")
+        if model not in self.backends:
+            raise RequestError(404, f"The model `{model}` does not exist; this server serves "
+                               + ", ".join(f"`{m}`" for m in self.backends), kind="not_found_error", param="model")
+        return self.backends[model]
 
     def completions(self, body: dict) -> dict:
-        self._check_model(body)
+        backend = self._check_model(body)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise RequestError(400, "prompt must be a string or a non-empty list of strings", param="prompt")
         sampling, seed = self._sampling(body, default_max=16)
-        gens = self.generate(prompts, sampling, [seed] * len(prompts))
+        gens = self.generate(prompts, sampling, [seed] * len(prompts), **self._which(backend))
         choices = [{"index": i, "text": g.text, "logprobs": None, "finish_reason": self._finish(g, sampling)}
                    for i, g in enumerate(gens)]
-        return self._envelope("cmpl", "text_completion", choices, gens)
+        return self._envelope("cmpl", "text_completion", choices, gens, body.get("model"))
 
     def chat_completions(self, body: dict) -> dict:
-        self._check_model(body)
+        backend = self._check_model(body)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
@@ -129,25 +134,31 @@ class CompletionServer(ThreadingHTTPServer):
             raise RequestError(400, "messages must be a non-empty list of {role, content} with string content",
                                param="messages")
         sampling, seed = self._sampling(body, default_max=self.default_chat_max_tokens, max_key="max_completion_tokens")
-        prompt = self.backend.render([{"role": m["role"], "content": m["content"]} for m in messages])
-        (g,) = self.generate([prompt], sampling, [seed])
+        prompt = backend.render([{"role": m["role"], "content": m["content"]} for m in messages])
+        (g,) = self.generate([prompt], sampling, [seed], **self._which(backend))
         choice = {"index": 0, "message": {"role": "assistant", "content": g.text}, "logprobs": None,
                   "finish_reason": self._finish(g, sampling)}
-        return self._envelope("chatcmpl", "chat.completion", [choice], [g])
+        return self._envelope("chatcmpl", "chat.completion", [choice], [g], body.get("model"))
+
+    def _which(self, backend: Any) -> dict[str, Any]:
+        # the default model goes through `generate(prompts, sampling, seeds)` (the hook tests override)
+        return {} if backend is self.backend else {"backend": backend}
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
-                                            "owned_by": "reflectevo"}]}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": self.created,
+                                            "owned_by": "reflectevo"} for m in self.backends]}
 
     @staticmethod
     def _finish(g: Generation, sampling: Sampling) -> str:
         return "length" if g.n_new_tokens >= sampling.max_new_tokens else "stop"
 
-    def _envelope(self, prefix: str, obj: str, choices: list[dict], gens: list[Generation]) -> dict:
+    def _envelope(self, prefix: str, obj: str, choices: list[dict], gens: list[Generation],
+                  model_name: str | None = None) -> dict:
+        model_name = model_name or self.model_name
         prompt_tokens = sum(g.n_prompt_tokens for g in gens)
         completion_tokens = sum(g.n_new_tokens for g in gens)
         return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": obj, "created": int(time.time()),
-                "model": self.model_name, "choices": choices, "system_fingerprint": None,
+                "model": model_name, "choices": choices, "system_fingerprint": None,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
@@ -215,13 +226,21 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(preset_name: str, preset: Any, host: str = "127.0.0.1", port: int = 0, adapter: Any = None,
-                model_name: str | None = None, api_key: str | None = None, quiet: bool = True) -> CompletionServer:
-    """Load the preset with the transformers backend and bind (port 0 = any free port; see `.url`)."""
+                model_name: str | None = None, api_key: str | None = None, quiet: bool = True,
+                adapters: Any = ()) -> CompletionServer:
+    """Load the preset with the transformers backend and bind (port 0 = any free port; see `.url`).
+
+    The base model is served as `model_name` (default: the preset's hub_id, else its name); each LoRA
+    adapter folder of `adapter` / `adapters` is merged into its own copy and served beside it under
+    `reflectevo.adapters.served_name` (the name the openai backend asks for when given that adapter)."""
+    from reflectevo.adapters import served_name
     from reflectevo.backends.hf import TransformersBackend
 
-    backend = TransformersBackend(preset_name, preset, adapter=adapter)
+    paths = ([adapter] if adapter is not None else []) + list(adapters)
+    backend = TransformersBackend(preset_name, preset)
+    others = {served_name(preset_name, p): TransformersBackend(preset_name, preset, adapter=p) for p in paths}
     return CompletionServer(backend, model_name or preset.hub_id or preset_name, host=host, port=port,
-                            api_key=api_key, quiet=quiet)
+                            api_key=api_key, quiet=quiet, others=others)
 
 
 def start_in_thread(server: CompletionServer) -> threading.Thread:

@@ -6,7 +6,9 @@
 
 Trial 1 (greedy) -> verify -> k reflections under demand instructions on failures -> trial 2 ->
 verify. Reuses every episode already in data/raw with the same key (DVC `persist: true`), resumes an
-interrupted run from its journal(s), and writes a summary to metrics/generate.json. With
+interrupted run from its journal(s), and writes a summary to metrics/generate.json. With `--adapters
+models/<setting>` a trained setting's adapters write the reflections and retries (trial 1 stays the base
+model's; reflectevo/adapters.py), and the episode keys hold their content hashes. With
 `generate.workers: N` it runs N worker processes on disjoint, balanced slices (each on one of the GPUs
 this process sees, `reflectevo.devices`; a vllm preset needs a GPU per worker) and merges their
 journals. Reads `generate` and `models.<model>` in params.yaml.
@@ -84,9 +86,11 @@ def _gpu_count() -> int:
 @friendly_errors
 def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/train.jsonl"),
          out: Path = Path("data/raw"), summary: Path = Path("metrics/generate.json"),
-         progress: bool = True, shard: str = typer.Option(None, help="i/N: generate only worker i's slice")) -> None:
+         progress: bool = True, shard: str = typer.Option(None, help="i/N: generate only worker i's slice"),
+         adapters: Path = typer.Option(None, help="a trained setting's folder (e.g. models/one_stage): its adapters "
+                                       "write the reflections and retries (reflectevo.adapters)")) -> None:
+    from reflectevo.adapters import build_phase_backends, generation_adapters
     from reflectevo.backends import backend_sampler
-    from reflectevo.backends.hf import make_backend
     from reflectevo.errors import ReflectEvoError
     from reflectevo.generation import Stats, generate, make_spec, shard_slice, summarize, write_shards
     from reflectevo.jsonio import write_json
@@ -99,8 +103,14 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
         items = items[: cfg.limit]
     if not items:
         raise ReflectEvoError(f"{sources}: no train items to generate from")
+    phase_adapters = generation_adapters(adapters, name) if adapters is not None else None
     spec = make_spec(model_fingerprint(name, preset), preset.dtype, cfg,
-                     sampler=backend_sampler(preset.backend, where=f"models.{name}.backend"))
+                     sampler=backend_sampler(preset.backend, where=f"models.{name}.backend"),
+                     adapters=phase_adapters.key() if phase_adapters else None)
+
+    def make_backend(name, preset):  # the base, or one backend per phase with the setting's adapters
+        return build_phase_backends(name, preset, phase_adapters)
+
     chunk = max(preset.gen_batch_size, 8)
     part = parse_shard(shard)
     if part is not None:  # worker: its slice into its own journal; the parent merges
@@ -111,13 +121,16 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
 
     t0 = time.perf_counter()
     extra = None
+    if cfg.engine == "ray" and phase_adapters is not None:
+        raise ReflectEvoError("generate.engine: ray builds the base model only; use engine: local with --adapters")
     if cfg.engine == "ray":  # a Ray Data pipeline of `workers` actors (local Ray or generate.ray_address)
         from reflectevo.ray_engine import generate_ray
 
         episodes, stats = generate_ray(items, tasks, name, preset, spec, out, batch_size=chunk,
                                        concurrency=cfg.workers, address=cfg.ray_address, progress=progress)
     elif cfg.workers > 1:
-        extra = run_workers(cfg.workers, ["--params", str(params), "--sources", str(sources), "--out", str(out)], out,
+        argv = ["--params", str(params), "--sources", str(sources), "--out", str(out)]
+        extra = run_workers(cfg.workers, argv + (["--adapters", str(adapters)] if adapters is not None else []), out,
                             backend=preset.backend)
 
     def nothing_left():
@@ -135,7 +148,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     s = summarize(episodes, stats)
     s["run"]["workers"] = cfg.workers
     s["run"]["engine"] = cfg.engine
-    write_json(summary, {"model": name, **s})
+    write_json(summary, {"model": name, **({"adapters": phase_adapters.record()} if phase_adapters else {}), **s})
     typer.echo(f"generate: {s['items']} episodes ({s['run']['computed']} computed, {s['run']['reused']} reused), "
                f"trial-1 correct {s['trial1_correct']}, reflections {s['reflections']}, "
                f"fixed by reflection {s['trial2_correct']}, {s['run']['seconds']} s")

@@ -5,7 +5,7 @@
         --predictions data/eval/predictions.jsonl --plots plots/eval --out report/index.html
 
 The Table-2-style matrix (systems × tasks), accuracy by round, trial-1 → final transitions, the data
-statistics and the best/worst episodes of every system; no network needed to view it. Missing inputs
+statistics, the best/worst episodes of every system and (with --evolve) self-evolution by iteration; no network needed to view it. Missing inputs
 are named on the page; malformed ones stop with one error line naming the file (exit status 2).
 """
 
@@ -24,10 +24,11 @@ app = typer.Typer(add_completion=False)
 @friendly_errors
 def main(metrics: Path = Path("metrics/eval.json"), stats: Path = Path("data/curated/stats.json"),
          predictions: Path = Path("data/eval/predictions.jsonl"), plots: Path = Path("plots/eval"),
-         out: Path = Path("report/index.html"), episodes: int = 3) -> None:
+         out: Path = Path("report/index.html"), episodes: int = 3,
+         evolve: Path = typer.Option(None, help="metrics/evolve.json: the 'by iteration' section")) -> None:
     from reflectevo.report import render_report
 
-    path = render_report(metrics, stats, predictions, out, plots_dir=plots, n_episodes=episodes)
+    path = render_report(metrics, stats, predictions, out, plots_dir=plots, n_episodes=episodes, evolve=evolve)
     typer.echo(f"report: {path} ({path.stat().st_size // 1024} KiB)")
 
 

@@ -93,10 +93,12 @@ def test_dvc_yaml_declares_only_the_headlines():
     declared = {name: paths(st.get("metrics") or st.get("do", {}).get("metrics")) for name, st in stages.items()}
     assert declared == {"prepare": [], "generate": [], "curate": ["metrics/headline/curate.json"],
                         "train": ["metrics/headline/train/${key}.json"], "evaluate": ["metrics/headline/eval.json"],
-                        "report": []}
+                        "evolve_generate": [], "evolve_curate": [], "evolve_train": [], "evolve_evaluate": [],
+                        "evolve": ["metrics/headline/evolve.json"], "report": []}
     outs = {name: st.get("outs") or st.get("do", {}).get("outs") for name, st in stages.items()}
     for name, full in (("generate", "metrics/generate.json"), ("curate", "metrics/curate.json"),
-                       ("train", "metrics/train/${key}.json"), ("evaluate", "metrics/eval.json")):
+                       ("train", "metrics/train/${key}.json"), ("evaluate", "metrics/eval.json"),
+                       ("evolve", "metrics/evolve.json")):
         entry = next(e for e in outs[name] if isinstance(e, dict) and full in e)
         assert entry[full] == {"cache": False}, name  # git-tracked, plain
     assert "--headline metrics/headline/train/${key}.json" in stages["train"]["do"]["cmd"]
@@ -177,6 +179,7 @@ def test_dvc_metrics_diff_of_the_committed_run_fits_a_terminal(dvc_project):
     assert set(_numbers(run["eval"])) <= listed
     shown = json.loads(_sh("dvc", "metrics", "show", "--json", cwd=proj))
     assert set(shown[""]["data"]) == {"metrics/headline/eval.json", "metrics/headline/curate.json",
+                                      "metrics/headline/evolve.json",  # declared; absent in this repo
                                       *(f"metrics/headline/train/{s}.json" for s in SETTINGS + RL_SETTINGS)}
 
 

@@ -256,8 +256,8 @@ def test_presets_for_endpoints_validate(tiny_preset):
                      ({"source": "tiny-random", "api_mode": "chatty"}, r"unknown api_mode 'chatty'")]:
         with pytest.raises(ReflectEvoError, match=msg):
             from_dict(ModelPreset, bad, "models.t")
-    with pytest.raises(ReflectEvoError, match="cannot load the adapter"):
-        OpenAIBackend("t", ok, adapter="models/one_stage", base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ReflectEvoError, match="not a LoRA adapter folder"):   # served by name: its content hash
+        OpenAIBackend("t", ok, adapter="models/no-such-adapter", base_url="http://127.0.0.1:1/v1")
 
 
 def test_make_backend_dispatches_on_the_preset(tiny_server, tiny_preset):

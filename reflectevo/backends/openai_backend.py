@@ -124,11 +124,6 @@ class OpenAIBackend:
                  base_url: str | None = None, api_key: str | None = None, concurrency: int | None = None,
                  retries: int | None = None, backoff: float = 1.0, max_backoff: float = 60.0,
                  timeout: float = 600.0, tokenizer: Any = None) -> None:
-        if adapter is not None:
-            raise ReflectEvoError(
-                f"models.{preset_name}: backend openai cannot load the adapter {adapter} here; serve it "
-                "(`vllm serve BASE --enable-lora --lora-modules NAME=PATH` or `reflectevo serve --adapter PATH`) "
-                "and point a preset's api_model at it")
         try:
             import openai
         except ImportError:
@@ -139,6 +134,13 @@ class OpenAIBackend:
         self.key_env = preset.api_key_env
         key = os.environ.get(preset.api_key_env, "") if api_key is None else api_key
         self.model = preset.api_model or preset.hub_id or preset_name
+        # an adapter is not loaded here: the server serves it under `served_name` (its content hash), e.g.
+        # `reflectevo serve --adapter PATH` or `vllm serve BASE --enable-lora --lora-modules NAME=PATH`
+        self.adapter = None if adapter is None else str(adapter)
+        if adapter is not None:
+            from reflectevo.adapters import served_name
+
+            self.model = served_name(preset_name, adapter)
         self.mode = preset.api_mode if preset.api_mode != "auto" else ("chat" if preset.source == "api" else "completions")
         self.extra = dict(preset.api_extra)
         self.concurrency = concurrency or resolve_concurrency(preset)

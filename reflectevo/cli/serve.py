@@ -14,7 +14,8 @@ def serve_cmd(model: str = typer.Option("", "--model", help="preset to serve (de
               params: Path = typer.Option(Path("params.yaml"), "--params"),
               host: str = typer.Option("127.0.0.1", "--host"),
               port: int = typer.Option(8000, "--port", help="0 = any free port (printed)"),
-              adapter: Path | None = typer.Option(None, "--adapter", help="a LoRA adapter folder to merge in"),
+              adapter: list[Path] = typer.Option([], "--adapter", help="a LoRA adapter folder to serve beside the "
+                                                 "base, under its served name (repeatable)"),
               served_name: str = typer.Option("", "--served-model-name", help="default: the preset's hub_id, else its name"),
               api_key: str = typer.Option("", "--api-key", envvar="REFLECTEVO_SERVE_API_KEY",
                                           help="require this bearer key (default: none)"),
@@ -24,9 +25,9 @@ def serve_cmd(model: str = typer.Option("", "--model", help="preset to serve (de
     from reflectevo.serve import make_server
 
     name, preset = load_preset(read_params(params), model or None, where="--model")
-    server = make_server(name, preset, host=host, port=port, adapter=adapter, model_name=served_name or None,
+    server = make_server(name, preset, host=host, port=port, adapters=adapter, model_name=served_name or None,
                          api_key=api_key or None, quiet=not verbose)
-    typer.echo(f"serving {server.model_name!r} at {server.url} (OPENAI_BASE_URL={server.url}); Ctrl-C stops", err=True)
+    typer.echo(f"serving {', '.join(map(repr, server.backends))} at {server.url} (OPENAI_BASE_URL={server.url}); Ctrl-C stops", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,0 +1,297 @@
+"""Stages `evolve_*@it<i>` and `evolve`: self-evolution iterations (reflectevo/evolve.py).
+
+    python stages/evolve.py chain 3          # evolve.iterations: 3 and its evolve.chain in params.yaml
+    dvc repro                                # runs only the stages of iterations not yet run
+
+Per iteration i >= 2 (dvc.yaml foreach over params `evolve.chain`; `--previous` = iteration i-1's folder):
+    generate  episodes on the train items, reflections (and two_stage retries) by iteration i-1's adapters
+    curate    stages/curate.py on them, then the training data by `evolve.data` (new | union)
+    train     stages/train.py on that data (`evolve.init: previous` continues from i-1's adapter)
+    evaluate  the setting on the test split (trial 1 by the base model, as in the evaluate stage)
+and `summary` (stage `evolve`, in the default pipeline too: one iteration costs a second) writes
+metrics/evolve.json and plots/evolve.json. Outputs of iteration i go to evolve/it<i>/. An iteration
+whose previous adapter has no training data is recorded as stopped (one line), and so are later ones.
+"""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from reflectevo.stage import friendly_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+HERE = Path(__file__).resolve().parent
+
+
+def _stage_main(name: str):
+    """The `main` function of another stage script (stages/<name>.py), called in this process."""
+    return runpy.run_path(str(HERE / f"{name}.py"), run_name=f"stages_{name}")["main"]
+
+
+def _cfg(params: Path):
+    from reflectevo.config import load_section, read_params
+
+    return load_section(read_params(params), "evolve")
+
+
+def _check_iteration(cfg, iteration: str) -> int:
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.evolve import iteration_number
+
+    number = iteration_number(iteration)
+    if iteration not in cfg.chain:
+        raise ReflectEvoError(f"evolve.chain: no entry {iteration!r} (iterations: {cfg.iterations})")
+    return number
+
+
+def _setting_dir(models: Path, setting: str) -> Path:
+    from reflectevo.errors import ReflectEvoError
+
+    d = models / setting
+    if not (d / "model_card.json").exists():
+        raise ReflectEvoError(f"evolve.setting: {setting!r} is not trained in {models} (no {d}/model_card.json); "
+                              "name a setting that dvc.yaml's vars.settings trains")
+    return d
+
+
+def _stopped_by(prev_setting_dir: Path, iteration: int, setting: str) -> str | None:
+    from reflectevo.adapters import untrained_reason
+
+    why = untrained_reason(prev_setting_dir)
+    if why is None:
+        return None
+    return f"iteration {iteration - 1}'s {setting} adapter ({prev_setting_dir}) is not trained ({why})"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _stopped(out: Path) -> str | None:
+    gen = _read_json(out / "generate.json") or {}
+    return gen.get("stopped")
+
+
+@app.command()
+@friendly_errors
+def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = the main pipeline only)"),
+          params: Path = Path("params.yaml")) -> None:
+    """Write evolve.iterations and the matching evolve.chain (dvc.yaml's foreach list) into params.yaml."""
+    from ruamel.yaml import YAML
+
+    from reflectevo.config import EvolveConfig, evolve_chain, from_dict
+    from reflectevo.errors import ReflectEvoError
+
+    if iterations < 1:
+        raise ReflectEvoError(f"evolve.iterations: must be >= 1 (1 = train once, as the paper), got {iterations}")
+    yaml = YAML()  # round trip: comments and order stay
+    data = yaml.load(params.read_text())
+    if "evolve" not in data:
+        raise ReflectEvoError(f"{params}: no evolve section (copy it from the project's params.yaml)")
+    data["evolve"]["iterations"] = iterations
+    data["evolve"]["chain"] = evolve_chain(iterations)
+    from_dict(EvolveConfig, dict(data["evolve"]), "evolve", require_all=True)
+    with params.open("w") as fh:
+        yaml.dump(data, fh)
+    typer.echo(f"evolve: {iterations} iteration(s); chain {list(data['evolve']['chain']) or '(none)'} in {params}")
+
+
+@app.command()
+@friendly_errors
+def generate(iteration: str = typer.Option(...), previous: Path = typer.Option(..., help="iteration i-1's models folder"),
+             out: Path = typer.Option(...), params: Path = Path("params.yaml"),
+             sources: Path = Path("data/sources/train.jsonl")) -> None:
+    from reflectevo.jsonio import write_json
+
+    cfg = _cfg(params)
+    number = _check_iteration(cfg, iteration)
+    prev = _setting_dir(previous, cfg.setting)
+    why = _stopped_by(prev, number, cfg.setting)
+    if why is not None:
+        (out / "raw").mkdir(parents=True, exist_ok=True)
+        for old in (out / "raw").glob("*"):
+            old.unlink()
+        write_json(out / "generate.json", {"iteration": number, "stopped": why})
+        typer.echo(f"evolve {iteration}: stopped: {why}")
+        return
+    _stage_main("generate")(params=params, sources=sources, out=out / "raw", summary=out / "generate.json",
+                            progress=False, shard=None, adapters=prev)
+
+
+@app.command()
+@friendly_errors
+def curate(iteration: str = typer.Option(...), previous_data: Path = typer.Option(..., help="iteration i-1's data"),
+           out: Path = typer.Option(...), params: Path = Path("params.yaml")) -> None:
+    from reflectevo.config import load_section, read_params
+    from reflectevo.evolve import DATA_KIND, KINDS, union_rows
+    from reflectevo.jsonio import read_jsonl, write_json, write_jsonl
+
+    cfg = _cfg(params)
+    number = _check_iteration(cfg, iteration)
+    why = _stopped(out)
+    if why is not None:
+        for kind in KINDS:
+            for split in ("train", "eval"):
+                write_jsonl(out / "curated" / f"{kind}_{split}.jsonl", [])
+        write_json(out / "curate.json", {"iteration": number, "stopped": why})
+    else:
+        _stage_main("curate")(params=params, raw=out / "raw", out=out / "curated", metrics=out / "curate.json",
+                              headline=None)
+    kind = DATA_KIND[cfg.setting]
+    threshold = load_section(read_params(params), "curate").dedup_threshold
+    info: dict[str, Any] = {"policy": cfg.data, "kind": kind}
+    for old in (out / "data").glob("*.jsonl") if (out / "data").exists() else []:
+        old.unlink()
+    for split in ("train", "eval"):
+        new = read_jsonl(out / "curated" / f"{kind}_{split}.jsonl")
+        if cfg.data == "union":
+            prev_file = previous_data / f"{kind}_{split}.jsonl"
+            rows, counts = union_rows(read_jsonl(prev_file) if prev_file.exists() else [], new, threshold)
+        else:
+            rows, counts = new, {"new": len(new), "rows": len(new)}
+        write_jsonl(out / "data" / f"{kind}_{split}.jsonl", rows)
+        info[split] = counts
+    write_json(out / "data" / "info.json", info)
+    typer.echo(f"evolve {iteration}: training data ({cfg.data}) {kind}: train {info['train']['rows']}, "
+               f"eval {info['eval']['rows']}")
+
+
+@app.command()
+@friendly_errors
+def train(iteration: str = typer.Option(...), previous: Path = typer.Option(..., help="iteration i-1's models folder"),
+          out: Path = typer.Option(...), params: Path = Path("params.yaml")) -> None:
+    import json
+
+    from reflectevo.adapters import read_card, untrained_reason
+    from reflectevo.evolve import DATA_KIND, finish_warm_start, warm_start
+    from reflectevo.jsonio import write_json
+
+    cfg = _cfg(params)
+    number = _check_iteration(cfg, iteration)
+    kind = DATA_KIND[cfg.setting]
+    args = dict(setting=cfg.setting, params=params, train_data=out / "data" / f"{kind}_train.jsonl",
+                eval_data=str(out / "data" / f"{kind}_eval.jsonl"), out=out / "models" / cfg.setting,
+                metrics=out / "train.json", curves=None, checkpoints="auto", headline=None)
+    prev = _setting_dir(previous, cfg.setting)
+    if cfg.init == "previous" and untrained_reason(prev) is None:
+        card = read_card(prev)
+        roles = {role: prev / sub for role, sub in card["adapters"].items()}
+        # no resume: a checkpoint's key does not hold the starting weights, and a role taken over from a
+        # killed run would not pass through the warm-start hook
+        args["checkpoints"] = "none"
+        with warm_start(roles) as reached:
+            _stage_main("train")(**args)
+        result = json.loads((out / "train.json").read_text())
+        finish_warm_start(reached, roles, bool(result.get("trained")))
+        result["init"] = {"from": str(prev), "tensors": reached["loaded"]}
+    else:
+        _stage_main("train")(**args)
+        result = json.loads((out / "train.json").read_text())
+        result["init"] = "base"
+    why = _stopped(out)
+    if why is not None:
+        result["stopped"] = why
+    result["iteration"] = number
+    write_json(out / "train.json", result)
+
+
+@app.command()
+@friendly_errors
+def evaluate(iteration: str = typer.Option(...), out: Path = typer.Option(...), params: Path = Path("params.yaml"),
+             sources: Path = Path("data/sources/test.jsonl")) -> None:
+    from reflectevo import evaluation as ev
+    from reflectevo.adapters import read_card, untrained_reason
+    from reflectevo.backends import make_backend
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.jsonio import write_json, write_jsonl
+    from reflectevo.stage import load_items, stage_params
+
+    cfg = _cfg(params)
+    number = _check_iteration(cfg, iteration)
+    setting_dir = out / "models" / cfg.setting
+    stopped, untrained = _stopped(out), untrained_reason(setting_dir)
+    if stopped is not None or untrained is not None:
+        why = stopped or f"iteration {number}'s {cfg.setting} adapter is not trained ({untrained})"
+        write_json(out / "eval.json", {"iteration": number, "stopped" if stopped else "skipped": why, "systems": {}})
+        write_jsonl(out / "predictions.jsonl", [])
+        typer.echo(f"evolve {iteration}: evaluate skipped: {why}")
+        return
+    name, preset, ecfg = stage_params(params, "evaluate")
+    items, tasks = load_items(sources)
+    if ecfg.limit:
+        items = items[: ecfg.limit]
+    if not items:
+        raise ReflectEvoError(f"{sources}: no test items")
+    card = read_card(setting_dir)
+    paths = {role: setting_dir / sub for role, sub in card["adapters"].items()}
+    serves = sorted(str(p) for p in paths.values())
+    base = make_backend(name, preset, serves=serves)
+    t1 = ev.trial1(items, tasks, base, ecfg)
+    s = cfg.setting
+    if s == "one_stage":
+        rows = ev.one_stage(items, tasks, make_backend(name, preset, paths["one_stage"], serves=serves), t1, ecfg)
+    elif s == "two_stage":
+        rows = ev.reflect_then_retry(items, tasks, t1, make_backend(name, preset, paths["reflector"], serves=serves),
+                                     make_backend(name, preset, paths["corrector"], serves=serves), ecfg)
+    else:
+        rows = ev.reflect_then_retry(items, tasks, t1, make_backend(name, preset, paths["reflector"], serves=serves),
+                                     base, ecfg)
+    summary = ev.summarize({s: rows})
+    write_json(out / "eval.json", {"iteration": number, "model": name, "setting": s, "systems": summary})
+    write_jsonl(out / "predictions.jsonl", [{"system": s, **r} for r in rows])
+    o = summary[s]["overall"]
+    typer.echo(f"evolve {iteration}: evaluate[{s}] n={o['n']} acc_t1={o['acc_t1']} acc_t2={o['acc_t2']} delta={o['delta']}")
+
+
+@app.command()
+@friendly_errors
+def summary(params: Path = Path("params.yaml"), metrics_dir: Path = Path("metrics"), eval_dir: Path = Path("data/eval"),
+            evolve_dir: Path = Path("evolve"), out: Path = Path("metrics/evolve.json"),
+            plots: Path = Path("plots/evolve.json"),
+            headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
+    """metrics/evolve.json and plots/evolve.json from iteration 1 (the main pipeline) and every chain entry."""
+    from reflectevo import evolve as evo
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.jsonio import read_jsonl, write_json
+
+    cfg = _cfg(params)
+    s = cfg.setting
+    train1 = _read_json(metrics_dir / "train" / f"{s}.json")
+    if train1 is None:
+        raise ReflectEvoError(f"evolve.setting: {s!r} is not trained by this pipeline (no {metrics_dir}/train/{s}.json; "
+                              "dvc.yaml's vars.settings lists the trained settings)")
+    preds1_path = eval_dir / "predictions.jsonl"
+    preds1 = [r for r in read_jsonl(preds1_path) if r.get("system") == s] if preds1_path.exists() else []
+    rows = [evo.iteration_row(1, _read_json(metrics_dir / "generate.json"), _read_json(metrics_dir / "curate.json"),
+                              _read_json(metrics_dir / "eval.json"), s, train1)]
+    if not train1.get("trained"):
+        rows[0]["note"] = f"{s} not trained at iteration 1 ({train1.get('reason')}): no later iteration can run"
+    for key in sorted(cfg.chain, key=evo.iteration_number):
+        d = evolve_dir / key
+        n = evo.iteration_number(key)
+        row = evo.iteration_row(n, _read_json(d / "generate.json"), _read_json(d / "curate.json"),
+                                _read_json(d / "eval.json"), s, _read_json(d / "train.json"))
+        preds = read_jsonl(d / "predictions.jsonl") if (d / "predictions.jsonl").exists() else []
+        row["vs_it1"] = evo.versus_first(preds1, preds)
+        rows.append(row)
+    result = evo.summary(rows, s, cfg.data, cfg.init)
+    write_json(out, result)
+    write_json(plots, evo.plot_rows(rows))
+    if headline is not None:  # full JSON above (plain output), small flat copy here (DVC metric)
+        write_json(headline, evo.headline(result))
+    for row in rows:
+        p = (row.get("vs_it1") or {}).get("p")
+        line = (f"stopped: {row['stopped']}" if row.get("stopped") else
+                f"fix rate {row['train_fix_rate']}, D+ {row['dplus']}, D± {row['dpm']}, repeat {row['repeat_rate']}, "
+                f"acc_t1 {row['acc_t1']}, acc_t2 {row['acc_t2']}, Δ {row['delta']}" + (f", p vs it1 {p}" if p is not None else ""))
+        typer.echo(f"evolve it{row['iteration']} ({s}): {line}")
+
+
+if __name__ == "__main__":
+    app()
