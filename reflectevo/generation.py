@@ -155,6 +155,9 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
     oracle = cfg.protocol == "oracle"
     refl_sampling = reflection_sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, cfg.seed)
     ids = [spec.episode_id(it, tasks[it.task]) for it in items]
+    bind = getattr(backend, "bind", None)   # the scripted backend answers from the items (no model)
+    if bind is not None:
+        bind(items, tasks)
 
     def count(gens) -> None:
         stats.generations += len(gens)
