@@ -323,8 +323,9 @@ def test_hub_preset_with_a_local_path_generates_offline(tmp_path, tiny_model_dir
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "gen.json").read_text())
     assert summary["model"] == preset and summary["items"] == 2 and summary["run"]["computed"] == 2
-    episodes = [json.loads(x) for f in sorted((tmp_path / "raw").glob("episodes-*.jsonl"))
-                for x in f.read_text().splitlines()]
+    from reflectevo.shards import iter_episodes
+
+    episodes = list(iter_episodes(tmp_path / "raw"))
     assert len(episodes) == 2
     for ep in episodes:   # the record names the hub model, never the local folder
         assert ep["model"]["preset"] == preset and ep["model"]["source"] == "Qwen/Qwen2.5-0.5B-Instruct"

@@ -133,6 +133,11 @@ class ScriptedBackend:
         n = self._length(rng, r.trial_words if first else r.retry_words, budget)
         return f" {_words(rng, n)}\n{answer}", n + len(answer.split()), "eos"
 
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        """A deterministic stand-in for log p(continuation | prompt) (curate.judge likelihood)."""
+        return [-(1.0 + 4.0 * _u(self.recipe.seed, "score", p, c)) * max(1, len(c.split()))
+                for p, c in zip(prompts, continuations)]
+
     def generate(self, prompts: list[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[Generation]:
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
