@@ -276,6 +276,8 @@ class GenerateConfig:
     workers: int = 1                            # parallel generation processes (one per GPU), merged at the end
     engine: str = "local"                       # local: processes on this machine; ray: a Ray Data pipeline
     ray_address: str = ""                       # engine ray: "" starts a local Ray; "auto" or "ray://head:10001" joins a cluster
+    import_path: str = ""                       # non-empty: no generation; data/raw holds this file's episodes
+                                                # (ReflectEvo raw or our episodes; see data/imported/README.md)
 
     def validate(self, where: str) -> None:
         if self.workers < 1:

@@ -75,8 +75,8 @@ def _common(ep: dict) -> dict[str, Any]:
             "answer": it["answer"], "trial1_prompt": ep["trial1"]["prompt"], "trial1": attempt(ep["trial1"]),
             "trial1_answer": ep["trial1"]["extracted"], "model": ep["model"]["preset"],
             # how the retry prompt was built (a corrector trains on the same prompt it is evaluated with)
-            "retry_previous": bool(ep["gen"].get("use_previous_trial", True)),
-            "retry_rejected": ep["trial1"]["extracted"] if ep["gen"].get("name_rejected") else None,
+            "retry_previous": bool((ep["gen"] or {}).get("use_previous_trial", True)),   # gen: null when imported
+            "retry_rejected": ep["trial1"]["extracted"] if (ep["gen"] or {}).get("name_rejected") else None,
             "prompt_version": ep["prompt_version"], "episode_id": ep["episode_id"]}
 
 
@@ -98,9 +98,10 @@ SAMPLE_REQUIRED = ("sample_id", "demand_id", "reflection", "trial2.prompt", "tri
 def _missing(obj: Any, paths: Sequence[str]) -> str | None:
     for path in paths:
         cur = obj
-        for part in path.split("."):
+        parts = path.split(".")
+        for k, part in enumerate(parts):
             if not isinstance(cur, dict) or part not in cur:
-                return path
+                return ".".join(parts[: k + 1])   # the outermost missing field: `trial1`, not `trial1.prompt`
             cur = cur[part]
     return None
 
@@ -192,13 +193,18 @@ def curate_stream(episodes: Iterable[dict], cfg: CurateConfig, emit, judge=None,
             for a, b in list(itertools.combinations(good, 2))[: cfg.max_pairs_per_item]:
                 pending.append((split, common, a, b, Comparison(
                     ep["item"]["question"], attempt(ep["trial1"]), a["reflection"]["text"], b["reflection"]["text"],
-                    first_retry=(a["trial2"]["prompt"], a["trial2"]["completion"]),
-                    second_retry=(b["trial2"]["prompt"], b["trial2"]["completion"]))))
+                    first_retry=_retry(a), second_retry=_retry(b))))
             if len(pending) >= judge_batch:
                 judge_pending()
     if pending:
         judge_pending()
     return {"drops": drops, "stats": stats.result()}
+
+
+def _retry(s: dict) -> tuple[str, str] | None:
+    """(retry prompt, completion) for the likelihood judge; None for imported episodes without prompts."""
+    t2 = s["trial2"]
+    return None if t2["prompt"] is None else (t2["prompt"], t2["completion"])
 
 
 class _TaskRow:

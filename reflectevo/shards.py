@@ -30,7 +30,7 @@ from reflectevo.errors import ReflectEvoError
 SHARD_GLOB = "episodes-*"                 # every shard, any format (the stale-shard sweep and readers)
 PARQUET_SUFFIX = ".parquet"
 JOURNAL_GLOB = "journal*.jsonl"
-ROWS_PER_GROUP = 1000                     # episodes per Parquet row group: the unit of reading and writing
+ROWS_PER_GROUP = 256                      # episodes per Parquet row group: the unit of reading and writing
 INDEX_COLUMNS = ("episode_id", "item_id", "task", "trial1_correct")
 
 
@@ -123,6 +123,28 @@ def iter_episodes(path: str | Path, where: bool = False, journals: bool = True) 
                     continue
                 seen.add(key)
             yield (w, ep) if where else ep
+
+
+def iter_imported(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, episode) of an imported file, streamed: our episodes (a Parquet shard, JSONL, a raw
+    folder) or ReflectEvo's raw run.py records (converted on the fly, `reflectevo.compat`; the task from
+    the file name). Imported keys hash the source, task, id and question (`compat.raw_to_episode`), so
+    they never equal a generated episode's key."""
+    path = Path(path)
+    if not path.exists():
+        raise ReflectEvoError(f"generate.import_path: {path} does not exist (convert the published file with "
+                              "`reflectevo convert --from reflectevo --kind raw`, see data/imported/README.md)")
+    if path.is_dir() or path.name.endswith(PARQUET_SUFFIX):
+        yield from iter_episodes(path, where=True, journals=False)
+        return
+    from reflectevo.compat import iter_json_objects, raw_to_episode, task_name
+
+    theirs: bool | None = None
+    for line, rec in iter_json_objects(path):
+        where = f"{path}:{line}"
+        if theirs is None:
+            theirs = "output" in rec and "trial1" not in rec
+        yield where, (raw_to_episode(rec, where, task_name(None, path)) if theirs else rec)
 
 
 def episode_keys(raw_dir: str | Path) -> set[str]:

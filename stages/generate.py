@@ -80,6 +80,33 @@ def _gpu_count() -> int:
         return 0
 
 
+def import_episodes(src: Path, out: Path, summary: Path, shard_size: int, limit: int = 0) -> None:
+    """`generate.import_path`: stream an imported file into data/raw's shards (replacing whatever was
+    there: imported and generated episodes never share data/raw, and their keys never coincide)."""
+    from itertools import islice
+
+    from reflectevo.curation import check_episode
+    from reflectevo.generation import Stats, Summary, write_shards
+    from reflectevo.jsonio import write_json
+    from reflectevo.shards import iter_imported
+
+    t0 = time.perf_counter()
+    acc = Summary()
+
+    def checked():
+        for where, ep in iter_imported(src):
+            check_episode(ep, where)
+            yield ep
+
+    write_shards(out, islice(checked(), limit or None), shard_size, on_episode=acc.add)
+    stats = Stats(reused=0, computed=0, seconds=time.perf_counter() - t0)
+    s = acc.result(stats)
+    s["run"].update(engine="import", imported_from=str(src))
+    write_json(summary, {"model": None, "imported_from": str(src), **s})
+    typer.echo(f"generate: imported {s['items']} episodes from {src} (trial-1 correct {s['trial1_correct']}, "
+               f"reflections {s['reflections']}), {s['run']['seconds']} s")
+
+
 @app.command()
 @friendly_errors
 def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/train.jsonl"),
@@ -93,6 +120,8 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     from reflectevo.models import check_available, model_fingerprint
 
     name, preset, cfg = stage_params(params, "generate")
+    if cfg.import_path:   # the published data instead of a model: no generation, no model loaded
+        return import_episodes(Path(cfg.import_path), out, summary, cfg.shard_size, cfg.limit)
     check_available(name, preset)  # an unreachable hub preset: one line now, before data/raw is touched
     items, tasks = load_items(sources)
     if cfg.limit:
