@@ -659,10 +659,10 @@ Protocol = Literal["oracle", "intrinsic"]
 
 def detect_format(rec: dict[str, Any]) -> tuple[Format, str]:
     """(format, what) for one record: their raw results, our predictions or our episodes."""
+    if "system" in rec and "t1_correct" in rec:   # first: a one-stage prediction has an `output` field too
+        return "ours", "predictions"
     if "output" in rec:
         return "reflectevo", "raw"
-    if "system" in rec and "t1_correct" in rec:
-        return "ours", "predictions"
     if "trial1" in rec and "samples" in rec:
         return "ours", "episodes"
     raise ReflectEvoError("not a results file: expected ReflectEvo raw records ('output'), our predictions "

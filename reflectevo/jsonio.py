@@ -104,8 +104,10 @@ class JsonlWriter:
         self.count = 0
 
     def write(self, row: dict[str, Any]) -> None:
+        import orjson
+
         assert self._fh is not None
-        self._fh.write(dumps(row) + "\n")
+        self._fh.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
         self.count += 1
 
     def commit(self) -> int:
@@ -161,8 +163,10 @@ class Journal:
         self._fh = self.path.open("a", encoding="utf-8")
 
     def append_batch(self, rows: Iterable[dict[str, Any]]) -> None:
+        import orjson
+
         for row in rows:
-            self._fh.write(dumps(row) + "\n")
+            self._fh.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 

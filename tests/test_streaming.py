@@ -221,3 +221,28 @@ def test_imported_episodes_replace_generated_ones_and_never_mix(tmp_path, shared
     assert runner.invoke(_stage("generate"), gen).exit_code == 0     # back to generating: only generated keys
     assert json.loads((tmp_path / "gen.json").read_text())["run"]["computed"] == 40
     assert episode_keys(tmp_path / "raw") == generated
+
+
+def test_tfidf_cosines_match_scikit_learn():
+    import random
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    from reflectevo.backends.scripted import _words
+    from reflectevo.curation import tfidf_cosines
+
+    rng = random.Random(0)
+    for _ in range(100):
+        texts = [_words(rng, rng.randrange(1, 40)) + rng.choice(["", " Émile ÉCOLE", " a b", " x_y 12 3"])
+                 for _ in range(rng.randrange(2, 5))]
+        texts.append(texts[0])
+        want = cosine_similarity(TfidfVectorizer().fit_transform(texts))
+        got = tfidf_cosines(texts)
+        assert all(abs(want[i, j] - got[i][j]) < 1e-9 for i in range(len(texts)) for j in range(len(texts)))
+
+
+def test_metrics_cli_reads_one_stage_predictions_as_predictions():
+    from reflectevo.compat import detect_format
+
+    assert detect_format({"system": "one_stage", "t1_correct": False, "output": "Answer: B"}) == ("ours", "predictions")

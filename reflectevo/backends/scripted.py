@@ -44,6 +44,14 @@ _COMMON = ("the", "answer", "step", "previous", "attempt", "I", "should", "check
 _SYL = ("ka", "lo", "mi", "ren", "tu", "sa", "vel", "or", "in", "qua", "dre", "po", "li", "zan", "te", "mu")
 _RARE = tuple(a + b + c for a in _SYL for b in _SYL for c in ("", "n", "s", "t"))   # 1,024 terms
 _VOCAB = _COMMON * 25 + _RARE     # about half the words common ones
+_POOL_WORDS = 1 << 18             # texts are slices of one fixed pseudo-random word stream
+_POOL: list[str] = []
+
+
+def _pool() -> list[str]:
+    if not _POOL:
+        _POOL.extend(random.Random(SCRIPT_VERSION).choices(_VOCAB, k=_POOL_WORDS + 4096))
+    return _POOL
 
 
 def _u(*parts: Any) -> float:
@@ -53,7 +61,11 @@ def _u(*parts: Any) -> float:
 
 
 def _words(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choices(_VOCAB, k=n))
+    """`n` words: a slice of the fixed word stream at a random offset (two texts rarely overlap)."""
+    pool = _pool()
+    n = min(n, 4096)
+    at = rng.randrange(_POOL_WORDS)
+    return " ".join(pool[at:at + n])
 
 
 class ScriptedBackend:
@@ -145,5 +157,5 @@ class ScriptedBackend:
         for i, p in enumerate(prompts):
             text, n_new, end = self._one(p, sampling, None if seeds is None else int(seeds[i]))
             text, reason = finish_text(text, sampling, end)
-            out.append(Generation(text, len(p.split()), n_new, reason))
+            out.append(Generation(text, p.count(" ") + p.count("\n") + 1, n_new, reason))   # ~ words
         return out
