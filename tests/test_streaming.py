@@ -100,7 +100,7 @@ def _peak_rss_mb(code: str) -> float:
 
 @pytest.mark.slow
 def test_reading_and_writing_shards_takes_memory_bounded_by_a_chunk_not_the_dataset(tmp_path):
-    """Three times the episodes (60 -> 180 MB of records) streamed through a reader and a rewrite in
+    """Three times the episodes (90 -> 270 MB of records) streamed through a reader and a rewrite in
     place: the peak RSS does not grow with them; `load_episodes`, which holds them all, does (the check
     fails for code that materializes the set)."""
     def peaks(n: int) -> tuple[float, float]:
@@ -108,7 +108,7 @@ def test_reading_and_writing_shards_takes_memory_bounded_by_a_chunk_not_the_data
         setup = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
                  "from test_streaming import _ep\nfrom reflectevo.generation import write_shards, load_episodes\n"
                  f"from reflectevo.shards import iter_episodes\nfrom pathlib import Path\nraw = Path({str(raw)!r})\n")
-        _peak_rss_mb(setup + f"write_shards(raw, ({{**_ep(i), 'pad': 'x' * 20_000 + str(i)}} for i in range({n})), 2500)")
+        _peak_rss_mb(setup + f"write_shards(raw, ({{**_ep(i), 'pad': 'x' * 30_000 + str(i)}} for i in range({n})), 2500)")
         stream = _peak_rss_mb(setup + f"assert sum(1 for _ in iter_episodes(raw)) == {n}\n"
                               "write_shards(raw, iter_episodes(raw), 2500)")
         held = _peak_rss_mb(setup + f"assert len(load_episodes(raw)) == {n}")
@@ -246,3 +246,49 @@ def test_metrics_cli_reads_one_stage_predictions_as_predictions():
     from reflectevo.compat import detect_format
 
     assert detect_format({"system": "one_stage", "t1_correct": False, "output": "Answer: B"}) == ("ours", "predictions")
+
+
+@pytest.mark.slow
+def test_hardlink_cache_with_persisted_shards_keeps_the_cache_intact(tmp_path):
+    """The project's cache link type (hardlinks) with `persist: true` data/raw: a re-run rewrites the
+    shards (DVC unprotects them first, our writer only ever replaces files) and every cache object
+    still matches its hash; the outputs are stored once."""
+    import configparser
+    import hashlib
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_NO_ANALYTICS": "1"}
+
+    def sh(*cmd):
+        return subprocess.run([str(c) for c in cmd], cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+
+    sh("git", "init", "-q")
+    sh(sys.executable, "-m", "dvc", "init", "-q")
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / ".dvc/config")
+    (tmp_path / ".dvc/config").write_text(f'[cache]\n    type = {cfg.get("cache", "type")}\n')
+    p = yaml.safe_load(_params(tmp_path).read_text())
+    p["prepare"]["tasks"][0]["n_train"] = 30
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    py, st = sys.executable, ROOT / "stages"
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "prepare": {"cmd": f"{py} {st}/prepare.py --params params.yaml --out sources", "params": ["prepare"],
+                    "outs": ["sources"]},
+        "generate": {"cmd": f"{py} {st}/generate.py --params params.yaml --sources sources/train.jsonl --out raw "
+                            "--summary gen.json --no-progress", "deps": ["sources/train.jsonl"],
+                     "params": ["generate"], "outs": [{"raw": {"persist": True}}, {"gen.json": {"cache": False}}]},
+        "curate": {"cmd": f"{py} {st}/curate.py --params params.yaml --raw raw --out curated --metrics cur.json",
+                   "deps": ["raw"], "params": ["curate"], "outs": ["curated", {"cur.json": {"cache": False}}]}}}))
+    sh(py, "-m", "dvc", "repro", "-q")
+    first = {q.name for q in (tmp_path / "raw").iterdir()}
+    assert all(q.stat().st_nlink == 2 for q in (tmp_path / "raw").iterdir())   # stored once: a hardlink
+    p["generate"]["k"] = 2                                                  # new keys: every episode again
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    sh(py, "-m", "dvc", "repro", "-q")
+    assert json.loads((tmp_path / "gen.json").read_text())["run"]["computed"] == 30
+    assert "up to date" in sh(py, "-m", "dvc", "status").stdout
+    assert {q.name for q in (tmp_path / "raw").iterdir()} == first and not list((tmp_path / "raw").glob("journal*"))
+    objects = [q for q in (tmp_path / ".dvc/cache/files/md5").rglob("*") if q.is_file()]
+    assert len(objects) > 4
+    for obj in objects:                                                      # nothing edited in place
+        want = obj.parent.name + obj.name.removesuffix(".dir")
+        assert hashlib.md5(obj.read_bytes()).hexdigest() == want, obj
