@@ -190,7 +190,8 @@ def du_shared(work: Path) -> int:
     return sum(b for k, b in raw.items() if k in cache)
 
 
-def one_size(n: int, base: Path, keep: bool) -> dict:
+def one_size(n: int, base: Path, keep: bool, res: dict | None = None, save=lambda: None) -> dict:
+    """Every step for `n` episodes into `res` (saved after each step: a run cut short keeps what it measured)."""
     work = base / f"n{n}"
     if work.exists():
         shutil.rmtree(work)
@@ -198,7 +199,8 @@ def one_size(n: int, base: Path, keep: bool) -> dict:
     make_sources(n, work / "sources/train.jsonl")
     make_params(work / "params.yaml")
     py = sys.executable
-    res: dict = {"episodes": n}
+    res = {} if res is None else res
+    res["episodes"] = n
     g = run_measured([py, ROOT / "stages/generate.py", "--params", "params.yaml", "--sources", "sources/train.jsonl",
                       "--out", "data/raw", "--summary", "gen.json", "--no-progress"], cwd=work)
     summ = json.loads((work / "gen.json").read_text())
@@ -210,6 +212,7 @@ def one_size(n: int, base: Path, keep: bool) -> dict:
                        "reflections": summ["reflections"], "trial2_correct": summ["trial2_correct"],
                        "mean_new_tokens": {k: v["mean_new"] for k, v in summ["diagnostics"]["overall"]["tokens"].items()},
                        "mean_prompt_tokens": {k: v["mean_prompt"] for k, v in summ["diagnostics"]["overall"]["tokens"].items()}}
+    save()
     raw = work / "data/raw"
     shards = sorted(raw.glob("episodes-*"))
     t0 = time.perf_counter()
@@ -217,12 +220,14 @@ def one_size(n: int, base: Path, keep: bool) -> dict:
     res["raw"] = {"shards": [p.name for p in shards], "parquet_bytes": sum(p.stat().st_size for p in shards),
                   "jsonl_bytes_same_episodes": jl, "count_s": round(time.perf_counter() - t0, 1)}
     res["raw"]["ratio_vs_jsonl"] = round(res["raw"]["parquet_bytes"] / jl, 4)
+    save()
     c = run_measured([py, ROOT / "stages/curate.py", "--params", "params.yaml", "--raw", "data/raw", "--out",
                       "data/curated", "--metrics", "cur.json"], cwd=work)
     cur = json.loads((work / "cur.json").read_text())
     res["curate"] = {**c, "ms_per_episode": round(1000 * c["seconds"] / n, 3),
                      "cpu_ms_per_episode": round(1000 * c["cpu_s"] / n, 3), "counts": cur["counts"],
                      "drops": cur["drops"], "curated_bytes": du(work / "data/curated")}
+    save()
     theirs = base / f"theirs-{n}.jsonl"
     export_theirs(raw, theirs)
     conv = run_measured([py, "-m", "reflectevo.cli", "convert", "--from", "reflectevo", "--kind", "raw", theirs,
@@ -230,7 +235,9 @@ def one_size(n: int, base: Path, keep: bool) -> dict:
     res["convert"] = {**conv, "records": n, "input_bytes": theirs.stat().st_size}
     theirs.unlink()
     (base / f"ours-{n}.jsonl").unlink()
+    save()
     res["dvc"] = dvc_checks(work)
+    save()
     if not keep:
         shutil.rmtree(work)
     return res
@@ -285,8 +292,8 @@ def main(sizes: str = "4600,46000,460000", eval_items: int = 2000, workdir: Path
     t_start = time.time()
     for n in [int(x) for x in sizes.split(",") if x]:
         typer.echo(f"[{time.strftime('%H:%M:%S')}] {n} episodes ...", err=True)
-        result["sizes"][str(n)] = one_size(n, workdir, keep)
-        _write(result)
+        result["sizes"][str(n)] = {}
+        one_size(n, workdir, keep, result["sizes"][str(n)], save=lambda: _write(result))
         typer.echo(json.dumps({k: v for k, v in result["sizes"][str(n)].items() if k != "dvc"}, indent=1)[:1500], err=True)
     if not skip_eval:
         typer.echo(f"[{time.strftime('%H:%M:%S')}] evaluate/report over {eval_items} items x 7 systems ...", err=True)
@@ -298,33 +305,50 @@ def main(sizes: str = "4600,46000,460000", eval_items: int = 2000, workdir: Path
 
 
 def targets(r: dict) -> dict:
+    """The issue's figures side by side (a size cut short shows what it measured)."""
     s = r["sizes"]
     ns = sorted(s, key=int)
     if not ns:
         return {}
-    lo, hi = s[ns[0]], s[ns[-1]]
-    t: dict = {"largest_size": int(ns[-1])}
-    t["generate_eps_ge_1000"] = {n: s[n]["generate"]["episodes_per_s"] for n in ns}
-    t["generate_eps_per_cpu_s"] = {n: s[n]["generate"]["episodes_per_cpu_s"] for n in ns}
-    t["load_average_at_end"] = os.getloadavg()[0]
-    t["generate_rss_le_2gb"] = {n: s[n]["generate"]["peak_rss_mb"] for n in ns}
-    t["curate_s"] = {n: s[n]["curate"]["seconds"] for n in ns}
-    t["curate_rss_le_2gb"] = {n: s[n]["curate"]["peak_rss_mb"] for n in ns}
-    t["per_episode_cost_ratio_largest_vs_smallest"] = {
-        "generate": round(hi["generate"]["ms_per_episode"] / lo["generate"]["ms_per_episode"], 3),
-        "curate": round(hi["curate"]["ms_per_episode"] / lo["curate"]["ms_per_episode"], 3),
-        "generate_cpu": round(hi["generate"]["cpu_ms_per_episode"] / lo["generate"]["cpu_ms_per_episode"], 3),
-        "curate_cpu": round(hi["curate"]["cpu_ms_per_episode"] / lo["curate"]["cpu_ms_per_episode"], 3)}
-    t["raw_ratio_vs_jsonl_le_0_25"] = {n: s[n]["raw"]["ratio_vs_jsonl"] for n in ns}
-    t["raw_stored_once"] = {n: s[n]["dvc"]["stored_once"] for n in ns}
-    t["convert_s"] = {n: s[n]["convert"]["seconds"] for n in ns}
-    t["convert_rss_mb"] = {n: s[n]["convert"]["peak_rss_mb"] for n in ns}
-    t["noop_dvc_status_s"] = {n: s[n]["dvc"]["noop_status_s"] for n in ns}
-    t["noop_dvc_repro_s"] = {n: s[n]["dvc"]["noop_repro_s"] for n in ns}
+
+    def col(*keys):
+        out = {}
+        for n in ns:
+            v = s[n]
+            for k in keys:
+                v = v.get(k) if isinstance(v, dict) else None
+            if v is not None:
+                out[n] = v
+        return out
+
+    t: dict = {"sizes": [int(n) for n in ns], "load_average_at_end": round(os.getloadavg()[0], 1)}
+    t["generate_episodes_per_s (>= 1000)"] = col("generate", "episodes_per_s")
+    t["generate_episodes_per_cpu_s"] = col("generate", "episodes_per_cpu_s")
+    t["generate_peak_rss_mb (<= 2048)"] = col("generate", "peak_rss_mb")
+    t["curate_s (<= 600 at 460K)"] = col("curate", "seconds")
+    t["curate_cpu_s"] = col("curate", "cpu_s")
+    t["curate_peak_rss_mb (<= 2048)"] = col("curate", "peak_rss_mb")
+    ratio = {}
+    lo = ns[0]
+    for stage in ("generate", "curate"):
+        for kind in ("ms_per_episode", "cpu_ms_per_episode"):
+            vals = col(stage, kind)
+            if lo in vals and len(vals) > 1:
+                hi = max(vals, key=int)
+                ratio[f"{stage} {kind} {hi}/{lo} (<= 1.3)"] = round(vals[hi] / vals[lo], 3)
+    t["per_episode_cost_ratio"] = ratio
+    t["raw_parquet_vs_jsonl (<= 0.25)"] = col("raw", "ratio_vs_jsonl")
+    t["raw_parquet_bytes"] = col("raw", "parquet_bytes")
+    t["raw_stored_once"] = col("dvc", "stored_once")
+    t["convert_s (<= 600 at 460K)"] = col("convert", "seconds")
+    t["convert_peak_rss_mb"] = col("convert", "peak_rss_mb")
+    t["noop_dvc_status_s (<= 3)"] = col("dvc", "noop_status_s")
+    t["noop_dvc_repro_s (<= 3)"] = col("dvc", "noop_repro_s")
     if "eval_report" in r:
         e = r["eval_report"]
-        t["eval_report_rss_mb"] = {"evaluate": e["evaluate"]["peak_rss_mb"], "report": e["report"]["peak_rss_mb"],
-                                   "metrics_cli": e["metrics_cli"]["peak_rss_mb"]}
+        t[f"eval_report_peak_rss_mb (<= 2048; {e['items']} items x {len(e['systems'])} systems)"] = {
+            "evaluate": e["evaluate"]["peak_rss_mb"], "report": e["report"]["peak_rss_mb"],
+            "metrics_cli": e["metrics_cli"]["peak_rss_mb"]}
     return t
 
 

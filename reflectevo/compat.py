@@ -4,7 +4,7 @@ Kinds:
 
 - ``raw``   their ``run/run.py`` output (and ``example_Reflection_raw.jsonl``, which uses the older
             names ``reasoning``/``trial``/``reasoning_prompt`` and is pretty-printed JSON objects
-            one after another, not JSONL) <-> our episode records (``data/raw/episodes-*.jsonl``);
+            one after another, not JSONL) <-> our episode records (``data/raw/episodes-*`` shards);
 - ``dplus`` their D+  <-> our D+ rows (``dplus_*.jsonl``);
 - ``dpm``   their D±  <-> our D± rows (``dpm_*.jsonl``, ``chosen``/``rejected`` sub-objects);
 - ``dpref`` their Dpref (the D± schema) <-> our Dpref rows (the D± row shape plus ``judge``, null on
@@ -629,8 +629,10 @@ def import_records(path: str | Path, kind: str, task: str | None = None) -> Iter
 def export_records(path: str | Path, kind: str) -> Iterator[dict[str, Any]]:
     """Read our file of `kind` and yield their records."""
     k = _check_kind(kind)
-    for line, row in iter_json_objects(path):
-        where = f"{path}:{line}"
+    p = Path(path)
+    rows = (iter_episodes_where(p) if k == "raw" and (p.is_dir() or p.name.endswith(".parquet"))
+            else ((f"{p}:{line}", row) for line, row in iter_json_objects(p)))
+    for where, row in rows:
         if k == "raw":
             yield episode_to_raw(row, where)
         elif k == "dplus":
@@ -678,6 +680,13 @@ def _files(path: Path) -> list[Path]:
             raise ReflectEvoError(f"{path}: no {SHARD_GLOB} shards in this folder")
         return found
     return [path]
+
+
+def iter_episodes_where(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, episode) from a raw folder's shards or one Parquet shard (reflectevo.shards)."""
+    from reflectevo.shards import iter_episodes
+
+    return iter_episodes(path, where=True, journals=False)
 
 
 def _records(f: Path) -> Iterator[tuple[str, dict[str, Any]]]:
