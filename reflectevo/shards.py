@@ -66,8 +66,9 @@ def _parquet_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[st
         raise ReflectEvoError(f"{path}: no column {missing[0]!r} (columns: {', '.join(f.schema_arrow.names)}); "
                               "not an episode shard")
     row = 0
-    try:
-        for batch in f.iter_batches(batch_size=ROWS_PER_GROUP, columns=columns):
+    try:   # one row group at a time (iter_batches buffers far ahead: memory grew with the file)
+        for g in range(f.num_row_groups):
+            batch = f.read_row_group(g, columns=columns, use_threads=False)
             cols = [batch.column(c).to_pylist() for c in columns]
             for values in zip(*cols):
                 yield row, dict(zip(columns, values))

@@ -100,17 +100,17 @@ def _peak_rss_mb(code: str) -> float:
 
 @pytest.mark.slow
 def test_reading_and_writing_shards_takes_memory_bounded_by_a_chunk_not_the_dataset(tmp_path):
-    """Three times the episodes (90 -> 270 MB of records) streamed through a reader and a rewrite in
+    """Three times the episodes (90 -> 270 MB of records, one shard) streamed through a reader and a rewrite in
     place: the peak RSS does not grow with them; `load_episodes`, which holds them all, does (the check
     fails for code that materializes the set)."""
     def peaks(n: int) -> tuple[float, float]:
         raw = tmp_path / str(n)
-        setup = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        setup = (f"import os, sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
                  "from test_streaming import _ep\nfrom reflectevo.generation import write_shards, load_episodes\n"
                  f"from reflectevo.shards import iter_episodes\nfrom pathlib import Path\nraw = Path({str(raw)!r})\n")
-        _peak_rss_mb(setup + f"write_shards(raw, ({{**_ep(i), 'pad': 'x' * 30_000 + str(i)}} for i in range({n})), 2500)")
-        stream = _peak_rss_mb(setup + f"assert sum(1 for _ in iter_episodes(raw)) == {n}\n"
-                              "write_shards(raw, iter_episodes(raw), 2500)")
+        _peak_rss_mb(setup + f"write_shards(raw, ({{**_ep(i), 'pad': os.urandom(15_000).hex()}} for i in range({n})), 50000)")
+        stream = _peak_rss_mb(setup + f"assert sum(1 for _ in iter_episodes(raw)) == {n}\n"     # one large shard
+                              "write_shards(raw, iter_episodes(raw), 50000)")
         held = _peak_rss_mb(setup + f"assert len(load_episodes(raw)) == {n}")
         return stream, held
 
