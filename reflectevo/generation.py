@@ -138,7 +138,8 @@ def _reflection_record(prompt: str, gen, sampling: Sampling, seed: int) -> dict[
             "sampling": {**sampling.to_dict(), "seed": seed}}
 
 
-def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenSpec, stats: Stats) -> list[dict]:
+def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenSpec, stats: Stats,
+              ids: Sequence[str] | None = None) -> list[dict]:
     """Compute the episodes of `items`: one batched pass per phase (trial 1, then per round: reflect, retry).
 
     - oracle protocol: failed items get `k` samples, each told its attempt failed;
@@ -153,7 +154,7 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
     cfg = spec.cfg
     oracle = cfg.protocol == "oracle"
     refl_sampling = reflection_sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, cfg.seed)
-    ids = [spec.episode_id(it, tasks[it.task]) for it in items]
+    ids = list(ids) if ids is not None else [spec.episode_id(it, tasks[it.task]) for it in items]   # keys, if known
     bind = getattr(backend, "bind", None)   # the scripted backend answers from the items (no model)
     if bind is not None:
         bind(items, tasks)
@@ -263,6 +264,7 @@ def generate_keys(items: Sequence[Item], tasks: dict[str, Task], backend_factory
     raw_dir.mkdir(parents=True, exist_ok=True)
     existing = episode_keys(raw_dir)
     keys = [spec.episode_id(it, tasks[it.task]) for it in items]
+    todo_keys = [k for k in keys if k not in existing]
     todo = [it for it, k in zip(items, keys) if k not in existing]
     del existing
     stats = Stats(reused=len(items) - len(todo))
@@ -274,7 +276,7 @@ def generate_keys(items: Sequence[Item], tasks: dict[str, Task], backend_factory
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start:start + chunk_size]
                 before = getattr(backend, "prefilled_tokens", None)
-                eps = run_chunk(chunk, tasks, backend, spec, stats)
+                eps = run_chunk(chunk, tasks, backend, spec, stats, ids=todo_keys[start:start + chunk_size])
                 if before is not None:
                     stats.prefilled_tokens += backend.prefilled_tokens - before
                 journal.append_batch(eps)
