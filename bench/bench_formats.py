@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 app = typer.Typer(add_completion=False)
 
 
-def _episodes(n: int, work: Path) -> list[dict]:
+def _episodes(n: int, work: Path, base_items: Path) -> list[dict]:
     import dataclasses
 
     from reflectevo.backends import backend_sampler, make_backend
@@ -39,7 +39,7 @@ def _episodes(n: int, work: Path) -> list[dict]:
 
     params = read_params(ROOT / "params.yaml")
     name, preset = load_preset(params, "scripted")
-    items, tasks = load_items(ROOT / "data/sources/train.jsonl")
+    items, tasks = load_items(base_items)
     items = [dataclasses.replace(items[i % len(items)], id=f"{items[i % len(items)].id}-x{i}",
                                  question=f"{items[i % len(items)].question} (case {i})") for i in range(n)]
     cfg = dataclasses.replace(load_section(params, "generate"), max_new_tokens_trial=512, max_new_tokens_reflection=512)
@@ -56,7 +56,8 @@ def _timed(fn):
 
 
 @app.command()
-def main(episodes: int = 4600, out: Path = ROOT / "bench/results/formats.json") -> None:
+def main(episodes: int = 4600, out: Path = ROOT / "bench/results/formats.json",
+         base_items: Path = typer.Option(ROOT / "data/sources/train.jsonl", help="train items to clone")) -> None:
     import orjson
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -65,7 +66,7 @@ def main(episodes: int = 4600, out: Path = ROOT / "bench/results/formats.json") 
     from reflectevo.shards import ShardWriter, iter_episodes
 
     work = Path(tempfile.mkdtemp(prefix="bench-formats-"))
-    eps = _episodes(episodes, work)
+    eps = _episodes(episodes, work, base_items)
     files = {"jsonl": work / "a.jsonl", "jsonl.gz": work / "a.jsonl.gz", "jsonl.zst": work / "a.jsonl.zst",
              "parquet-zstd (record as JSON, ours)": work / "ours", "parquet-zstd (nested schema)": work / "nested.parquet"}
 

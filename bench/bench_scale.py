@@ -286,18 +286,18 @@ def main(sizes: str = "4600,46000,460000", eval_items: int = 2000, workdir: Path
                                 "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
                     "recipe": "models.scripted (params.yaml), k=3, max_new_tokens 512/512, curate.judge likelihood",
                     "sizes": {}}
-    if OUT.exists():
-        old = json.loads(OUT.read_text())
-        result["sizes"] = old.get("sizes", {})
+    result["started"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     t_start = time.time()
+    if not skip_eval:   # first: minutes, and independent of the sizes
+        typer.echo(f"[{time.strftime('%H:%M:%S')}] evaluate/report over {eval_items} items x 7 systems ...", err=True)
+        result["eval_report"] = eval_report(eval_items, workdir)
+        _write(result)
     for n in [int(x) for x in sizes.split(",") if x]:
         typer.echo(f"[{time.strftime('%H:%M:%S')}] {n} episodes ...", err=True)
         result["sizes"][str(n)] = {}
         one_size(n, workdir, keep, result["sizes"][str(n)], save=lambda: _write(result))
-        typer.echo(json.dumps({k: v for k, v in result["sizes"][str(n)].items() if k != "dvc"}, indent=1)[:1500], err=True)
-    if not skip_eval:
-        typer.echo(f"[{time.strftime('%H:%M:%S')}] evaluate/report over {eval_items} items x 7 systems ...", err=True)
-        result["eval_report"] = eval_report(eval_items, workdir)
+        result["targets"] = targets(result)
+        _write(result)
     result["targets"] = targets(result)
     result["bench_seconds"] = round(time.time() - t_start, 1)
     _write(result)
