@@ -343,6 +343,7 @@ def test_dvc_exp_run_with_a_local_copy_flag_runs_offline(tmp_path, tiny_model_di
     shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "tests", "bench", "__pycache__", "*.egg-info",
         "dvc.lock", "plots", "report", "checkpoints"))
+    shutil.copytree(ROOT / "data/imported", dst / "data/imported")   # tracked: generate's import-file folder
     p = tiny_params_dict(dst / "params.yaml", n_train=2, n_test=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = {**script_env(tmp_path, offline=True), "PYTHONPATH": str(dst), "DVC_NO_ANALYTICS": "1",
