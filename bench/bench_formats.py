@@ -32,9 +32,8 @@ def _episodes(n: int, work: Path, base_items: Path) -> list[dict]:
 
     from reflectevo.backends import backend_sampler, make_backend
     from reflectevo.config import load_preset, load_section, read_params
-    from reflectevo.generation import generate
+    from reflectevo.generation import generate, make_spec
     from reflectevo.models import model_fingerprint
-    from reflectevo.generation import make_spec
     from reflectevo.stage import load_items
 
     params = read_params(ROOT / "params.yaml")
@@ -72,8 +71,7 @@ def main(episodes: int = 4600, out: Path = ROOT / "bench/results/formats.json",
 
     def w_jsonl():
         with open(files["jsonl"], "w", encoding="utf-8") as fh:
-            for e in eps:
-                fh.write(dumps(e) + "\n")
+            fh.writelines(dumps(e) + "\n" for e in eps)
 
     def w_gz():
         with gzip.open(files["jsonl.gz"], "wb", compresslevel=6) as fh:

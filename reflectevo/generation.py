@@ -374,5 +374,5 @@ def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig, sampler
     return GenSpec(model=model_fp, dtype=dtype, prompt_version=prompt_version(), cfg=cfg, sampler=sampler)
 
 
-__all__ = ["GenSpec", "JOURNAL_GLOB", "SHARD_GLOB", "Stats", "Summary", "generate", "generate_keys", "iter_episodes",
+__all__ = ["JOURNAL_GLOB", "SHARD_GLOB", "GenSpec", "Stats", "Summary", "generate", "generate_keys", "iter_episodes",
            "iter_wanted", "load_episodes", "make_spec", "plan", "run_chunk", "summarize", "to_dict", "write_shards"]

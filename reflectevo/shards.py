@@ -250,7 +250,7 @@ class ShardWriter:
         if self._writer is not None:
             try:
                 self._writer.close()
-            except Exception:
+            except OSError:   # the disk that failed the write may fail the close too: the file goes anyway
                 pass
             self._writer = None
         for tmp in self._tmps:

@@ -69,5 +69,5 @@ def test_recipe_is_part_of_the_key_and_the_preset_is_checked():
     with pytest.raises(ReflectEvoError, match="Did you mean .retry_correct."):
         from_dict(ModelPreset, {"source": "scripted", "backend": "scripted", "script": {"retry_corect": 0.1}},
                   "models.s")
-    name, preset = load_preset(read_params(ROOT / "params.yaml"), "scripted")   # the shipped preset loads
+    _, preset = load_preset(read_params(ROOT / "params.yaml"), "scripted")   # the shipped preset loads
     assert preset.backend == "scripted"

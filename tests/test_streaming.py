@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation import write_shards
-from reflectevo.shards import ShardWriter, episode_keys, iter_episodes, shard_files
+from reflectevo.shards import episode_keys, iter_episodes, shard_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
