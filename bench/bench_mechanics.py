@@ -65,9 +65,9 @@ def _run(tree: Path, params: Path, sources: Path, raw: Path, summary: Path) -> f
 
 def _side(raw: Path, summary: Path, wall: float) -> dict:
     from reflectevo.diagnostics import episode_diagnostics
-    from reflectevo.jsonio import iter_jsonl
+    from reflectevo.shards import iter_episodes
 
-    eps = [ep for p in sorted(raw.glob("episodes-*.jsonl")) for ep in iter_jsonl(p)]
+    eps = list(iter_episodes(raw, journals=False))   # Parquet shards (or the .jsonl ones of earlier versions)
     s = json.loads(summary.read_text())
     d = episode_diagnostics(eps)["overall"]
     run = s["run"]

@@ -4,7 +4,7 @@ Kinds:
 
 - ``raw``   their ``run/run.py`` output (and ``example_Reflection_raw.jsonl``, which uses the older
             names ``reasoning``/``trial``/``reasoning_prompt`` and is pretty-printed JSON objects
-            one after another, not JSONL) <-> our episode records (``data/raw/episodes-*.jsonl``);
+            one after another, not JSONL) <-> our episode records (``data/raw/episodes-*`` shards);
 - ``dplus`` their D+  <-> our D+ rows (``dplus_*.jsonl``);
 - ``dpm``   their D±  <-> our D± rows (``dpm_*.jsonl``, ``chosen``/``rejected`` sub-objects);
 - ``dpref`` their Dpref (the D± schema) <-> our Dpref rows (the D± row shape plus ``judge``, null on
@@ -60,41 +60,64 @@ _MOJIBAKE = re.compile("[鈥锛銆]")
 # reading
 
 
-def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_json_objects(path: str | Path, block: int = 1 << 22) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line where the object starts, object) for JSONL or concatenated pretty-printed JSON.
 
-    A bad object raises ReflectEvoError naming ``file:line`` of the object that failed, its byte
-    offset, and where inside it the parser stopped.
+    Streams: reads `block` bytes at a time, so a multi-gigabyte file (the published 460K set) needs
+    memory for about one block and one object. A bad object raises ReflectEvoError naming ``file:line``
+    of the object that failed, its byte offset, and where inside it the parser stopped.
     """
+    import codecs
+
     path = Path(path)
     if not path.is_file():
         raise ReflectEvoError(f"{path}: file not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ReflectEvoError(f"{path}:{line}: not UTF-8 text (byte offset {e.start})") from None
     dec = json.JSONDecoder()
     ws = re.compile(r"[\s\ufeff]*")
-    pos, line, n = 0, 1, len(text)
-    while True:
-        end_ws = ws.match(text, pos).end()  # type: ignore[union-attr]
-        line += text.count("\n", pos, end_ws)
-        pos = end_ws
-        if pos >= n:
-            return
-        try:
-            obj, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            start_byte = len(text[:pos].encode("utf-8"))
-            raise ReflectEvoError(f"{path}:{line}: malformed JSON in the object starting at byte offset "
-                                  f"{start_byte}: {e.msg} (line {e.lineno}, column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise ReflectEvoError(f"{path}:{line}: expected a JSON object, got {type(obj).__name__}")
-        yield line, obj
-        line += text.count("\n", pos, end)
-        pos = end
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    buf, pos, line, consumed, eof = "", 0, 1, 0, False   # consumed: file bytes before `buf`
+    with path.open("rb") as fh:
+
+        def fill() -> None:
+            nonlocal buf, pos, consumed, eof
+            consumed += len(buf[:pos].encode("utf-8"))
+            buf, pos = buf[pos:], 0
+            chunk = fh.read(block)
+            eof = not chunk
+            try:
+                buf += utf8.decode(chunk, final=eof)
+            except UnicodeDecodeError as e:
+                bad_line = line + buf.count("\n") + chunk[:e.start].count(b"\n")
+                raise ReflectEvoError(f"{path}:{bad_line}: not UTF-8 text (byte offset "
+                                      f"{consumed + len(buf.encode('utf-8')) + e.start})") from None
+
+        while True:
+            end_ws = ws.match(buf, pos).end()  # type: ignore[union-attr]
+            line += buf.count("\n", pos, end_ws)
+            pos = end_ws
+            if pos >= len(buf):
+                if eof:
+                    return
+                fill()
+                continue
+            try:
+                obj, end = dec.raw_decode(buf, pos)
+            except json.JSONDecodeError as e:
+                if not eof:            # perhaps only cut off by the block: read on and try again
+                    fill()
+                    continue
+                start_byte = consumed + len(buf[:pos].encode("utf-8"))
+                file_line = line - buf.count("\n", 0, pos) + e.lineno - 1   # e.lineno counts from buf[0]
+                raise ReflectEvoError(f"{path}:{line}: malformed JSON in the object starting at byte offset "
+                                      f"{start_byte}: {e.msg} (line {file_line}, column {e.colno})") from None
+            if not isinstance(obj, dict):
+                if end >= len(buf) and not eof:   # a bare number may go on in the next block
+                    fill()
+                    continue
+                raise ReflectEvoError(f"{path}:{line}: expected a JSON object, got {type(obj).__name__}")
+            yield line, obj
+            line += buf.count("\n", pos, end)
+            pos = end
 
 
 def _get(obj: dict[str, Any], names: Sequence[str], where: str, required: bool = True) -> tuple[Any, str | None]:
@@ -606,8 +629,10 @@ def import_records(path: str | Path, kind: str, task: str | None = None) -> Iter
 def export_records(path: str | Path, kind: str) -> Iterator[dict[str, Any]]:
     """Read our file of `kind` and yield their records."""
     k = _check_kind(kind)
-    for line, row in iter_json_objects(path):
-        where = f"{path}:{line}"
+    p = Path(path)
+    rows = (iter_episodes_where(p) if k == "raw" and (p.is_dir() or p.name.endswith(".parquet"))
+            else ((f"{p}:{line}", row) for line, row in iter_json_objects(p)))
+    for where, row in rows:
         if k == "raw":
             yield episode_to_raw(row, where)
         elif k == "dplus":
@@ -623,8 +648,8 @@ def convert(src: str | Path, dst: str | Path, kind: str, direction: Literal["fro
 
     if Path(src).resolve() == Path(dst).resolve():
         raise ReflectEvoError(f"{dst}: output must differ from the input")
-    rows = list(import_records(src, kind, task) if direction == "from" else export_records(src, kind))
-    return write_jsonl(dst, rows)
+    # streams record by record into a temporary file that replaces `dst` only at the end
+    return write_jsonl(dst, import_records(src, kind, task) if direction == "from" else export_records(src, kind))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -636,10 +661,10 @@ Protocol = Literal["oracle", "intrinsic"]
 
 def detect_format(rec: dict[str, Any]) -> tuple[Format, str]:
     """(format, what) for one record: their raw results, our predictions or our episodes."""
+    if "system" in rec and "t1_correct" in rec:   # first: a one-stage prediction has an `output` field too
+        return "ours", "predictions"
     if "output" in rec:
         return "reflectevo", "raw"
-    if "system" in rec and "t1_correct" in rec:
-        return "ours", "predictions"
     if "trial1" in rec and "samples" in rec:
         return "ours", "episodes"
     raise ReflectEvoError("not a results file: expected ReflectEvo raw records ('output'), our predictions "
@@ -648,11 +673,31 @@ def detect_format(rec: dict[str, Any]) -> tuple[Format, str]:
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        found = sorted(path.glob("episodes-*.jsonl"))
+        from reflectevo.shards import SHARD_GLOB, shard_files
+
+        found = shard_files(path)
         if not found:
-            raise ReflectEvoError(f"{path}: no episodes-*.jsonl files in this folder")
+            raise ReflectEvoError(f"{path}: no {SHARD_GLOB} shards in this folder")
         return found
     return [path]
+
+
+def iter_episodes_where(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, episode) from a raw folder's shards or one Parquet shard (reflectevo.shards)."""
+    from reflectevo.shards import iter_episodes
+
+    return iter_episodes(path, where=True, journals=False)
+
+
+def _records(f: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) of one results file, streamed: a Parquet episode shard or JSON objects."""
+    if f.name.endswith(".parquet"):
+        from reflectevo.shards import iter_episodes
+
+        yield from iter_episodes(f, where=True)
+        return
+    for line, rec in iter_json_objects(f):
+        yield f"{f}:{line}", rec
 
 
 def result_rows(path: str | Path, fmt: str | None = None, task: str | None = None
@@ -669,8 +714,7 @@ def result_rows(path: str | Path, fmt: str | None = None, task: str | None = Non
     detected: tuple[Format, str] | None = None
     for f in _files(Path(path)):
         name = task_name(task, f)
-        for line, rec in iter_json_objects(f):
-            where = f"{f}:{line}"
+        for where, rec in _records(f):
             try:
                 this = detect_format(rec)
             except ReflectEvoError as e:

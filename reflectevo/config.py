@@ -128,9 +128,10 @@ def to_dict(obj: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 # Model presets
 
-SOURCES = ("tiny-random", "gguf-package", "hub", "api")   # api: weights only behind an endpoint (backend openai)
+SOURCES = ("tiny-random", "gguf-package", "hub", "api", "scripted")   # api: weights only behind an endpoint
+# (backend openai); scripted: no weights, completions from a recipe (backend scripted)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("transformers", "vllm", "openai")
+BACKENDS = ("transformers", "vllm", "openai", "scripted")
 API_MODES = ("auto", "completions", "chat")
 ENGINES = ("local", "ray")        # generate.engine: how episodes are computed (records are the same)
 
@@ -141,6 +142,27 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class ScriptRecipe:
+    """`backend: scripted`: how its deterministic completions are drawn (reflectevo/backends/scripted.py).
+    Defaults follow ReflectEvo-460K's statistics (lengths in words; 13.93% of retries right)."""
+
+    trial1_correct: float = 0.3      # share of right first trials
+    retry_correct: float = 0.14      # share of right retries (after a reflection)
+    trial_words: int = 189           # mean thought length of trial 1 (cut to max_new_tokens_trial)
+    retry_words: int = 237           # mean thought length of a retry
+    reflection_words: int = 250      # mean reflection length (cut to max_new_tokens_reflection)
+    length_sd: float = 0.3           # relative standard deviation of the lengths
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        for k in ("trial1_correct", "retry_correct"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ReflectEvoError(f"{where}.{k}: must be in [0, 1]")
+        if min(self.trial_words, self.retry_words, self.reflection_words) < 1 or self.length_sd < 0:
+            raise ReflectEvoError(f"{where}: lengths must be >= 1 and length_sd >= 0")
 
 
 @dataclass(frozen=True)
@@ -174,6 +196,7 @@ class ModelPreset:
     api_concurrency: int = 0         # requests in flight; 0: $REFLECTEVO_OPENAI_CONCURRENCY, else 8
     api_retries: int = 5             # retries on 408/409/429/5xx and connection errors, exponential backoff
     api_extra: dict[str, Any] = field(default_factory=dict)  # extra request fields (vllm serve: add_special_tokens)
+    script: ScriptRecipe = field(default_factory=ScriptRecipe)  # backend: scripted (no model; see ScriptRecipe)
 
     def validate(self, where: str) -> None:
         if self.source not in SOURCES:
@@ -201,6 +224,8 @@ class ModelPreset:
                                   "which a source: api preset has not; use chat")
         if self.train_method not in ("lora", "full"):
             raise unknown("train_method", self.train_method, ("lora", "full"), f"{where}.train_method")
+        if (self.source == "scripted") != (self.backend == "scripted"):
+            raise ReflectEvoError(f"{where}: a scripted preset needs both source: scripted and backend: scripted")
         if self.api_concurrency < 0 or self.api_retries < 0:
             raise ReflectEvoError(f"{where}: api_concurrency and api_retries must be >= 0")
 
@@ -255,6 +280,8 @@ class GenerateConfig:
     workers: int = 1                            # parallel generation processes (one per GPU), merged at the end
     engine: str = "local"                       # local: processes on this machine; ray: a Ray Data pipeline
     ray_address: str = ""                       # engine ray: "" starts a local Ray; "auto" or "ray://head:10001" joins a cluster
+    import_path: str = ""                       # non-empty: no generation; data/raw holds this file's episodes
+                                                # (ReflectEvo raw or our episodes; see data/imported/README.md)
 
     def validate(self, where: str) -> None:
         if self.workers < 1:

@@ -65,10 +65,24 @@ class _Acc:
 
 def episode_diagnostics(episodes: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Diagnostics of generated episodes: overall, per task, per demand id (round 1 of each sample)."""
-    total, per_task, per_demand = _Acc(), {}, {}
+    acc = EpisodeDiagnostics()
     for ep in episodes:
+        acc.add(ep)
+    return acc.result()
+
+
+class EpisodeDiagnostics:
+    """`episode_diagnostics` one episode at a time (`add`), for stages that stream their episodes."""
+
+    def __init__(self) -> None:
+        self.total: _Acc = _Acc()
+        self.per_task: dict[str, _Acc] = {}
+        self.per_demand: dict[str, _Acc] = {}
+
+    def add(self, ep: dict[str, Any]) -> None:
+        per_task, per_demand = self.per_task, self.per_demand
         t1 = ep["trial1"]
-        groups = [total, per_task.setdefault(ep["task"], _Acc())]
+        groups = [self.total, per_task.setdefault(ep["task"], _Acc())]
         for g in groups:
             g.c["items"] += 1
             g.c["t1_correct"] += int(bool(t1["correct"]))
@@ -87,8 +101,10 @@ def episode_diagnostics(episodes: Iterable[dict[str, Any]]) -> dict[str, Any]:
                                       and _norm(t2.get("extracted")) == _norm(t1.get("extracted")))
                 g.phase("reflection", s.get("reflection"))
                 g.phase("trial2", t2)
-    return {"overall": total.result(), "per_task": {k: v.result() for k, v in sorted(per_task.items())},
-            "per_demand": {k: _brief(v.result()) for k, v in sorted(per_demand.items())}}
+
+    def result(self) -> dict[str, Any]:
+        return {"overall": self.total.result(), "per_task": {k: v.result() for k, v in sorted(self.per_task.items())},
+                "per_demand": {k: _brief(v.result()) for k, v in sorted(self.per_demand.items())}}
 
 
 def _brief(d: dict[str, Any]) -> dict[str, Any]:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reflectevo.backends import Sampling
 from reflectevo.config import GenerateConfig, to_dict
-from reflectevo.jsonio import Journal, iter_jsonl, write_jsonl
+from reflectevo.jsonio import Journal
 from reflectevo.mechanics import attempt_text, reflection_sampling, run_trials, trial_sampling
 from reflectevo.prompts import (
     demand_pool,
@@ -30,11 +30,10 @@ from reflectevo.prompts import (
     task_prompt_hash,
     trial_messages,
 )
+from reflectevo.shards import JOURNAL_GLOB, SHARD_GLOB, ShardWriter, episode_keys, iter_episodes
 from reflectevo.tasks import Item, Task, Verdict
 
-SHARD_GLOB = "episodes-*.jsonl"
-JOURNAL = "journal.jsonl"          # single-process runs
-JOURNAL_GLOB = "journal*.jsonl"     # plus journal-<i>-of-<n>.jsonl, one per shard worker
+JOURNAL = "journal.jsonl"          # single-process runs; journal-<i>-of-<n>.jsonl, one per shard worker
 # How sampled reflections are drawn (part of every key): one seed per sample (`sample_seed`), drawn by the
 # backend's sampler (`backend.sampler`). This default is the transformers backend's (one random generator
 # per row, reflectevo.backends.hf.SeededSampler); vllm and openai have their own, so their keys differ.
@@ -142,7 +141,8 @@ def _reflection_record(prompt: str, gen, sampling: Sampling, seed: int) -> dict[
             "sampling": {**sampling.to_dict(), "seed": seed}}
 
 
-def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenSpec, stats: Stats) -> list[dict]:
+def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenSpec, stats: Stats,
+              ids: Sequence[str] | None = None) -> list[dict]:
     """Compute the episodes of `items`: one batched pass per phase (trial 1, then per round: reflect, retry).
 
     - oracle protocol: failed items get `k` samples, each told its attempt failed;
@@ -162,7 +162,10 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
     backend = getattr(backend, "trial", backend)
     oracle = cfg.protocol == "oracle"
     refl_sampling = reflection_sampling(cfg.max_new_tokens_reflection, cfg.temperature, cfg.top_p, cfg.seed)
-    ids = [spec.episode_id(it, tasks[it.task]) for it in items]
+    ids = list(ids) if ids is not None else [spec.episode_id(it, tasks[it.task]) for it in items]   # keys, if known
+    bind = getattr(backend, "bind", None)   # the scripted backend answers from the items (no model)
+    if bind is not None:
+        bind(items, tasks)
 
     def count(gens) -> None:
         stats.generations += len(gens)
@@ -239,36 +242,39 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
 
 
 def load_episodes(raw_dir: Path) -> dict[str, dict]:
-    """Every episode already on disk (finished shards, then the journal of an interrupted run)."""
-    found: dict[str, dict] = {}
-    for p in sorted(raw_dir.glob(SHARD_GLOB)):
-        for ep in iter_jsonl(p):
-            found[ep["episode_id"]] = ep
-    for journal in sorted(raw_dir.glob(JOURNAL_GLOB)):
-        for ep in iter_jsonl(journal, tolerate_torn_tail=True):
-            found[ep["episode_id"]] = ep
-    return found
+    """Every episode already on disk (finished shards, then the journal of an interrupted run), by key.
+    Holds them all in memory: for small sets and tests; stages stream with `iter_episodes`."""
+    return {ep["episode_id"]: ep for ep in iter_episodes(raw_dir)}
 
 
 def plan(items: Sequence[Item], tasks: dict[str, Task], spec: GenSpec,
          raw_dir: Path) -> tuple[dict[str, dict], list[str], list[Item]]:
-    """(episodes already in `raw_dir` by key, the key of each item, the items whose key is missing)."""
+    """(episodes already in `raw_dir` by key, the key of each item, the items whose key is missing).
+    Loads the existing episodes (the Ray engine's driver); `generate_keys` reads only their keys."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     existing = load_episodes(raw_dir)
     keys = [spec.episode_id(it, tasks[it.task]) for it in items]
     return existing, keys, [it for it, k in zip(items, keys) if k not in existing]
 
 
-def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Callable[[], Any], spec: GenSpec,
-             raw_dir: Path, chunk_size: int = 64, progress: bool = True,
-             shard: tuple[int, int] | None = None) -> tuple[list[dict], Stats]:
-    """Compute missing episodes for `items` into `raw_dir`; return all of them in item order.
+def generate_keys(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Callable[[], Any], spec: GenSpec,
+                  raw_dir: Path, chunk_size: int = 64, progress: bool = True,
+                  shard: tuple[int, int] | None = None) -> tuple[list[str], Stats]:
+    """Compute the episodes of `items` missing from `raw_dir` into its journal; return the key of each
+    item (in item order) and the run's cost. Streams: only the keys of earlier episodes and one chunk
+    of new ones are in memory (`write_shards(raw_dir, iter_wanted(raw_dir, keys), ...)` then writes the
+    shards the same way).
 
     Finished episodes from earlier runs (same key) are reused; new ones go to a journal, flushed and
     fsynced per chunk, so a kill loses at most the chunk in flight. The backend is only built when
     something is missing.
     """
-    existing, keys, todo = plan(items, tasks, spec, raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    existing = episode_keys(raw_dir)
+    keys = [spec.episode_id(it, tasks[it.task]) for it in items]
+    todo_keys = [k for k in keys if k not in existing]
+    todo = [it for it, k in zip(items, keys) if k not in existing]
+    del existing
     stats = Stats(reused=len(items) - len(todo))
     t0 = time.perf_counter()
     if todo:
@@ -278,12 +284,10 @@ def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Cal
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start:start + chunk_size]
                 before = getattr(backend, "prefilled_tokens", None)
-                eps = run_chunk(chunk, tasks, backend, spec, stats)
+                eps = run_chunk(chunk, tasks, backend, spec, stats, ids=todo_keys[start:start + chunk_size])
                 if before is not None:
                     stats.prefilled_tokens += backend.prefilled_tokens - before
                 journal.append_batch(eps)
-                for ep in eps:
-                    existing[ep["episode_id"]] = ep
                 stats.seconds = time.perf_counter() - t0
                 if bar is not None:
                     cost = stats.to_dict()
@@ -292,8 +296,33 @@ def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Cal
         if bar is not None:
             bar.close()
     stats.seconds = time.perf_counter() - t0
-    episodes = [existing[k] for k in keys]
-    return episodes, stats
+    return keys, stats
+
+
+def iter_wanted(raw_dir: Path, keys: Sequence[str]) -> Iterator[dict]:
+    """The episodes of `keys` found in `raw_dir`, streamed in storage order (earlier shards, then the
+    journals); raises when one is missing."""
+    wanted = set(keys)
+    found = 0
+    for ep in iter_episodes(raw_dir):
+        if ep["episode_id"] in wanted:
+            found += 1
+            yield ep
+    if found != len(wanted):
+        from reflectevo.errors import ReflectEvoError
+
+        raise ReflectEvoError(f"{raw_dir}: {len(wanted) - found} of {len(wanted)} episodes are missing after "
+                              "generation (a journal was removed mid-run?); run the stage again")
+
+
+def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Callable[[], Any], spec: GenSpec,
+             raw_dir: Path, chunk_size: int = 64, progress: bool = True,
+             shard: tuple[int, int] | None = None) -> tuple[list[dict], Stats]:
+    """`generate_keys`, then every episode of `items` in item order, in memory (small sets, tests)."""
+    keys, stats = generate_keys(items, tasks, backend_factory, spec, raw_dir, chunk_size, progress, shard)
+    wanted = set(keys)
+    by_key = {ep["episode_id"]: ep for ep in iter_episodes(raw_dir) if ep["episode_id"] in wanted}
+    return [by_key[k] for k in keys], stats
 
 
 def _progress(total: int, enabled: bool):
@@ -304,36 +333,49 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="episodes", unit="ep")
 
 
-def summarize(episodes: Sequence[dict], stats: Stats) -> dict[str, Any]:
-    """Counts over all episodes (reused or new) plus the cost of what this run computed."""
-    per_task: dict[str, dict[str, Any]] = {}
-    for ep in episodes:
-        pt = per_task.setdefault(ep["task"], {"items": 0, "trial1_correct": 0, "reflections": 0, "trial2_correct": 0})
+class Summary:
+    """`summarize` one episode at a time (`add`), for the stage that streams its episodes."""
+
+    def __init__(self) -> None:
+        from reflectevo.diagnostics import EpisodeDiagnostics
+
+        self.per_task: dict[str, dict[str, Any]] = {}
+        self.diagnostics = EpisodeDiagnostics()
+
+    def add(self, ep: dict) -> None:
+        pt = self.per_task.setdefault(ep["task"], {"items": 0, "trial1_correct": 0, "reflections": 0, "trial2_correct": 0})
         pt["items"] += 1
         pt["trial1_correct"] += int(ep["trial1"]["correct"])
         pt["reflections"] += len(ep["samples"])
         pt["trial2_correct"] += sum(int(s["trial2"]["correct"]) for s in ep["samples"])
-    total = {k: sum(pt[k] for pt in per_task.values()) for k in ("items", "trial1_correct", "reflections", "trial2_correct")}
-    from reflectevo.diagnostics import episode_diagnostics
+        self.diagnostics.add(ep)
 
-    return {**total, "per_task": per_task, "diagnostics": episode_diagnostics(episodes), "run": stats.to_dict()}
+    def result(self, stats: Stats) -> dict[str, Any]:
+        per_task = self.per_task
+        total = {k: sum(pt[k] for pt in per_task.values()) for k in ("items", "trial1_correct", "reflections", "trial2_correct")}
+        return {**total, "per_task": per_task, "diagnostics": self.diagnostics.result(), "run": stats.to_dict()}
 
 
-def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int) -> list[Path]:
-    """Write episodes as a few large shards atomically, then drop the journal and stale shards."""
-    episodes = list(episodes)
-    n = max(1, -(-len(episodes) // shard_size))
-    paths = []
-    for s in range(n):
-        p = raw_dir / f"episodes-{s:05d}-of-{n:05d}.jsonl"
-        write_jsonl(p, episodes[s * shard_size:(s + 1) * shard_size])
-        paths.append(p)
-    for old in raw_dir.glob(SHARD_GLOB):
-        if old not in paths:
-            old.unlink()
-    for journal in raw_dir.glob(JOURNAL_GLOB):
-        journal.unlink()
-    return paths
+def summarize(episodes: Iterable[dict], stats: Stats) -> dict[str, Any]:
+    """Counts over all episodes (reused or new) plus the cost of what this run computed."""
+    acc = Summary()
+    for ep in episodes:
+        acc.add(ep)
+    return acc.result(stats)
+
+
+def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int,
+                 on_episode: Callable[[dict], None] | None = None) -> list[Path]:
+    """Write episodes (any iterable, consumed once: a stream from `iter_wanted` stays a stream) as a
+    few large Parquet shards (`reflectevo.shards`), then drop the journals and stale shards. Nothing is
+    replaced until every shard is written: a failure (a full disk) leaves the previous shards and the
+    journals as they were. `on_episode` sees each episode as it is written (the stage's summary)."""
+    with ShardWriter(raw_dir, shard_size) as w:
+        for ep in episodes:
+            w.add(ep)
+            if on_episode is not None:
+                on_episode(ep)
+        return w.commit()
 
 
 def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig, sampler: str = SAMPLER,
@@ -343,4 +385,5 @@ def make_spec(model_fp: dict[str, str], dtype: str, cfg: GenerateConfig, sampler
                    adapters=dict(adapters or {}))
 
 
-__all__ = ["GenSpec", "Stats", "generate", "load_episodes", "make_spec", "plan", "run_chunk", "summarize", "to_dict", "write_shards"]
+__all__ = ["JOURNAL_GLOB", "SHARD_GLOB", "GenSpec", "Stats", "Summary", "generate", "generate_keys", "iter_episodes",
+           "iter_wanted", "load_episodes", "make_spec", "plan", "run_chunk", "summarize", "to_dict", "write_shards"]

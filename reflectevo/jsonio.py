@@ -23,27 +23,38 @@ def iter_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> Iterator[d
     """Yield one dict per non-empty line; a bad line raises ReflectEvoError naming file:line.
 
     With `tolerate_torn_tail`, an unparsable *last* line without a trailing newline (what a killed
-    writer leaves) is skipped instead.
+    writer leaves) is skipped instead. Streams: one line in memory at a time.
     """
+    for _, obj in iter_jsonl_lines(path, tolerate_torn_tail):
+        yield obj
+
+
+def iter_jsonl_lines(path: str | Path, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """As `iter_jsonl`, yielding (line number, object)."""
+    import orjson
+
     path = Path(path)
     if not path.exists():
         raise ReflectEvoError(f"{path}: file not found")
     with path.open("rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    torn_possible = not data.endswith(b"\n")
-    for i, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            if tolerate_torn_tail and torn_possible and i == len(lines):
-                return
-            raise ReflectEvoError(f"{path}:{i}: malformed JSON line ({e.msg if hasattr(e, 'msg') else e})") from None
-        if not isinstance(obj, dict):
-            raise ReflectEvoError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
-        yield obj
+        i = 0
+        for raw in fh:
+            i += 1
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                try:  # what orjson refuses and json reads (NaN, huge integers), or a clearer message
+                    obj = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    if tolerate_torn_tail and not raw.endswith(b"\n"):   # only the last line can lack it
+                        return
+                    msg = e.msg if hasattr(e, "msg") else str(e)
+                    raise ReflectEvoError(f"{path}:{i}: malformed JSON line ({msg})") from None
+            if not isinstance(obj, dict):
+                raise ReflectEvoError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+            yield i, obj
 
 
 def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict[str, Any]]:
@@ -80,6 +91,41 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+class JsonlWriter:
+    """A JSONL output written row by row into a temporary file beside `path`; `commit()` fsyncs and
+    renames it into place, `abort()` removes it (the previous `path`, if any, stays as it was)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._fh: IO[str] | None = os.fdopen(fd, "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        import orjson
+
+        assert self._fh is not None
+        self._fh.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        self.count += 1
+
+    def commit(self) -> int:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+            os.replace(self._tmp, self.path)
+        return self.count
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._tmp.unlink(missing_ok=True)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_open(path) as fh:
         json.dump(obj, fh, ensure_ascii=False, indent=2, sort_keys=False)
@@ -99,15 +145,28 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A torn tail left by a killed writer is cut off, so the journal stays valid JSONL.
         if self.path.exists() and self.path.stat().st_size:
-            data = self.path.read_bytes()
-            if not data.endswith(b"\n"):
-                with self.path.open("r+b") as fh:
-                    fh.truncate(data.rfind(b"\n") + 1)
+            with self.path.open("r+b") as fh:   # look at the tail only: a journal may be gigabytes
+                end = fh.seek(0, os.SEEK_END)
+                fh.seek(end - 1)
+                if fh.read(1) != b"\n":
+                    pos = end
+                    while pos > 0:
+                        step = min(1 << 20, pos)
+                        fh.seek(pos - step)
+                        block = fh.read(step)
+                        cut = block.rfind(b"\n")
+                        if cut >= 0:
+                            pos = pos - step + cut + 1
+                            break
+                        pos -= step
+                    fh.truncate(max(pos, 0))
         self._fh = self.path.open("a", encoding="utf-8")
 
     def append_batch(self, rows: Iterable[dict[str, Any]]) -> None:
+        import orjson
+
         for row in rows:
-            self._fh.write(dumps(row) + "\n")
+            self._fh.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 

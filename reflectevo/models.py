@@ -75,6 +75,13 @@ def model_fingerprint(name: str, preset: ModelPreset) -> dict[str, str]:
                 "revision": preset.package_version}
     if preset.source == "api":  # weights behind an endpoint: the served model name (pin a dated one)
         return {"preset": name, "source": f"api:{preset.api_model or preset.hub_id}", "revision": preset.revision}
+    if preset.source == "scripted":  # no weights: the recipe is the model
+        from reflectevo.backends.scripted import SCRIPT_VERSION
+
+        r = preset.script
+        return {"preset": name, "source": f"scripted(t1={r.trial1_correct},retry={r.retry_correct},"
+                f"words={r.trial_words}/{r.retry_words}/{r.reflection_words},sd={r.length_sd},seed={r.seed})",
+                "revision": SCRIPT_VERSION}
     return {"preset": name, "source": f"{TINY_RECIPE}(seed={preset.seed})", "revision": TINY_RECIPE}
 
 
@@ -102,6 +109,8 @@ def check_available(name: str, preset: ModelPreset) -> str:
     """Resolve a preset before a stage writes anything, so an unreachable model fails in seconds with one
     line. An `openai`-backend preset needs at most its tokenizer (completions mode renders prompts here);
     the weights live behind the endpoint. Returns the resolved folder or id ('' when nothing is local)."""
+    if preset.backend == "scripted":
+        return ""
     if preset.backend == "openai":
         chat = preset.api_mode == "chat" or (preset.api_mode == "auto" and preset.source == "api")
         return "" if chat else resolve_model(name, preset, weights=False)

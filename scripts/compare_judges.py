@@ -22,15 +22,15 @@ def main(raw: Path = Path("data/raw"), params: Path = Path("params.yaml"),
     from reflectevo.backends.hf import make_backend
     from reflectevo.config import load_preset, load_section, read_params
     from reflectevo.curation import attempt, near_duplicates, reflection_problem
-    from reflectevo.jsonio import iter_jsonl
+    from reflectevo.shards import iter_episodes, shard_files
     from reflectevo.judge import Comparison, judge, likelihood_judge
 
     p = read_params(params)
     cfg = load_section(p, "curate")
     name, preset = load_preset(p)
     comps = []
-    for shard in sorted(raw.glob("episodes-*.jsonl")):
-        for ep in iter_jsonl(shard):
+    for shard in shard_files(raw):
+        for ep in iter_episodes(shard):
             if ep["trial1"]["correct"]:
                 continue
             kept = [s for s in ep["samples"] if s.get("reflection") and not reflection_problem(s["reflection"]["text"], cfg)]

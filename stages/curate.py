@@ -1,5 +1,9 @@
 """Stage `curate`: raw episodes -> D+ and D± (train/eval split by item) + statistics + data card.
 
+Streams the shards one episode at a time (`reflectevo.shards.iter_episodes`); peak memory does not grow
+with the number of episodes. An episode lacking a field curate needs stops it with one line naming the
+file, the row and the field (exit 2), before any output is replaced.
+
     dvc repro curate
     python stages/curate.py --params params.yaml --raw data/raw --out data/curated
 
@@ -28,12 +32,12 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
          metrics: Path = Path("metrics/curate.json"),
          headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     from reflectevo.config import to_dict
-    from reflectevo.curation import curate
+    from reflectevo.curation import check_episode, curate_stream
     from reflectevo.datacard import curated_card
-    from reflectevo.diagnostics import episode_diagnostics
+    from reflectevo.diagnostics import EpisodeDiagnostics
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.generation import SHARD_GLOB
-    from reflectevo.jsonio import iter_jsonl, write_json, write_jsonl, write_text
+    from reflectevo.jsonio import JsonlWriter, write_json, write_text
+    from reflectevo.shards import SHARD_GLOB, iter_episodes, shard_files
 
     from reflectevo.config import load_preset, read_params
 
@@ -51,21 +55,36 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
         jbackend = make_backend(jname, jpreset)  # any backend: transformers, vllm, openai (an endpoint)
         judge_fn = partial(likelihood_judge if cfg.judge == "likelihood" else judge, backend=jbackend)
         judge_info = judge_record(jname, jpreset, jbackend, kind=cfg.judge if cfg.judge in JUDGES else "preset")
-    shards = sorted(raw.glob(SHARD_GLOB))
-    if not shards:
+    if not shard_files(raw):
         raise ReflectEvoError(f"{raw}: no episode shards ({SHARD_GLOB}); run the generate stage first")
-    episodes = [ep for p in shards for ep in iter_jsonl(p)]
-    result = curate(episodes, cfg, judge=judge_fn, judge_info=judge_info)
-    counts = {}
-    for kind in ("dplus", "dpm", "dpref"):
-        for split in ("train", "eval"):
-            rows = result[kind][split]
-            write_jsonl(out / f"{kind}_{split}.jsonl", rows)
-            counts[f"{kind}_{split}"] = len(rows)
-    gen = episodes[0]
-    info = {"generator": gen["model"], "prompt_version": gen["prompt_version"], "gen_params": gen["gen"],
+    # Streams: one episode (and one judge batch) in memory; every output goes to a temporary file that
+    # replaces the old one only once all episodes were read, so bad input leaves nothing half-written.
+    names = [f"{kind}_{split}" for kind in ("dplus", "dpm", "dpref") for split in ("train", "eval")]
+    writers = {name: JsonlWriter(out / f"{name}.jsonl") for name in names}
+    diagnostics = EpisodeDiagnostics()
+    first: dict = {}
+
+    def episodes():
+        for where, ep in iter_episodes(raw, where=True, journals=False):
+            check_episode(ep, where)
+            diagnostics.add(ep)
+            if not first:
+                first.update(model=ep["model"], prompt_version=ep["prompt_version"], gen=ep["gen"])
+            yield ep
+
+    try:
+        result = curate_stream(episodes(), cfg, lambda kind, split, row: writers[f"{kind}_{split}"].write(row),
+                               judge=judge_fn, judge_info=judge_info)
+        if not first:
+            raise ReflectEvoError(f"{raw}: the shards hold no episodes; run the generate stage first")
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    counts = {name: w.commit() for name, w in writers.items()}
+    info = {"generator": first["model"], "prompt_version": first["prompt_version"], "gen_params": first["gen"],
             "params": to_dict(cfg), "counts": counts, "drops": dict(result["drops"]), "stats": result["stats"],
-            "diagnostics": episode_diagnostics(episodes),
+            "diagnostics": diagnostics.result(),
             "judge": judge_info,
             "notes": {} if judge_fn else {"dpref": "empty: set curate.judge (likelihood, self or a model preset) "
                                                    "to rank fixing reflections"}}

@@ -71,7 +71,10 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     served = [adapter(s, role) for s in cards for role in ADAPTERS[s]]
 
     def backend(path: Path | None = None):
-        return make_backend(name, preset, path, serves=served)
+        b = make_backend(name, preset, path, serves=served)
+        if hasattr(b, "bind"):   # backend: scripted answers from the items (no model)
+            b.bind(items, tasks)
+        return b
 
     base = backend()
     t1 = ev.trial1(items, tasks, base, cfg)

@@ -1,4 +1,4 @@
-"""Stage `generate`: ReflectEvo episodes on the train split -> data/raw/episodes-*.jsonl.
+"""Stage `generate`: ReflectEvo episodes on the train split -> data/raw/episodes-*.parquet.
 
     dvc repro generate
     python stages/generate.py --params params.yaml --sources data/sources/train.jsonl --out data/raw
@@ -82,6 +82,33 @@ def _gpu_count() -> int:
         return 0
 
 
+def import_episodes(src: Path, out: Path, summary: Path, shard_size: int, limit: int = 0) -> None:
+    """`generate.import_path`: stream an imported file into data/raw's shards (replacing whatever was
+    there: imported and generated episodes never share data/raw, and their keys never coincide)."""
+    from itertools import islice
+
+    from reflectevo.curation import check_episode
+    from reflectevo.generation import Stats, Summary, write_shards
+    from reflectevo.jsonio import write_json
+    from reflectevo.shards import iter_imported
+
+    t0 = time.perf_counter()
+    acc = Summary()
+
+    def checked():
+        for where, ep in iter_imported(src):
+            check_episode(ep, where)
+            yield ep
+
+    write_shards(out, islice(checked(), limit or None), shard_size, on_episode=acc.add)
+    stats = Stats(reused=0, computed=0, seconds=time.perf_counter() - t0)
+    s = acc.result(stats)
+    s["run"].update(engine="import", imported_from=str(src))
+    write_json(summary, {"model": None, "imported_from": str(src), **s})
+    typer.echo(f"generate: imported {s['items']} episodes from {src} (trial-1 correct {s['trial1_correct']}, "
+               f"reflections {s['reflections']}), {s['run']['seconds']} s")
+
+
 @app.command()
 @friendly_errors
 def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/train.jsonl"),
@@ -92,11 +119,13 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     from reflectevo.adapters import build_phase_backends, generation_adapters
     from reflectevo.backends import backend_sampler
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.generation import Stats, generate, make_spec, shard_slice, summarize, write_shards
+    from reflectevo.generation import Stats, Summary, generate_keys, iter_wanted, make_spec, shard_slice, write_shards
     from reflectevo.jsonio import write_json
     from reflectevo.models import check_available, model_fingerprint
 
     name, preset, cfg = stage_params(params, "generate")
+    if cfg.import_path:   # the published data instead of a model: no generation, no model loaded
+        return import_episodes(Path(cfg.import_path), out, summary, cfg.shard_size, cfg.limit)
     check_available(name, preset)  # an unreachable hub preset: one line now, before data/raw is touched
     items, tasks = load_items(sources)
     if cfg.limit:
@@ -114,7 +143,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     chunk = max(preset.gen_batch_size, 8)
     part = parse_shard(shard)
     if part is not None:  # worker: its slice into its own journal; the parent merges
-        _, stats = generate(shard_slice(items, part), tasks, lambda: make_backend(name, preset), spec, out,
+        _, stats = generate_keys(shard_slice(items, part), tasks, lambda: make_backend(name, preset), spec, out,
                             chunk_size=chunk, progress=progress, shard=part)
         write_json(out / f".cost-{part[0]}-of-{part[1]}.json", stats.to_dict())
         return
@@ -136,16 +165,18 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     def nothing_left():
         raise ReflectEvoError("internal: workers finished but episodes are missing")
 
-    if cfg.engine != "ray":
-        episodes, stats = generate(items, tasks, (lambda: make_backend(name, preset)) if extra is None else nothing_left,
-                                   spec, out, chunk_size=chunk, progress=progress)
+    if cfg.engine != "ray":  # streams: the journal, then the shards from it, one chunk in memory at a time
+        keys, stats = generate_keys(items, tasks, (lambda: make_backend(name, preset)) if extra is None else nothing_left,
+                                    spec, out, chunk_size=chunk, progress=progress)
+        episodes = iter_wanted(out, keys)
     if extra is not None:
         stats = Stats(reused=extra.get("reused", 0), computed=extra.get("computed", 0),
                       generations=extra.get("generations", 0), prompt_tokens=extra.get("prompt_tokens", 0),
                       prefilled_tokens=extra.get("prefilled_tokens", 0), new_tokens=extra.get("new_tokens", 0),
                       seconds=time.perf_counter() - t0)
-    write_shards(out, episodes, cfg.shard_size)
-    s = summarize(episodes, stats)
+    acc = Summary()
+    write_shards(out, episodes, cfg.shard_size, on_episode=acc.add)
+    s = acc.result(stats)
     s["run"]["workers"] = cfg.workers
     s["run"]["engine"] = cfg.engine
     write_json(summary, {"model": name, **({"adapters": phase_adapters.record()} if phase_adapters else {}), **s})

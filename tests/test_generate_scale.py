@@ -90,7 +90,7 @@ def test_kill_9_mid_run_loses_at_most_a_chunk_and_resume_completes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = load_episodes(raw)                       # parses: no corrupt record, whatever the kill point
-    assert 8 <= len(saved) < 48 and not list(raw.glob("episodes-*.jsonl"))
+    assert 8 <= len(saved) < 48 and not list(raw.glob("episodes-*"))
 
     _run(*_gen_args(params, sources, raw, tmp_path / "g.json"))
     g = json.loads((tmp_path / "g.json").read_text())

@@ -70,7 +70,7 @@ def test_rerun_reuses_everything_and_new_items_only_compute_new(tmp_path):
     b1 = ScriptedBackend(arithmetic_responder())
     eps, _ = generate(items[:4], tasks, lambda: b1, spec, tmp_path, progress=False)
     write_shards(tmp_path, eps, shard_size=3)
-    assert len(list(tmp_path.glob("episodes-*.jsonl"))) == 2 and not (tmp_path / JOURNAL).exists()
+    assert len(list(tmp_path.glob("episodes-*.parquet"))) == 2 and not (tmp_path / JOURNAL).exists()
 
     def never():
         raise AssertionError("backend must not be built when nothing is missing")

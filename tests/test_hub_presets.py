@@ -323,8 +323,9 @@ def test_hub_preset_with_a_local_path_generates_offline(tmp_path, tiny_model_dir
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "gen.json").read_text())
     assert summary["model"] == preset and summary["items"] == 2 and summary["run"]["computed"] == 2
-    episodes = [json.loads(x) for f in sorted((tmp_path / "raw").glob("episodes-*.jsonl"))
-                for x in f.read_text().splitlines()]
+    from reflectevo.shards import iter_episodes
+
+    episodes = list(iter_episodes(tmp_path / "raw"))
     assert len(episodes) == 2
     for ep in episodes:   # the record names the hub model, never the local folder
         assert ep["model"]["preset"] == preset and ep["model"]["source"] == "Qwen/Qwen2.5-0.5B-Instruct"
@@ -342,6 +343,7 @@ def test_dvc_exp_run_with_a_local_copy_flag_runs_offline(tmp_path, tiny_model_di
     shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "tests", "bench", "__pycache__", "*.egg-info",
         "dvc.lock", "plots", "report", "checkpoints"))
+    shutil.copytree(ROOT / "data/imported", dst / "data/imported")   # tracked: generate's import-file folder
     p = tiny_params_dict(dst / "params.yaml", n_train=2, n_test=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = {**script_env(tmp_path, offline=True), "PYTHONPATH": str(dst), "DVC_NO_ANALYTICS": "1",

@@ -33,6 +33,7 @@ def project(tmp_path_factory):
     shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "tests", "bench", "__pycache__", "*.egg-info",
         "dvc.lock"))
+    shutil.copytree(ROOT / "data/imported", dst / "data/imported")   # tracked: generate's import-file folder
     p = tiny_params_dict(dst / "params.yaml", tokens=8, steps=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     sh("git", "init", "-q", cwd=dst)

@@ -60,7 +60,7 @@ def plain(setup, tiny_preset, tmp_path_factory):
 
 
 def _shard_bytes(raw: Path) -> list[bytes]:
-    return [p.read_bytes() for p in sorted(raw.glob("episodes-*.jsonl"))]
+    return [p.read_bytes() for p in sorted(raw.glob("episodes-*.parquet"))]
 
 
 @pytest.mark.slow

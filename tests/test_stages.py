@@ -89,10 +89,11 @@ def test_generate_rerun_computes_nothing(tmp_path):
     args = ("--params", params, "--sources", tmp_path / "sources/train.jsonl", "--out", tmp_path / "raw",
             "--summary", tmp_path / "gen.json", "--no-progress")
     assert run("generate", *args).exit_code == 0
-    first = sorted(p.read_text() for p in (tmp_path / "raw").glob("episodes-*.jsonl"))
+    first = sorted(p.read_bytes() for p in (tmp_path / "raw").glob("episodes-*.parquet"))
+    assert first
     assert run("generate", *args).exit_code == 0
     assert json.loads((tmp_path / "gen.json").read_text())["run"]["computed"] == 0
-    assert sorted(p.read_text() for p in (tmp_path / "raw").glob("episodes-*.jsonl")) == first
+    assert sorted(p.read_bytes() for p in (tmp_path / "raw").glob("episodes-*.parquet")) == first
 
 
 @pytest.mark.parametrize("mutate,message", [

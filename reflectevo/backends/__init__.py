@@ -122,6 +122,7 @@ BACKENDS: Registry[Any] = Registry("backend")
 BACKENDS.register("transformers", "reflectevo.backends.hf:TransformersBackend")
 BACKENDS.register("vllm", "reflectevo.backends.vllm_backend:VLLMBackend")        # GPU extra: pip install '.[vllm]'
 BACKENDS.register("openai", "reflectevo.backends.openai_backend:OpenAIBackend")  # any OpenAI-compatible endpoint
+BACKENDS.register("scripted", "reflectevo.backends.scripted:ScriptedBackend")   # no model: a deterministic recipe
 
 
 def backend_sampler(backend: str, where: str = "") -> str:

@@ -122,7 +122,13 @@ class ReasoningGymTask(Task):
 
     def fewshot(self) -> list[tuple[str, str]]:
         """The task's worked examples (`reflectevo/resources/fewshot/rg__<generator>.yaml` or the
-        `fewshot` option); without a file, one item of a separate stream with its answer only."""
+        `fewshot` option); without a file, one item of a separate stream with its answer only. Built once
+        per task object (every prompt shows them)."""
+        if "_fewshot" not in self.__dict__:
+            self.__dict__["_fewshot"] = tuple(self._build_fewshot())
+        return list(self.__dict__["_fewshot"])
+
+    def _build_fewshot(self) -> list[tuple[str, str]]:
         if self.fewshot_file is not None:
             shots = load_fewshot(str(self.fewshot_file), self.name)
             if not self.n_choices:
