@@ -105,9 +105,10 @@ def test_iteration_2_runs_with_iteration_1s_adapter(project):
     dst, out = project
     assert ran(out) == {"evolve_generate@it2", "evolve_curate@it2", "evolve_train@it2", "evolve_evaluate@it2", "evolve"}
     h = adapter_hash(dst / "models/one_stage")
-    it2 = [json.loads(x) for p in sorted((dst / "evolve/it2/raw").glob("episodes-*.jsonl")) for x in p.read_text().splitlines()]
-    it1 = {json.loads(x)["item_id"]: json.loads(x) for p in sorted((dst / "data/raw").glob("episodes-*.jsonl"))
-           for x in p.read_text().splitlines()}
+    from reflectevo.shards import iter_episodes
+
+    it2 = list(iter_episodes(dst / "evolve/it2/raw"))
+    it1 = {ep["item_id"]: ep for ep in iter_episodes(dst / "data/raw")}
     assert len(it2) == len(it1) == 3
     for ep in it2:
         assert ep["gen"]["adapters"] == {"setting": "one_stage", "reflector": h, "corrector": h}
@@ -132,7 +133,9 @@ def test_adding_an_iteration_runs_only_its_stages_and_removing_it_keeps_the_rest
     evo = json.loads((dst / "metrics/evolve.json").read_text())
     it2_trained = json.loads((dst / "evolve/it2/train.json").read_text())["trained"]
     if it2_trained:   # iteration 3 generated with iteration 2's adapter
-        ep = json.loads(next((dst / "evolve/it3/raw").glob("episodes-*.jsonl")).read_text().splitlines()[0])
+        from reflectevo.shards import iter_episodes
+
+        ep = next(iter(iter_episodes(dst / "evolve/it3/raw")))
         assert ep["gen"]["adapters"]["reflector"] == adapter_hash(dst / "evolve/it2/models/one_stage")
     else:             # tiny-random fixed nothing at iteration 2: the chain stops with one line
         assert "evolve it3: stopped: iteration 2's one_stage adapter" in out

@@ -182,7 +182,9 @@ def test_generate_stage_takes_adapters(trained, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "gen.json").read_text())
     assert summary["adapters"]["setting"] == "one_stage"
     assert summary["adapters"]["phases"]["reflector"]["hash"] == adapter_hash(models / "one_stage")
-    ep = json.loads((next((tmp_path / "raw").glob("episodes-*.jsonl"))).read_text().splitlines()[0])
+    from reflectevo.shards import iter_episodes
+
+    ep = next(iter(iter_episodes(tmp_path / "raw")))
     assert ep["gen"]["adapters"]["reflector"] == adapter_hash(models / "one_stage")
 
 
