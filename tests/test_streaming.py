@@ -92,8 +92,10 @@ def test_a_failed_write_leaves_the_previous_shards_and_the_journal(tmp_path):
 
 
 def _peak_rss_mb(code: str) -> float:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport resource;print(resource.getrusage("
-                          "resource.RUSAGE_SELF).ru_maxrss / 1024)"], capture_output=True, text=True, check=True,
+    # VmHWM is the peak of this process's own memory map; ru_maxrss is not: Linux carries the parent's
+    # high-water mark across fork + exec, so a child of a large pytest process reports the parent's peak
+    out = subprocess.run([sys.executable, "-c", code + "\nprint([int(l.split()[1]) for l in open('/proc/self/status')"
+                          " if l.startswith('VmHWM:')][0] / 1024)"], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     return float(out.stdout.split()[-1])
 
