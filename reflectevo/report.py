@@ -27,7 +27,7 @@ import html
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,7 @@ class ReportInputs:
     transitions: list[dict[str, Any]] | None = None
     episodes: dict[str, Any] | None = None  # from predictions: see collect_episodes
     evolve: dict[str, Any] | None = None    # metrics/evolve.json (self-evolution by iteration)
+    others: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (source, eval JSON) of other protocols
     sources: dict[str, str] = field(default_factory=dict)  # input kind -> path
     missing: dict[str, str] = field(default_factory=dict)  # path -> why it is not shown
     n_episodes: int = 3  # best and worst episodes shown per system
@@ -313,9 +314,16 @@ def collect_episodes(path: Path, n_episodes: int = 3) -> dict[str, Any]:
 
 def load_inputs(metrics_eval: str | Path | None, curate_stats: str | Path | None, predictions: str | Path | None,
                 plots_dir: str | Path | None = None, n_episodes: int = 3,
-                evolve: str | Path | None = None) -> ReportInputs:
-    """Read and validate every input; missing/empty ones are noted, malformed ones raise ReflectEvoError."""
+                evolve: str | Path | None = None, others: Sequence[str | Path] = ()) -> ReportInputs:
+    """Read and validate every input; missing/empty ones are noted, malformed ones raise ReflectEvoError.
+    `others`: more metrics/eval.json files (e.g. the same systems under another protocol), shown beside."""
     inp = ReportInputs(n_episodes=n_episodes)
+    for other in others:
+        p = Path(other)
+        inp.sources[f"other:{p}"] = str(p)
+        data = _read_json(p, inp.missing)
+        if data is not None:
+            inp.others.append((str(p), validate_eval(p, data)))
     if evolve is not None:
         p = Path(evolve)
         inp.sources["evolve"] = str(p)
@@ -420,9 +428,12 @@ def _stars(p: Any) -> str:
 
 def matrix_view(inp: ReportInputs) -> dict[str, Any]:
     """Table 2: a row per system (paper order), a column per task plus overall; the best Acc@t2 per column."""
-    ev = inp.eval
-    if ev is None:
+    if inp.eval is None:
         return {"missing": _missing(inp, "metrics", "evaluation metrics")}
+    return _matrix(inp.eval, inp.sources.get("metrics"))
+
+
+def _matrix(ev: dict[str, Any], source: str | None) -> dict[str, Any]:
     systems = _order(list(ev["systems"]))
     tasks = sorted({t for s in ev["systems"].values() for t in (s.get("per_task") or {})})
     best = {}
@@ -437,8 +448,15 @@ def matrix_view(inp: ReportInputs) -> dict[str, Any]:
         cells = [_cell((entry.get("per_task") or {}).get(t), best[t]) for t in tasks]
         rows.append({"name": s, "label": _label(s), "main": s == ev.get("system"),
                      "cells": [*cells, _cell(entry.get("overall"), best[None])]})
-    return {"missing": None, "protocol": ev.get("protocol", "?"), "source": inp.sources.get("metrics"),
+    return {"missing": None, "protocol": ev.get("protocol", "?"), "source": source,
             "tasks": tasks, "systems": rows, "skipped": list(ev["skipped"].items())}
+
+
+def others_view(inp: ReportInputs) -> dict[str, Any] | None:
+    """The same matrix for every other evaluation given (None: the page has no such section)."""
+    if not inp.others:
+        return None
+    return {"missing": None, "tables": [_matrix(ev, src) for src, ev in inp.others]}
 
 
 def _round_rows(inp: ReportInputs) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -595,7 +613,7 @@ class Section:
     nav: str
     title: str
     template: str
-    view: Callable[[ReportInputs], dict[str, Any]]
+    view: Callable[[ReportInputs], dict[str, Any] | None]   # None: the section is left out of this page
 
 
 def diagnostics_view(inp: ReportInputs) -> dict[str, Any]:
@@ -642,6 +660,8 @@ def evolve_view(inp: ReportInputs) -> dict[str, Any]:
 
 SECTIONS = (
     Section("results", "results", "Results (Table 2 style)", "section_matrix.html.jinja", matrix_view),
+    Section("others", "other protocols", "Results under other protocols", "section_others.html.jinja",
+            others_view),
     Section("diagnostics", "diagnostics", "Run diagnostics", "section_diagnostics.html.jinja", diagnostics_view),
     Section("rounds", "accuracy by round", "Accuracy by round", "section_rounds.html.jinja", rounds_view),
     Section("transitions", "transitions", "Trial 1 → final answer", "section_transitions.html.jinja", transitions_view),
@@ -686,8 +706,8 @@ def _env():
 
 def build_report(inp: ReportInputs, *, title: str = "ReflectEvo evaluation report") -> str:
     """The whole page as a string (pure: no I/O besides reading the templates and vendored Vega builds)."""
-    sections = [{"id": s.id, "nav": s.nav, "title": s.title, "template": s.template, "view": s.view(inp)}
-                for s in SECTIONS]
+    sections = [{"id": s.id, "nav": s.nav, "title": s.title, "template": s.template, "view": v}
+                for s in SECTIONS if (v := s.view(inp)) is not None]
     chart = any(s["id"] == "rounds" and not s["view"]["missing"] for s in sections)
     return _env().get_template("page.html.jinja").render(
         title=title, eval=inp.eval or {}, inputs=list(inp.sources.values()), missing=list(inp.missing.items()),
@@ -696,13 +716,14 @@ def build_report(inp: ReportInputs, *, title: str = "ReflectEvo evaluation repor
 
 def render_report(metrics_eval: str | Path | None, curate_stats: str | Path | None, predictions: str | Path | None,
                   out_html: str | Path, *, plots_dir: str | Path | None = None, n_episodes: int = 3,
-                  title: str = "ReflectEvo evaluation report", evolve: str | Path | None = None) -> Path:
+                  title: str = "ReflectEvo evaluation report", evolve: str | Path | None = None,
+                  others: Sequence[str | Path] = ()) -> Path:
     """Read the inputs, build the page and write it atomically to `out_html`; returns the path."""
     from reflectevo.jsonio import write_text
 
     if n_episodes < 0:
         raise ReflectEvoError(f"episodes per kind must be >= 0, got {n_episodes}")
-    inp = load_inputs(metrics_eval, curate_stats, predictions, plots_dir, n_episodes, evolve=evolve)
+    inp = load_inputs(metrics_eval, curate_stats, predictions, plots_dir, n_episodes, evolve=evolve, others=others)
     out = Path(out_html)
     write_text(out, build_report(inp, title=title))
     out.chmod(0o644)

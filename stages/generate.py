@@ -25,7 +25,7 @@ from pathlib import Path
 
 import typer
 
-from reflectevo.stage import friendly_errors, load_items, stage_params
+from reflectevo.stage import count_items, friendly_errors, iter_items, stage_params
 
 app = typer.Typer(add_completion=False)
 
@@ -127,11 +127,17 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     if cfg.import_path:   # the published data instead of a model: no generation, no model loaded
         return import_episodes(Path(cfg.import_path), out, summary, cfg.shard_size, cfg.limit)
     check_available(name, preset)  # an unreachable hub preset: one line now, before data/raw is touched
-    items, tasks = load_items(sources)
-    if cfg.limit:
-        items = items[: cfg.limit]
-    if not items:
+    import itertools
+
+    tasks: dict = {}
+    n_items = count_items(sources, cfg.limit)
+    if not n_items:
         raise ReflectEvoError(f"{sources}: no train items to generate from")
+
+    def items(part: tuple[int, int] | None = None):
+        """The sources streamed (never all in memory), up to `limit`, or worker i of n's every n-th item."""
+        stream = itertools.islice(iter_items(sources, tasks), cfg.limit or None)
+        return stream if part is None else itertools.islice(stream, part[0], None, part[1])
     phase_adapters = generation_adapters(adapters, name) if adapters is not None else None
     spec = make_spec(model_fingerprint(name, preset), preset.dtype, cfg,
                      sampler=backend_sampler(preset.backend, where=f"models.{name}.backend"),
@@ -143,8 +149,10 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     chunk = max(preset.gen_batch_size, 8)
     part = parse_shard(shard)
     if part is not None:  # worker: its slice into its own journal; the parent merges
-        _, stats = generate_keys(shard_slice(items, part), tasks, lambda: make_backend(name, preset), spec, out,
-                            chunk_size=chunk, progress=progress, shard=part)
+        if not 0 <= part[0] < part[1]:
+            shard_slice([], part)   # the one error line for a bad --shard
+        _, stats = generate_keys(items(part), tasks, lambda: make_backend(name, preset), spec, out,
+                                 chunk_size=chunk, progress=progress, shard=part)
         write_json(out / f".cost-{part[0]}-of-{part[1]}.json", stats.to_dict())
         return
 
@@ -155,7 +163,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     if cfg.engine == "ray":  # a Ray Data pipeline of `workers` actors (local Ray or generate.ray_address)
         from reflectevo.ray_engine import generate_ray
 
-        episodes, stats = generate_ray(items, tasks, name, preset, spec, out, batch_size=chunk,
+        episodes, stats = generate_ray(list(items()), tasks, name, preset, spec, out, batch_size=chunk,
                                        concurrency=cfg.workers, address=cfg.ray_address, progress=progress)
     elif cfg.workers > 1:
         argv = ["--params", str(params), "--sources", str(sources), "--out", str(out)]
@@ -166,8 +174,8 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
         raise ReflectEvoError("internal: workers finished but episodes are missing")
 
     if cfg.engine != "ray":  # streams: the journal, then the shards from it, one chunk in memory at a time
-        keys, stats = generate_keys(items, tasks, (lambda: make_backend(name, preset)) if extra is None else nothing_left,
-                                    spec, out, chunk_size=chunk, progress=progress)
+        keys, stats = generate_keys(items(), tasks, (lambda: make_backend(name, preset)) if extra is None else nothing_left,
+                                    spec, out, chunk_size=chunk, progress=progress, total=n_items)
         episodes = iter_wanted(out, keys)
     if extra is not None:
         stats = Stats(reused=extra.get("reused", 0), computed=extra.get("computed", 0),

@@ -25,10 +25,14 @@ app = typer.Typer(add_completion=False)
 def main(metrics: Path = Path("metrics/eval.json"), stats: Path = Path("data/curated/stats.json"),
          predictions: Path = Path("data/eval/predictions.jsonl"), plots: Path = Path("plots/eval"),
          out: Path = Path("report/index.html"), episodes: int = 3,
-         evolve: Path = typer.Option(None, help="metrics/evolve.json: the 'by iteration' section")) -> None:
+         evolve: Path = typer.Option(None, help="metrics/evolve.json: the 'by iteration' section"),
+         other: list[Path] = typer.Option([], help="another metrics/eval.json (e.g. the intrinsic protocol), "
+                                                   "shown beside the main one; repeatable"),
+         title: str = "ReflectEvo evaluation report") -> None:
     from reflectevo.report import render_report
 
-    path = render_report(metrics, stats, predictions, out, plots_dir=plots, n_episodes=episodes, evolve=evolve)
+    path = render_report(metrics, stats, predictions, out, plots_dir=plots, n_episodes=episodes, evolve=evolve,
+                         others=other, title=title)
     typer.echo(f"report: {path} ({path.stat().st_size // 1024} KiB)")
 
 

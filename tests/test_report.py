@@ -499,3 +499,25 @@ def test_dvc_plots_show_html_renders_offline(dvc_plots_project):
     assert '<pre class="render-error"' not in dom
     assert dom.count('class="vega-embed') == 2
     assert dom.count("<canvas") >= 2  # DVC's divs embed with the default canvas renderer
+
+
+def test_other_protocols_are_shown_beside_the_main_matrix(tmp_path):
+    p = write_inputs(tmp_path)
+    other = json.loads(Path(p["metrics"]).read_text())
+    other["protocol"] = "intrinsic"
+    other["systems"]["one_stage"]["overall"] = _block(32, 0.4062, 0.3125)
+    (tmp_path / "intrinsic.json").write_text(json.dumps(other))
+    out = report.render_report(p["metrics"], p["stats"], p["predictions"], tmp_path / "demo.html",
+                               plots_dir=p["plots"], others=[tmp_path / "intrinsic.json"], title="Demo page")
+    text = text_of(out.read_text(encoding="utf-8"))
+    assert "Results under other protocols" in text and "Protocol intrinsic" in text
+    assert "31.2 (-9.4)" in text or "31.2 (−9.4)" in text           # the intrinsic one_stage cell
+    assert text.index("Results (Table 2 style)") < text.index("Results under other protocols")
+    assert "Demo page" in text
+    # the main report has no such section
+    _, page = render(tmp_path / "main")
+    assert "other protocols" not in text_of(page)
+    # a malformed other file: one error naming it
+    (tmp_path / "bad.json").write_text(json.dumps({"systems": 3}))
+    with pytest.raises(ReflectEvoError, match="bad.json"):
+        report.render_report(p["metrics"], p["stats"], p["predictions"], tmp_path / "x.html", others=[tmp_path / "bad.json"])

@@ -1,0 +1,144 @@
+"""The systems an evaluation runs, and the files it writes.
+
+Trial 1 by the base model; for its failures (oracle protocol) or on every item (intrinsic) each system
+reflects and retries: the two prompt baselines (`base_noreflect`, `base_reflect`) and every trained
+setting found under a models folder (settings whose card says "no training data", or that are missing,
+or were trained on another preset, are listed under `skipped` with the reason). `stages/evaluate.py`
+(all systems, `evaluate` params) and `stages/demo.py` (fresh items, one protocol each, a chosen subset)
+both run this.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reflectevo.config import BASELINE_SYSTEMS
+
+MAIN_ORDER = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "grpo_one_stage", "grpo_reflect_retry", "rloo")
+
+
+@dataclass
+class Evaluation:
+    report: dict[str, Any]                 # metrics/eval.json
+    systems: dict[str, list[dict]]         # per-system prediction rows
+    t1: list[dict]                         # trial-1 rows (shared by every system)
+
+
+def trained_cards(models: Path, preset_name: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """(setting -> model card of every trained setting for this preset, setting -> why it is skipped)."""
+    from reflectevo.training import ADAPTERS
+
+    cards, skipped = {}, {}
+    for setting in ADAPTERS:
+        card_path = models / setting / "model_card.json"
+        if not card_path.exists():
+            skipped[setting] = f"no adapter at {models / setting}"
+            continue
+        card = json.loads(card_path.read_text())
+        if card.get("status") != "trained":
+            skipped[setting] = card.get("reason") or card.get("status", "not trained")
+        elif card["base"]["preset"] != preset_name:
+            skipped[setting] = f"adapter was trained on preset {card['base']['preset']!r}, not {preset_name!r}"
+        else:
+            cards[setting] = card
+    return cards, skipped
+
+
+def run_evaluation(name: str, preset: Any, cfg: Any, items: list, tasks: dict, models: Path,
+                   only: Sequence[str] = ()) -> Evaluation:
+    """Evaluate the baselines and trained settings (`only`: just these; () = all) on `items` under `cfg`."""
+    import gc
+
+    from reflectevo import evaluation as ev
+    from reflectevo.backends.hf import make_backend
+    from reflectevo.diagnostics import prediction_diagnostics
+    from reflectevo.training import ADAPTERS
+
+    wanted = set(only)
+    cards, skipped = trained_cards(models, name)
+    if wanted:
+        for s in list(cards):
+            if s not in wanted:
+                del cards[s]
+                skipped[s] = "not in this evaluation's systems"
+        for s in list(skipped):
+            if s not in wanted and skipped[s] != "not in this evaluation's systems":
+                del skipped[s]
+
+    def adapter(setting: str, role: str) -> Path:
+        return models / setting / cards[setting]["adapters"][role]
+
+    # Every backend names all adapters of this run, so an engine-sharing backend (vllm) starts one engine
+    # for the base model, sized for all of them, before the first adapter is used.
+    served = [adapter(s, role) for s in cards for role in ADAPTERS[s]]
+
+    def backend(path: Path | None = None):
+        b = make_backend(name, preset, path, serves=served)
+        if hasattr(b, "bind"):   # backend: scripted answers from the items (no model)
+            b.bind(items, tasks)
+        return b
+
+    base = backend()
+    t1 = ev.trial1(items, tasks, base, cfg)
+    systems: dict[str, list[dict]] = {}
+    if not wanted or "base_noreflect" in wanted:
+        systems["base_noreflect"] = ev.retry_without_reflection(items, tasks, t1, base, cfg)
+    if not wanted or "base_reflect" in wanted:
+        systems["base_reflect"] = ev.reflect_then_retry(items, tasks, t1, base, base, cfg)
+    for setting, card in cards.items():  # by the roles a setting trained (RL settings as their SFT/DPO kin)
+        roles = ADAPTERS[setting]
+        if roles == ("one_stage",):          # one_stage, grpo_one_stage, rloo
+            systems[setting] = ev.one_stage(items, tasks, backend(adapter(setting, "one_stage")), t1, cfg)
+        elif roles == ("reflector", "corrector"):
+            reflector = backend(adapter(setting, "reflector"))
+            corrector = backend(adapter(setting, "corrector"))
+            systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
+            del reflector, corrector
+        elif roles == ("reflector",):        # dpo_pm, dpo_pref; grpo_reflect_retry retries as it was trained
+            reflector = backend(adapter(setting, "reflector"))
+            corrector = reflector if card.get("retry_by") == "policy" else base
+            systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
+            del reflector, corrector
+        elif roles == ("answerer",):
+            systems[setting] = ev.answers_only(items, tasks, backend(adapter(setting, "answerer")), cfg)
+        gc.collect()
+
+    summary = ev.summarize(systems)
+    main_system = next((s for s in MAIN_ORDER if s in summary),
+                       next((s for s in BASELINE_SYSTEMS[::-1] if s in summary), next(iter(summary))))
+    report = {"model": name, "protocol": cfg.protocol, "system": main_system, **summary[main_system],
+              "systems": summary, "skipped": skipped, "diagnostics": prediction_diagnostics(systems)}
+    return Evaluation(report=report, systems=systems, t1=t1)
+
+
+def write_evaluation(result: Evaluation, metrics: Path, predictions: Path, plots: Path,
+                     headline: Path | None = None) -> list[str]:
+    """Write metrics JSON, per-sample predictions, plot data (and the flat DVC headline); one summary
+    line per system is returned for the stage to print."""
+    from reflectevo import evaluation as ev
+    from reflectevo.jsonio import write_json, write_jsonl
+
+    write_json(metrics, result.report)
+    t1_by_id = {r["item_id"]: r for r in result.t1}
+    rows = ({"system": s, **r, "t1": r.get("t1", t1_by_id[r["item_id"]]["t1"])}
+            for s, rs in result.systems.items() for r in rs)
+    write_jsonl(predictions, rows)
+    by_round, transitions = ev.plot_rows(result.systems)
+    write_json(plots / "accuracy_by_round.json", by_round)
+    write_json(plots / "transitions.json", transitions)
+    if headline is not None:  # full JSON above (plain output), small flat copy here (DVC metric)
+        from reflectevo.metrics_summary import eval_headline
+
+        write_json(headline, eval_headline(result.report))
+    lines = []
+    for s, m in result.report["systems"].items():
+        o = m["overall"]
+        rounds = f" by round {o['acc_by_round']}" if len(o.get("acc_by_round", [])) > 2 else ""
+        lines.append(f"[{s}]: n={o['n']} acc_t1={o['acc_t1']} acc_t2={o['acc_t2']} delta={o['delta']}{rounds}")
+    if result.report["skipped"]:
+        lines.append(f": skipped {result.report['skipped']}")
+    return lines
