@@ -83,22 +83,38 @@ def _stopped(out: Path) -> str | None:
 def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = the main pipeline only)"),
           params: Path = Path("params.yaml")) -> None:
     """Write evolve.iterations and the matching evolve.chain (dvc.yaml's foreach list) into params.yaml."""
+    import io
+
     from ruamel.yaml import YAML
 
     from reflectevo.config import EvolveConfig, evolve_chain, from_dict
     from reflectevo.errors import ReflectEvoError
+    from reflectevo.jsonio import write_text
 
     if iterations < 1:
         raise ReflectEvoError(f"evolve.iterations: must be >= 1 (1 = train once, as the paper), got {iterations}")
-    yaml = YAML()  # round trip: comments and order stay
-    data = yaml.load(params.read_text())
-    if "evolve" not in data:
+    # only the top-level `evolve:` block is parsed and rewritten (ruamel round trip: its comments and order
+    # stay); every other line of the file is kept byte for byte (a round trip of the whole file would
+    # reflow multi-line flow mappings such as the presets' `script: {...}`)
+    text = params.read_text()
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith("evolve:")), None)
+    if start is None:
         raise ReflectEvoError(f"{params}: no evolve section (copy it from the project's params.yaml)")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i][:1].isalpha()), len(lines))
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    data = yaml.load("".join(lines[start:end]))
     data["evolve"]["iterations"] = iterations
     data["evolve"]["chain"] = evolve_chain(iterations)
     from_dict(EvolveConfig, dict(data["evolve"]), "evolve", require_all=True)
-    with params.open("w") as fh:
-        yaml.dump(data, fh)
+    buf = io.StringIO()
+    yaml.dump(data, buf)
+    block = buf.getvalue()
+    if end < len(lines) and not block.endswith("\n\n") and lines[end - 1].strip() == "":
+        block += "\n"          # keep the blank line before the next section
+    write_text(params, "".join(lines[:start]) + block + "".join(lines[end:]))
     typer.echo(f"evolve: {iterations} iteration(s); chain {list(data['evolve']['chain']) or '(none)'} in {params}")
 
 

@@ -68,6 +68,13 @@ def test_chain_command_rewrites_params_keeping_comments(tmp_path):
     text = p.read_text()
     assert "# whose adapters write the next round" in text and "  iterations: 3" in text
     assert read_params(p)["evolve"]["chain"] == evolve_chain(3)
+    # every line outside the evolve section is as written (no reflowed long lines, no requoting)
+    def outside(lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("evolve:"))
+        end = next((i for i in range(start + 1, len(lines)) if lines[i][:1].isalpha()), len(lines))
+        return lines[:start], lines[end:]
+
+    assert outside(text.splitlines()) == outside((ROOT / "params.yaml").read_text().splitlines())
     res = CliRunner().invoke(app, ["chain", "0", "--params", str(p)])
     assert res.exit_code == 2 and "evolve.iterations: must be >= 1" in res.output
     assert read_params(p)["evolve"]["iterations"] == 3        # nothing half-written
