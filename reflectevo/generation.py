@@ -40,14 +40,17 @@ JOURNAL = "journal.jsonl"          # single-process runs; journal-<i>-of-<n>.jso
 SAMPLER = "per-sample-seed-v2"   # v2: inverse-CDF draw (v1 drew with torch.multinomial)
 
 
-def shard_slice(items: Sequence[Item], shard: tuple[int, int]) -> list[Item]:
-    """Worker i of n takes every n-th item from i: disjoint, balanced to within one item."""
+def shard_slice(items: Iterable[Item], shard: tuple[int, int]) -> Iterator[Item]:
+    """Worker i of n takes every n-th item from i: disjoint, balanced to within one item (streamed: `items`
+    may be an iterator over a sources file)."""
+    import itertools
+
     i, n = shard
     if not 0 <= i < n:
         from reflectevo.errors import ReflectEvoError
 
         raise ReflectEvoError(f"--shard {i}/{n}: need 0 <= i < n")
-    return list(items[i::n])
+    return itertools.islice(items, i, None, n)
 
 
 def journal_name(shard: tuple[int, int] | None) -> str:

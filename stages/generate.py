@@ -137,7 +137,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     def items(part: tuple[int, int] | None = None):
         """The sources streamed (never all in memory), up to `limit`, or worker i of n's every n-th item."""
         stream = itertools.islice(iter_items(sources, tasks), cfg.limit or None)
-        return stream if part is None else itertools.islice(stream, part[0], None, part[1])
+        return stream if part is None else shard_slice(stream, part)
     phase_adapters = generation_adapters(adapters, name) if adapters is not None else None
     spec = make_spec(model_fingerprint(name, preset), preset.dtype, cfg,
                      sampler=backend_sampler(preset.backend, where=f"models.{name}.backend"),
@@ -149,8 +149,6 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     chunk = max(preset.gen_batch_size, 8)
     part = parse_shard(shard)
     if part is not None:  # worker: its slice into its own journal; the parent merges
-        if not 0 <= part[0] < part[1]:
-            shard_slice([], part)   # the one error line for a bad --shard
         _, stats = generate_keys(items(part), tasks, lambda: make_backend(name, preset), spec, out,
                                  chunk_size=chunk, progress=progress, shard=part)
         write_json(out / f".cost-{part[0]}-of-{part[1]}.json", stats.to_dict())

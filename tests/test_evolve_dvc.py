@@ -60,7 +60,7 @@ def project(tmp_path_factory):
     dst = tmp_path_factory.mktemp("evolve") / "proj"
     shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "plots", "report", "tests", "bench", "docs",
-        "__pycache__", "*.egg-info", "dvc.lock", "checkpoints"))
+        "__pycache__", "*.egg-info", "dvc.lock", "checkpoints", "demo"))   # demo/dvc.yaml: the demo's own pipeline
     p = tiny_params_dict(dst / "params.yaml", tokens=6, steps=1, n_train=3, n_test=2)
     p["prepare"]["tasks"] = p["prepare"]["tasks"][:1]          # rg/chain_sum only
     p["generate"]["k"] = 2

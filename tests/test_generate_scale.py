@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 def test_shard_slices_are_disjoint_and_balanced():
     items = [Item(id=str(i), task="t", question="q", answer="a") for i in range(10)]
-    parts = [shard_slice(items, (i, 3)) for i in range(3)]
+    parts = [list(shard_slice(items, (i, 3))) for i in range(3)]
+    assert [list(shard_slice(iter(items), (i, 3))) for i in range(3)] == parts     # streamed sources alike
     assert sorted(it.id for p in parts for it in p) == sorted(it.id for it in items)
     assert [len(p) for p in parts] == [4, 3, 3]
 
