@@ -69,3 +69,39 @@ def test_reasoning_gym_multiple_choice_variant():
         get_task("rg/family_relationships", {"choices": 2})
     with pytest.raises(ReflectEvoError, match=r"choices 40 needs that many distinct answers"):
         get_task("rg/family_relationships", {"choices": 40})
+
+
+def test_a_multiple_choice_task_starts_without_importing_reasoning_gym_once_cached(tmp_path):
+    """The generator names and a multiple-choice task's answer pool are cached per reasoning-gym version, so a
+    second process builds the task, its few-shot prompt and its verdicts without the library's slow import
+    (it loads every generator's module); the cached pool is the computed one; a corrupt cache file is rebuilt."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, json\nfrom reflectevo.tasks import get_task\nfrom reflectevo.tasks.base import Item\n"
+            "t = get_task('rg/family_relationships', {'choices': 4})\n"
+            "shots = t.fewshot()\n"
+            "it = Item(id='x', task=t.name, question='q', answer='B', choices=('a', 'b', 'c', 'd'))\n"
+            "v = t.verify('Thought: t\\nAction: Finish[B]', it)\n"
+            "print(json.dumps({'rg': 'reasoning_gym' in sys.modules, 'pool': t._answer_pool(), 'ok': v.correct,"
+            " 'shots': len(shots)}))")
+    env = {**os.environ, "REFLECTEVO_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(root)}
+
+    def run() -> dict:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    cold, warm = run(), run()
+    assert cold["rg"] is True and warm["rg"] is False            # the second start skips the import
+    assert warm["pool"] == cold["pool"] and len(warm["pool"]) >= 4 and warm["ok"] and warm["shots"] == cold["shots"]
+    files = sorted((tmp_path / "cache" / "reasoning-gym").glob("*.json"))
+    assert {f.name.split("-")[0] for f in files} == {"generators", "answer"}
+    for f in files:
+        f.write_text("{not json")
+    rebuilt = run()
+    assert rebuilt["rg"] is True and rebuilt["pool"] == cold["pool"]
+    assert all(json.loads(f.read_text())["value"] for f in files)

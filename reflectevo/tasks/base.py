@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -173,6 +174,7 @@ def check_prompting(task: Task, sample: Item | None = None) -> None:
                                   f"answer_stop {pattern!r}: {completion[-80:]!r}")
 
 
+@functools.lru_cache(maxsize=64)
 def blank_line_not_followed_by(word: str) -> str:
     """A pattern matching a blank line once the text after it has departed from `word` (the match
     completes at the first character that cannot continue `word`, so a partial "Act" does not stop

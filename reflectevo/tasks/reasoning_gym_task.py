@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pathlib import Path
@@ -23,11 +24,48 @@ _POOL_STREAM = 800_000     # multiple choice: distractors come from the answers 
 _POOL_SIZE = 400
 
 
+_CACHE_FORMAT = 1
+
+
+def _cached(kind: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """A JSON value derived from reasoning-gym, computed once per installed version of it and kept in the user
+    cache (`$REFLECTEVO_CACHE/reasoning-gym/`): importing the library alone takes 1-3 s (it loads every
+    generator's module, with sympy, pandas and matplotlib), which a stage that only needs a multiple-choice
+    task's generator names and answer pool (generate, curate, evaluate on prepared items) should not pay on
+    every start. A missing, unreadable or foreign file is recomputed; an unwritable cache is skipped."""
+    import os
+    from importlib.metadata import version
+
+    from reflectevo.models import cache_root
+
+    blob = json.dumps({"format": _CACHE_FORMAT, "reasoning_gym": version("reasoning-gym"), "kind": kind, **key},
+                      sort_keys=True, default=str)
+    path = cache_root() / "reasoning-gym" / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data.get("key") == blob:
+            return data["value"]
+    except (OSError, ValueError):
+        pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": blob, "value": value}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return value
+
+
 @functools.lru_cache(maxsize=1)
 def generator_names() -> tuple[str, ...]:
-    import reasoning_gym
+    def compute() -> list[str]:
+        import reasoning_gym
 
-    return tuple(sorted(reasoning_gym.factory.DATASETS))
+        return sorted(reasoning_gym.factory.DATASETS)
+
+    return tuple(_cached("generators", {}, compute))
 
 
 def _jsonable(x: Any) -> Any:
@@ -97,8 +135,12 @@ class ReasoningGymTask(Task):
     # -- multiple choice (`choices: N`) ----------------------------------------------------------------
     @functools.lru_cache(maxsize=1)
     def _answer_pool(self) -> list[str]:
-        ds = self._dataset(_POOL_SIZE, _POOL_STREAM)
-        return sorted({str(ds[i]["answer"]).strip() for i in range(_POOL_SIZE)})
+        def compute() -> list[str]:
+            ds = self._dataset(_POOL_SIZE, _POOL_STREAM)
+            return sorted({str(ds[i]["answer"]).strip() for i in range(_POOL_SIZE)})
+
+        key = {"generator": self.generator, "options": self.options, "size": _POOL_SIZE, "stream": _POOL_STREAM}
+        return list(_cached("answer-pool", key, compute))
 
     def _options(self, question: str, gold: str) -> tuple[list[str], str]:
         """(the N option texts, the gold's letter): distractors and order drawn from the question's hash."""
