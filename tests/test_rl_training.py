@@ -269,13 +269,103 @@ def test_use_vllm_is_refused_where_it_cannot_run(setting, message):
     check_vllm_rollouts(setting, RL)  # off: nothing to check
 
 
-def test_a_retry_ends_at_its_first_answer(tiny_preset):
+class _ScriptedPolicy:
+    """Stands in for the transformers backend on the live model: a fixed reflection, a retry that rambles
+    without an answer (or answers), and the answer step's completion; records the calls."""
+
+    def __init__(self, retry_text):
+        self.retry_text, self.calls = retry_text, []
+
+    def generate(self, prompts, sampling, seeds=None):
+        from reflectevo.backends import Generation
+
+        if sampling.stop == ("\n",):                       # the answer step (mechanics.answer_step)
+            kind, gens = "answer_step", [Generation("3]", 1, 2, "stop") for _ in prompts]
+        elif sampling.stop_regex is None:                  # the reflection (reflection stops, no answer pattern)
+            kind, gens = "reflection", [Generation(" I added wrongly. Plan: add again.", 1, 9, "eos") for _ in prompts]
+        else:                                              # the retry: a trial
+            kind, gens = "retry", [Generation(self.retry_text, 1, 9, "length") for _ in prompts]
+        self.calls.append((kind, sampling, list(prompts), seeds))
+        return gens
+
+
+class _Trainer:
+    def __init__(self, model, eos):
+        import types
+
+        self.model, self.eos_token_ids, self.logged = model, [eos], {}
+        self.accelerator = types.SimpleNamespace(unwrap_model=lambda m: m)
+
+    def _log_metric(self, name, value):
+        self.logged[name] = value
+
+
+@pytest.mark.parametrize("train_retry", [False, True])
+def test_the_rollout_retry_gets_the_trial_mechanics_answer_step(tiny_preset, monkeypatch, train_retry):
+    """The retry of a reflect -> retry rollout is a trial as in generate and evaluate: a retry that ends
+    without an answer gets the answer step ("\nAction: Finish[" + the model's answer), which the verifier
+    then judges; the forced opening is never trained. (Before, the retry was cut at EOS/budget only and
+    SmolLM2's retries never held an answer: reward 0 on every step, bench/results/rl_curve.json.)"""
+    import torch
+
+    from reflectevo.backends.hf import TransformersBackend
+    from reflectevo.mechanics import REFLECTION_STOPS
     from reflectevo.models import load_tokenizer
-    from reflectevo.training.rl import first_answer_ids
+    from reflectevo.training.rl import ReflectRetryRollout
 
     tok = load_tokenizer("tiny-random", tiny_preset)
-    stop = get_task("rg/chain_sum").answer_stop()
-    ids = tok(" 2 + 1 = 3.\nAction: Finish[3]\nQuestion: more", add_special_tokens=False)["input_ids"]
-    cut, answered = first_answer_ids(tok, ids, stop)
-    assert answered and tok.decode(cut).rstrip().endswith("Finish[3]") and len(cut) < len(ids)
-    assert first_answer_ids(tok, ids[:3], stop) == (ids[:3], False)
+    policy = _ScriptedPolicy(" 2 + 1 = 3 so the sum is three")
+    monkeypatch.setattr(TransformersBackend, "around", classmethod(lambda cls, *a, **k: policy))
+    ex = examples("grpo_reflect_retry", rl_rows(episodes(2), "oracle"))["reflector"]
+    hp = dataclasses.replace(RL, train_retry=train_retry)
+    rollout = ReflectRetryRollout(tok, ex, hp, seed=7)
+    model = torch.nn.Linear(1, 1)
+    trainer = _Trainer(model, tok.eos_token_id)
+    prompts = [ex[0]["prompt"], ex[0]["prompt"], ex[1]["prompt"]]     # a group shares a prompt
+    out = rollout(prompts, trainer)
+
+    kinds = [k for k, *_ in policy.calls]
+    assert kinds == ["reflection", "retry", "answer_step"]
+    _, refl_sampling, _, refl_seeds = policy.calls[0]
+    assert refl_sampling.stop == REFLECTION_STOPS and refl_sampling.temperature == hp.temperature
+    assert refl_sampling.max_new_tokens == hp.max_completion_length
+    assert len(set(refl_seeds)) == 3                                   # the group's copies sample differently
+    _, retry_sampling, retry_prompts, _ = policy.calls[1]
+    task = get_task("rg/chain_sum")
+    assert retry_sampling.stop_regex == task.answer_stop() and retry_sampling.stop == task.ramble_stops()
+    assert retry_sampling.temperature == (hp.temperature if train_retry else 0.0)
+    assert all(p.endswith(task.trial_prefix()) for p in retry_prompts)
+    # the answer step continued each retry's text with the answer form's opening
+    assert all(p.endswith("2 + 1 = 3 so the sum is three\nAction: Finish[") for p in policy.calls[2][2])
+    # ep0's item asks for 0 + 1 (answer 1), ep1's for 1 + 1 (answer 2): the forced "3" is judged wrong for both;
+    # the texts are what the verifier saw
+    assert out["retry"][0] == "Thought: 2 + 1 = 3 so the sum is three\nAction: Finish[3]"
+    assert trainer.logged["retry/answer_step"] == 1.0 and trainer.logged["reflection/truncated"] == 0.0
+    for ids, mask in zip(out["completion_ids"], out["env_mask"]):
+        assert len(ids) == len(mask)
+        trained = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
+        assert "I added wrongly" in trained and "Action: Finish[" not in trained   # the forced opening: never
+        assert ("so the sum is three" in trained) == train_retry
+        assert tok.decode(ids, skip_special_tokens=True).rstrip().endswith("Finish[3]")
+        assert ids[-1] == tok.eos_token_id                             # ended at its answer
+
+
+def test_a_retry_that_answers_is_judged_without_the_answer_step(tiny_preset, monkeypatch):
+    from reflectevo.backends.hf import TransformersBackend
+    from reflectevo.models import load_tokenizer
+    from reflectevo.training.rl import ReflectRetryRollout, retry_pieces
+
+    import torch
+
+    tok = load_tokenizer("tiny-random", tiny_preset)
+    policy = _ScriptedPolicy(" 1 + 1 = 2.\nAction: Finish[2]")
+    monkeypatch.setattr(TransformersBackend, "around", classmethod(lambda cls, *a, **k: policy))
+    ex = examples("grpo_reflect_retry", rl_rows(episodes(2), "oracle"))["reflector"]
+    trainer = _Trainer(torch.nn.Linear(1, 1), tok.eos_token_id)
+    out = ReflectRetryRollout(tok, ex, RL)([ex[1]["prompt"], ex[0]["prompt"]], trainer)
+    assert [k for k, *_ in policy.calls] == ["reflection", "retry"]      # nothing to force
+    assert trainer.logged["retry/correct"] == 0.5 and trainer.logged["retry/answer_step"] == 0.0  # ep1: 1 + 1 = 2
+    task = get_task("rg/chain_sum")
+    assert retry_pieces("x\nAction: Finish[3]", task, True) == [("x", False), ("\nAction: Finish[", True), ("3]", False)]
+    assert retry_pieces("x\nAction: Finish[3]", task, False) == [("x\nAction: Finish[3]", False)]
+    assert out["retry"][0].endswith("Finish[2]")

@@ -53,6 +53,17 @@ class TransformersBackend:
         self.prefilled_tokens = 0   # prompt tokens actually computed (a shared prefix counts once per batch)
         self.dtype = str(self.model.dtype).replace("torch.", "")
 
+    @classmethod
+    def around(cls, model: Any, tokenizer: Any, stop_ids: Sequence[int], batch_size: int = 8) -> "TransformersBackend":
+        """A backend on a model that is already loaded (the live policy inside an RL rollout): nothing is
+        loaded or installed (no shared-prefix attention: the model trains between calls), generation stops at
+        `stop_ids`. The caller puts the model in eval mode."""
+        self = cls.__new__(cls)
+        self.tokenizer, self.model, self.cascade = tokenizer, model, False
+        self.stop_ids, self.batch_size, self.prefilled_tokens = list(stop_ids), batch_size, 0
+        self.dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
+        return self
+
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -27,7 +27,7 @@ _LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accura
            # online RL (TRL GRPO / RLOO logs, plus the reflect-retry rollout's own)
            "reward", "reward_std", "kl", "rewards/correct/mean", "rewards/format/mean", "completions/mean_length",
            "completions/clipped_ratio", "frac_reward_zero_std", "entropy", "retry/repeat_rate", "retry/correct",
-           "reflection/truncated")
+           "retry/answer_step", "reflection/truncated")
 
 
 def _log_to_live(live, prefix: str, step: int, logs: dict[str, Any]) -> None:

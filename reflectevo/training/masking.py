@@ -8,6 +8,8 @@ One rollout is one token sequence, as TRL's GRPO loss needs it:
                       header, the task's trial prefix "Thought:")
                                                       env_mask 0  (environment text)
                     + retry (the second attempt)      env_mask 0, or 1 with `train.rl.train_retry`
+                      (a retry that ended without an answer gets the trial mechanics' answer step: the
+                      forced "\nAction: Finish[" is environment text, env_mask 0 either way)
 
 The retry is generated on exactly this sequence, so a trained retry is trained in the context it was
 sampled in. The trial-2 user turn has the text evaluation's retry prompt has (`prompts.trial_messages`
@@ -58,12 +60,20 @@ def cut_at_eos(ids: Sequence[int], eos_ids: Sequence[int], pad_id: int | None) -
 
 
 def join_rollout(reflection_ids: list[int], reflection_ended: bool, turn_ids: list[int],
-                 retry_ids: list[int], train_retry: bool = False) -> dict[str, Any]:
+                 retry_ids: list[int], train_retry: bool = False,
+                 retry_forced: Sequence[bool] | None = None) -> dict[str, Any]:
     """completion ids + env_mask of one rollout. A reflection that ended with the end-of-turn token keeps it
-    (trained: stopping is the policy's choice); the retry turn's own copy of that token is then dropped."""
+    (trained: stopping is the policy's choice); the retry turn's own copy of that token is then dropped.
+    `retry_forced` (one flag per retry token): tokens the environment wrote into the retry (the answer
+    step's opening), never trained."""
     if reflection_ended and turn_ids[:1] == reflection_ids[-1:]:
         turn_ids = turn_ids[1:]
     completion = [*reflection_ids, *turn_ids, *retry_ids]
     mask = env_mask(len(reflection_ids), len(turn_ids), len(retry_ids), train_retry)
+    if retry_forced is not None:
+        if len(retry_forced) != len(retry_ids):
+            raise ValueError(f"{len(retry_forced)} forced flags for {len(retry_ids)} retry tokens")
+        start = len(mask) - len(retry_ids)
+        mask[start:] = [0 if f else m for f, m in zip(retry_forced, mask[start:])]
     return {"completion_ids": completion, "env_mask": mask, "n_reflection": len(reflection_ids),
             "n_turn": len(turn_ids), "n_retry": len(retry_ids)}

@@ -165,7 +165,8 @@ def rl_summary(logs: list[dict[str, Any]], steps: int, seconds: float) -> dict[s
     out: dict[str, Any] = {"steps_per_s": round(steps / seconds, 4) if seconds and steps > 0 else None}
     for key, name in (("reward", "reward"), ("rewards/correct/mean", "correct"), ("kl", "kl"),
                       ("completions/mean_length", "completion_length"), ("completions/clipped_ratio", "truncated"),
-                      ("retry/repeat_rate", "retry_repeat_rate")):
+                      ("retry/repeat_rate", "retry_repeat_rate"),
+                      ("retry/correct", "retry_correct"), ("retry/answer_step", "retry_answer_step")):
         vals = [float(h[key]) for h in logs if isinstance(h.get(key), (int, float))]
         if vals:
             out[name] = {"first": round(vals[0], 4), "last": round(vals[-1], 4), "mean": round(sum(vals) / len(vals), 4)}
