@@ -63,7 +63,7 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
     from reflectevo.generation import load_episodes
     from reflectevo.models import model_fingerprint
     from reflectevo.stats import paired_test
-    from reflectevo.tasks import get_task
+    from reflectevo.tasks import Item, TaskCache
 
     params = read_params(ROOT / "params.yaml")
     name, p = load_preset(params, preset or None)
@@ -78,7 +78,8 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
     held, train = rows[:held_out], rows[held_out:]
     if not held or not train:
         raise ReflectEvoError(f"{len(rows)} failed attempts: too few for {held_out} held out and some to train on")
-    tasks = {r["item"]["task"]: get_task(r["item"]["task"]) for r in rows}
+    cache = TaskCache()   # each task with the options its items were prepared with (multiple choice)
+    tasks = {r["item"]["task"]: cache.of(Item.from_dict(r["item"])) for r in rows}
     rl = dataclasses.replace(cfg.rl, enabled=True, retry_by="policy", max_steps=100000, save_steps=0, epochs=100.0,
                              max_completion_length=max_completion_length or cfg.rl.max_completion_length,
                              max_new_tokens_retry=max_new_tokens_retry or cfg.rl.max_new_tokens_retry)

@@ -92,6 +92,8 @@ def attempt(trial: dict) -> str:
 def _common(ep: dict) -> dict[str, Any]:
     it = ep["item"]
     return {"item_id": ep["item_id"], "task": ep["task"], "question": it["question"], "choices": it.get("choices"),
+            # the options the item was prepared with (multiple choice ...): training builds its prompts with them
+            "task_options": (it.get("meta") or {}).get("task_options"),
             "answer": it["answer"], "trial1_prompt": ep["trial1"]["prompt"], "trial1": attempt(ep["trial1"]),
             "trial1_answer": ep["trial1"]["extracted"], "model": ep["model"]["preset"],
             # how the retry prompt was built (a corrector trains on the same prompt it is evaluated with)

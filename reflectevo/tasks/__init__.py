@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from reflectevo.errors import unknown
@@ -34,6 +35,26 @@ def _bigbench_subtask(subtask: str, options: dict[str, Any]) -> Task:
     return BigBenchSubtask(subtask, **options)
 
 
+class TaskCache:
+    """Task objects for items, built once per (task name, task options). Prompts and verdicts depend on the
+    options an item was prepared with (`meta.task_options`: multiple choice `choices: N`, generator options):
+    the prepare stage records them in every item, and every consumer (generate, evaluate, training, rewards)
+    must build the task with them. `given`: tasks already built by name (used for items of that name)."""
+
+    def __init__(self, given: dict[str, Task] | None = None) -> None:
+        self.given = dict(given or {})
+        self._built: dict[tuple[str, str], Task] = {}
+
+    def of(self, item: Item) -> Task:
+        if item.task in self.given:
+            return self.given[item.task]
+        options = (item.meta or {}).get("task_options") or None
+        key = (item.task, json.dumps(options, sort_keys=True) if options else "")
+        if key not in self._built:
+            self._built[key] = get_task(item.task, options)
+        return self._built[key]
+
+
 def task_group(name: str) -> list[str]:
     """Task names of a group (`reflectevo-test`: their `test` split; `reflectevo-train`: `train`)."""
     if name not in TASK_GROUPS:
@@ -62,5 +83,5 @@ def get_task(name: str, options: dict[str, Any] | None = None, where: str = "") 
     return factory(**(options or {})) if options else factory()
 
 
-__all__ = ["ANSWER_TYPES", "Item", "Task", "TASKS", "TASK_GROUPS", "Verdict", "check_prompting", "extract_finish",
+__all__ = ["ANSWER_TYPES", "Item", "Task", "TaskCache", "TASKS", "TASK_GROUPS", "Verdict", "check_prompting", "extract_finish",
            "get_task", "task_group"]

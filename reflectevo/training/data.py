@@ -14,7 +14,7 @@ from reflectevo.prompts import (
     reflection_messages,
     trial_messages,
 )
-from reflectevo.tasks import Item, get_task
+from reflectevo.tasks import Item, TaskCache
 
 RL_SETTINGS = ("grpo_one_stage", "grpo_reflect_retry", "rloo")   # online RL on data/raw's trial-1 attempts
 SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa", *RL_SETTINGS)
@@ -29,14 +29,11 @@ def family(setting: str) -> str:
 
 
 def row_item(row: dict[str, Any]) -> Item:
+    """The item of a curated row, with the task options it was prepared with (`task_options`: the prompts
+    training builds must be the ones generate and evaluate build, e.g. with the multiple-choice options)."""
     return Item(id=row["item_id"], task=row["task"], question=row["question"], answer=row["answer"],
-                choices=tuple(row["choices"]) if row.get("choices") else None)
-
-
-class _Tasks(dict):
-    def __missing__(self, name: str):
-        self[name] = get_task(name)
-        return self[name]
+                choices=tuple(row["choices"]) if row.get("choices") else None,
+                meta={"task_options": row["task_options"]} if row.get("task_options") else {})
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -45,16 +42,16 @@ def _assistant(text: str) -> list[dict[str, str]]:
 
 def examples(setting: str, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Training examples per adapter role for a setting (rows: D+, D±/Dpref, or source items)."""
-    tasks = _Tasks()
+    tasks = TaskCache()
     if setting == "one_stage":
-        return {"one_stage": [{"prompt": one_stage_messages(tasks[r["task"]], row_item(r), r["trial1"]),
+        return {"one_stage": [{"prompt": one_stage_messages(tasks.of(row_item(r)), row_item(r), r["trial1"]),
                                "completion": _assistant(one_stage_target(r["reflection"], r["trial2"]))}
                               for r in rows]}
     if setting == "two_stage":
         return {
             "reflector": [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
                            "completion": _assistant(r["reflection"].strip())} for r in rows],
-            "corrector": [{"prompt": trial_messages(tasks[r["task"]], row_item(r), reflection=r["reflection"],
+            "corrector": [{"prompt": trial_messages(tasks.of(row_item(r)), row_item(r), reflection=r["reflection"],
                                                     previous=r["trial1"] if r.get("retry_previous", True) else None,
                                                     retry=True, rejected=r.get("retry_rejected")),
                            "completion": _assistant(r["trial2"].strip())} for r in rows],
@@ -69,7 +66,7 @@ def examples(setting: str, rows: list[dict[str, Any]]) -> dict[str, list[dict[st
         for r in rows:
             item, oracle = Item.from_dict(r["item"]), r.get("protocol", "oracle") == "oracle"
             prompt = (reflection_messages(item, r["trial1"], None, oracle=oracle) if setting == "grpo_reflect_retry"
-                      else one_stage_messages(tasks[item.task], item, r["trial1"], oracle=oracle))
+                      else one_stage_messages(tasks.of(item), item, r["trial1"], oracle=oracle))
             out.append({"prompt": prompt, "item": json.dumps(item.to_dict(), sort_keys=True), "trial1": r["trial1"],
                         "rejected": r.get("rejected") or "", "oracle": oracle})
         return {role: out}
@@ -77,7 +74,7 @@ def examples(setting: str, rows: list[dict[str, Any]]) -> dict[str, list[dict[st
         out = []
         for r in rows:  # unified-schema items
             item = Item.from_dict(r)
-            task = tasks[item.task]
+            task = tasks.of(item)
             out.append({"prompt": trial_messages(task, item), "completion": _assistant(answer_target(task, item))})
         return {"answerer": out}
     raise ValueError(f"unknown setting {setting!r}")

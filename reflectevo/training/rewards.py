@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from reflectevo.prompts import split_one_stage
-from reflectevo.tasks import Item, Task, get_task
+from reflectevo.tasks import Item, Task, TaskCache
 
 KINDS = ("one_stage", "reflect_retry")
 
@@ -37,21 +37,19 @@ def _items(raw: Sequence[Any]) -> list[Item]:
     return [Item.from_dict(json.loads(x) if isinstance(x, str) else x) for x in raw]
 
 
-class _Tasks(dict):
-    def __missing__(self, name: str) -> Task:
-        self[name] = get_task(name)
-        return self[name]
-
-
-def judge(texts: Sequence[str], items: Sequence[Item], tasks: dict[str, Task] | None = None) -> list[bool]:
-    """Verdicts of `texts` against `items`, one batched `verify_many` per task (parallel sandboxes for code)."""
-    tasks = _Tasks(tasks or {})
+def judge(texts: Sequence[str], items: Sequence[Item], tasks: dict[str, Task] | TaskCache | None = None) -> list[bool]:
+    """Verdicts of `texts` against `items`, one batched `verify_many` per task (parallel sandboxes for code); each
+    item's task is built with its own task options (`TaskCache`)."""
+    cache = tasks if isinstance(tasks, TaskCache) else TaskCache(tasks)
     out: list[bool | None] = [None] * len(texts)
-    groups: dict[str, list[int]] = {}
+    groups: dict[int, list[int]] = {}
+    by_id: dict[int, Task] = {}
     for i, it in enumerate(items):
-        groups.setdefault(it.task, []).append(i)
-    for name, idx in groups.items():
-        task = tasks[name]
+        task = cache.of(it)
+        groups.setdefault(id(task), []).append(i)
+        by_id[id(task)] = task
+    for key, idx in groups.items():
+        task = by_id[key]
         many = getattr(task, "verify_many", None)
         verdicts = (many([texts[i] for i in idx], [items[i] for i in idx]) if many is not None
                     else [task.verify(texts[i], items[i]) for i in idx])
@@ -84,13 +82,13 @@ def correct_reward(kind: str, tasks: dict[str, Task] | None = None) -> Callable[
 def format_reward(kind: str, tasks: dict[str, Task] | None = None) -> Callable[..., list[float]]:
     if kind not in KINDS:
         raise ValueError(f"unknown reward kind {kind!r}")
-    tasks = _Tasks(tasks or {})
+    cache = TaskCache(tasks)
 
     def format(prompts=None, completions=(), item=(), **_: Any) -> list[float]:  # TRL logs rewards by function name
         out = []
         for c, it in zip(completions, _items(item)):
             text = completion_text(c)
-            task = tasks[it.task]
+            task = cache.of(it)
             if kind == "one_stage":
                 reflection, answer = split_one_stage(text)
                 ok = bool(reflection) and bool(answer) and task.extract(answer) is not None

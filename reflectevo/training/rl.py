@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectevo.config import ModelPreset, RLHyper, TrainConfig
-from reflectevo.tasks import Item, Task
+from reflectevo.tasks import Item, Task, TaskCache
 from reflectevo.training.masking import join_rollout, retry_turn_text
 from reflectevo.training.model import (
     _base_model,
@@ -34,7 +34,7 @@ from reflectevo.training.model import (
     peft_config_for,
     train_method,
 )
-from reflectevo.training.rewards import _Tasks, judge, reward_functions
+from reflectevo.training.rewards import judge, reward_functions
 
 REWARD_KIND = {"grpo_one_stage": "one_stage", "rloo": "one_stage", "grpo_reflect_retry": "reflect_retry"}
 
@@ -81,7 +81,7 @@ class ReflectRetryRollout:
     def __init__(self, tokenizer, examples: list[dict[str, Any]], hp: RLHyper, base_model=None, seed: int = 0) -> None:
         self.tok, self.hp, self.base_model, self.seed = tokenizer, hp, base_model, seed
         self.rows = {json.dumps(ex["prompt"], sort_keys=True): ex for ex in examples}
-        self.tasks = _Tasks()
+        self.tasks = TaskCache()   # each item's task with its own options (multiple choice ...)
         self.calls = 0
         self.last: dict[str, Any] = {}
 
@@ -102,7 +102,7 @@ class ReflectRetryRollout:
         eos_ids = list(getattr(trainer, "eos_token_ids", None) or [tok.eos_token_id])
         rows = [self._row(p) for p in prompts]
         items = [Item.from_dict(json.loads(r["item"])) for r in rows]
-        row_tasks = [self.tasks[it.task] for it in items]
+        row_tasks = [self.tasks.of(it) for it in items]
         texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
         prompt_ids = [self._ids(t) for t in texts]
         self.calls += 1
