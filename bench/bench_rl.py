@@ -48,7 +48,8 @@ def main(preset: str = "smollm2-135m", steps: int = 3, num_generations: int = 4,
 
     from reflectevo.config import RLHyper, TrainConfig, load_preset, read_params
     from reflectevo.models import load_tokenizer, model_fingerprint, resolve_dtype, resolve_model
-    from reflectevo.training import _lora, examples, train_setting
+    from reflectevo.training.model import _lora
+    from reflectevo.training import examples, train_setting
 
     name, p = load_preset(read_params(ROOT / "params.yaml"), preset)
     hp = RLHyper(enabled=True, max_steps=steps, batch_size=num_generations, num_generations=num_generations,

@@ -265,9 +265,9 @@ def eval_report(n_items: int, base: Path) -> dict:
     (work / "sources").mkdir(parents=True)
     make_sources(n_items, work / "sources/test.jsonl")
     make_params(work / "params.yaml", n_eval=n_items)
-    from reflectevo.training import ADAPTERS
+    from reflectevo.settings import registry
 
-    for setting, roles in ADAPTERS.items():   # "trained" cards on the scripted base: adapters are not loaded
+    for setting, roles in ((n, s.roles) for n, s in registry().settings.items()):   # "trained" cards on the scripted base: adapters are not loaded
         d = work / "models" / setting
         d.mkdir(parents=True)
         (d / "model_card.json").write_text(json.dumps({"status": "trained", "base": {"preset": "scripted"},

@@ -56,7 +56,7 @@ def make_adapter(base_path: str, revision: str | None, preset, preset_name: str,
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from reflectevo.training import _portable_adapter
+    from reflectevo.training.model import _portable_adapter
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_path, revision=revision, dtype=torch.float32)
@@ -148,7 +148,7 @@ def main() -> int:
     from reflectevo.backends import vllm_backend as vb
     from reflectevo.config import load_preset, read_params
     from reflectevo.models import hub_revision, load_tokenizer, resolve_model
-    from reflectevo.training import check_vllm_lora_compat
+    from reflectevo.backends.vllm_lora import check_vllm_lora_compat
 
     name, preset = load_preset(read_params(args.params), args.model)
     preset = replace(preset, backend="vllm", dtype=args.dtype, quantization="none")

@@ -26,15 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from reflectevo.errors import ReflectEvoError
+from reflectevo.settings import reflection_settings, registry
 
-# generation phase -> the setting's adapter role that writes it (absent: the base model)
-PHASE_ROLES: dict[str, dict[str, str]] = {
-    "one_stage": {"reflector": "one_stage", "corrector": "one_stage"},
-    "two_stage": {"reflector": "reflector", "corrector": "corrector"},
-    "dpo_pm": {"reflector": "reflector"},
-    "dpo_pref": {"reflector": "reflector"},
-}
-REFLECTION_SETTINGS = tuple(PHASE_ROLES)   # settings whose adapters can write the reflections of a new round
 
 _CONTENT = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
@@ -101,16 +94,16 @@ def generation_adapters(setting_dir: str | Path, preset_name: str | None = None)
     setting_dir = Path(setting_dir)
     card = read_card(setting_dir)
     setting = card.get("setting")
-    if setting not in PHASE_ROLES:
+    if setting not in reflection_settings():
         raise ReflectEvoError(f"{setting_dir}: setting {setting!r} has no reflection adapter; generation takes one of "
-                              f"{', '.join(REFLECTION_SETTINGS)}")
+                              f"{', '.join(reflection_settings())}")
     why = untrained_reason(setting_dir)
     if why is not None:
         raise ReflectEvoError(f"{setting_dir}: the {setting} adapter was not trained ({why})")
     if preset_name is not None and card.get("base", {}).get("preset") != preset_name:
         raise ReflectEvoError(f"{setting_dir}: adapter trained on preset {card.get('base', {}).get('preset')!r}, "
                               f"not the params' model {preset_name!r}")
-    paths = {phase: setting_dir / card["adapters"][role] for phase, role in PHASE_ROLES[setting].items()}
+    paths = {phase: setting_dir / card["adapters"][role] for phase, role in registry().settings[setting].phases.items()}
     return GenerationAdapters(setting=setting, source=str(setting_dir), paths=paths,
                               hashes={p: adapter_hash(x) for p, x in paths.items()})
 
@@ -157,5 +150,5 @@ def build_phase_backends(preset_name: str, preset: Any, adapters: GenerationAdap
     return PhaseBackends(base, **{phase: built[str(path)] for phase, path in adapters.paths.items()})
 
 
-__all__ = ["PHASE_ROLES", "REFLECTION_SETTINGS", "GenerationAdapters", "PhaseBackends", "adapter_hash",
+__all__ = ["GenerationAdapters", "PhaseBackends", "adapter_hash",
            "build_phase_backends", "generation_adapters", "read_card", "served_name", "untrained_reason"]

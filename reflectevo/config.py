@@ -298,7 +298,7 @@ class GenerateConfig:
             raise ReflectEvoError(f"{where}.temperature: must be in [0, 5]")
         if not 0.0 <= self.retry_temperature <= 5.0:
             raise ReflectEvoError(f"{where}.retry_temperature: must be in [0, 5]")
-        from reflectevo.prompts import demand_pool
+        from reflectevo.demands import demand_pool
 
         pool = demand_pool()
         for d in self.demands:
@@ -476,12 +476,12 @@ class EvolveConfig:
     chain: dict[str, EvolveStep] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        from reflectevo.adapters import REFLECTION_SETTINGS
+        from reflectevo.settings import reflection_settings
 
         if self.iterations < 1:
             raise ReflectEvoError(f"{where}.iterations: must be >= 1 (1 = train once, as the paper), got {self.iterations}")
-        if self.setting not in REFLECTION_SETTINGS:
-            raise unknown("reflection setting", self.setting, REFLECTION_SETTINGS, f"{where}.setting")
+        if self.setting not in reflection_settings():
+            raise unknown("reflection setting", self.setting, reflection_settings(), f"{where}.setting")
         if self.data not in EVOLVE_DATA:
             raise unknown("data policy", self.data, EVOLVE_DATA, f"{where}.data")
         if self.init not in EVOLVE_INIT:
@@ -494,7 +494,6 @@ class EvolveConfig:
                 f"evolve stages per entry); write it with `python stages/evolve.py chain {self.iterations}`")
 
 
-BASELINE_SYSTEMS = ("base_noreflect", "base_reflect")   # evaluate's prompt baselines (no adapter)
 PROTOCOLS = ("oracle", "intrinsic")
 
 
@@ -512,13 +511,13 @@ class DemoConfig:
     protocols: dict[str, DemoProtocol] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        from reflectevo.training import ADAPTERS
+        from reflectevo.settings import system_names
 
         if self.items < 1:
             raise ReflectEvoError(f"{where}.items: must be >= 1, got {self.items}")
         if not self.protocols:
             raise ReflectEvoError(f"{where}.protocols: name at least one of {', '.join(PROTOCOLS)}")
-        known = (*BASELINE_SYSTEMS, *ADAPTERS)
+        known = system_names()
         for key, proto in self.protocols.items():
             if key not in PROTOCOLS:
                 raise unknown("protocol", key, PROTOCOLS, f"{where}.protocols")

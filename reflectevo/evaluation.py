@@ -32,11 +32,10 @@ from reflectevo.config import EvaluateConfig
 from reflectevo.mechanics import (answer_step, attempt_text, generate_per_task, one_stage_sampling,
                                   reflection_sampling, run_trials)
 from reflectevo.metrics import by_task
+from reflectevo.settings import baseline_names, registry
 from reflectevo.prompts import one_stage_messages, reflection_messages, split_one_stage, trial_messages
 from reflectevo.tasks import Item, Task
 
-REFLECTING = ("base_noreflect", "base_reflect", "one_stage", "two_stage", "dpo_pm", "dpo_pref", "grpo_one_stage",
-              "grpo_reflect_retry", "rloo")
 
 
 def trial1(items: Sequence[Item], tasks: dict[str, Task], model, cfg: EvaluateConfig,
@@ -168,7 +167,10 @@ def answers_only(items, tasks, model, cfg: EvaluateConfig) -> list[dict[str, Any
     return rows
 
 
-BASELINES = ("base_reflect", "base_noreflect")   # what a trained setting is compared with on Acc@t2
+def _answers_only(system: str) -> bool:
+    """A system with Acc@t1 only (the SFT-on-answers baseline): it does not reflect."""
+    reg = registry().settings
+    return system in reg and not reg[system].reflects
 
 
 def summarize(system_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -178,7 +180,7 @@ def summarize(system_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out = {}
     for name, rows in system_rows.items():
         m = by_task(rows, intervals=True)  # + 95% Wilson intervals acc_t1_ci / acc_t2_ci
-        if name == "sft_qa":  # Acc@t1 only
+        if _answers_only(name):  # Acc@t1 only
             for block in [m["overall"], *m["per_task"].values()]:
                 for k in ("acc_t2", "acc_t2_ci", "delta", "delta_i2c", "delta_c2i"):
                     block[k] = None
@@ -210,7 +212,7 @@ def paired_stats(system_rows: dict[str, list[dict[str, Any]]], out: dict[str, An
         for task in tasks_of(rows):
             block = out[name]["overall"] if task is None else out[name]["per_task"][task]
             part = subset(rows, task)
-            if name == "sft_qa":
+            if _answers_only(name):
                 base = subset(system_rows.get("base_reflect") or system_rows.get("base_noreflect") or [], task)
                 if base:
                     block["vs_base_t1"] = paired_test(*aligned(base, part, "t1_correct", "t1_correct"))
@@ -219,9 +221,9 @@ def paired_stats(system_rows: dict[str, list[dict[str, Any]]], out: dict[str, An
             t2 = [bool(r["t2_correct"]) for r in part]
             block["mcnemar_t1_t2"] = paired_test(t1, t2)
             block["delta_ci"] = bootstrap_delta_ci(t1, t2)
-            if name in BASELINES:
+            if name in baseline_names():
                 continue
-            for baseline in BASELINES:
+            for baseline in baseline_names():
                 if baseline in system_rows:
                     block[f"vs_{baseline}"] = paired_test(*aligned(subset(system_rows[baseline], task), part,
                                                                    "t2_correct", "t2_correct"))
@@ -241,7 +243,7 @@ def plot_rows(system_rows: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[s
     """Data for `dvc plots`: accuracy by round per system, and the trial-1 -> final transition counts."""
     by_round, transitions = [], []
     for name, rows in system_rows.items():
-        if not rows or name == "sft_qa":
+        if not rows or _answers_only(name):
             continue
         n = len(rows)
         for k in range(len(rows[0]["correct_by_round"])):

@@ -17,16 +17,22 @@ setting on the test split and the exact McNemar test of its Acc@t2 against itera
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from reflectevo.errors import ReflectEvoError
+from reflectevo.settings import registry
 
-# the curated data each setting trains on (dvc.yaml `vars.settings`)
-DATA_KIND = {"one_stage": "dplus", "two_stage": "dplus", "dpo_pm": "dpm", "dpo_pref": "dpref"}
-KINDS = ("dplus", "dpm", "dpref")
+KINDS = ("dplus", "dpm", "dpref")   # the curated sets an iteration writes (reflectevo.settings: `data`)
+
+
+def data_kind(setting: str) -> str:
+    """The curated set `setting` trains on (dplus, dpm, dpref), from the settings registry."""
+    kind = registry().settings[setting].curated
+    if kind is None:
+        raise ReflectEvoError(f"evolve.setting: {setting} does not train on curated data")
+    return kind
 
 
 def iteration_number(key: str) -> int:
@@ -73,65 +79,6 @@ def union_rows(previous: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]
 
 # --------------------------------------------------------------------------------------------------
 # init: previous
-
-
-@contextlib.contextmanager
-def warm_start(role_dirs: dict[str, Path]) -> Iterator[dict[str, Any]]:
-    """While active, every LoRA trainer that `reflectevo.training.train_setting` builds starts from the
-    previous adapter of its role (`role_dirs`, in the setting's role order) instead of a fresh LoRA.
-
-    Hook point: `training.build_sft_trainer` / `build_dpo_trainer` (module attributes, wrapped here; the
-    trainer's model is a PeftModel whose adapter weights are overwritten by the previous ones, which must
-    match in shape: the same preset and LoRA config). The yielded record lists the roles it reached;
-    `finish_warm_start` turns a missed role into an error, so a moved hook never trains from scratch
-    silently."""
-    from reflectevo import training
-
-    pending = list(role_dirs.items())
-    reached: dict[str, Any] = {"loaded": {}}
-    originals = {n: getattr(training, n) for n in ("build_sft_trainer", "build_dpo_trainer")}
-
-    def wrap(build):
-        def built(*args: Any, **kwargs: Any):
-            trainer = build(*args, **kwargs)
-            if pending:
-                role, path = pending.pop(0)
-                reached["loaded"][role] = load_adapter_weights(trainer.model, path)
-            return trainer
-
-        return built
-
-    for name, fn in originals.items():
-        setattr(training, name, wrap(fn))
-    try:
-        yield reached
-    finally:
-        for name, fn in originals.items():
-            setattr(training, name, fn)
-
-
-def finish_warm_start(reached: dict[str, Any], role_dirs: dict[str, Path], trained: bool) -> None:
-    missing = [r for r in role_dirs if r not in reached["loaded"]]
-    if trained and missing:
-        raise ReflectEvoError(f"evolve.init: previous: the previous adapter of {missing} was never loaded "
-                              "(the training code no longer builds its trainers through the hook in reflectevo/evolve.py)")
-
-
-def load_adapter_weights(model: Any, adapter_dir: Path) -> int:
-    """Copy a saved LoRA adapter's weights into `model`'s (PEFT) adapter; returns the tensors loaded."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    path = Path(adapter_dir) / "adapter_model.safetensors"
-    if not path.exists():
-        raise ReflectEvoError(f"{adapter_dir}: no adapter_model.safetensors to continue from (evolve.init: previous)")
-    state = load_file(str(path))
-    result = set_peft_model_state_dict(model, state)
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-    if unexpected:
-        raise ReflectEvoError(f"{adapter_dir}: {len(unexpected)} adapter tensors do not fit this model "
-                              f"(e.g. {unexpected[0]}); evolve.init: previous needs the same preset and LoRA config")
-    return len(state)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,5 +161,5 @@ def plot_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"iteration": r["iteration"], **{k: r.get(k) for k in keys}} for r in rows if not r.get("stopped")]
 
 
-__all__ = ["DATA_KIND", "HEADLINE", "KINDS", "finish_warm_start", "headline", "iteration_number", "iteration_row", "load_adapter_weights",
-           "plot_rows", "summary", "union_rows", "versus_first", "warm_start"]
+__all__ = ["HEADLINE", "KINDS", "data_kind", "headline", "iteration_number", "iteration_row",
+           "plot_rows", "summary", "union_rows", "versus_first"]

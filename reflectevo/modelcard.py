@@ -8,20 +8,8 @@ import json
 from typing import Any
 
 from reflectevo.config import ModelPreset
+from reflectevo.settings import registry
 
-METHOD = {"one_stage": "sft", "two_stage": "sft", "sft_qa": "sft", "dpo_pm": "dpo", "dpo_pref": "dpo",
-          "grpo_one_stage": "grpo", "grpo_reflect_retry": "grpo", "rloo": "rloo"}
-DATASET = {"one_stage": "dplus", "two_stage": "dplus", "dpo_pm": "dpm", "dpo_pref": "dpref"}  # data/curated configs
-WHAT = {"one_stage": "reflection and corrected answer in one generation (SFT on D+)",
-        "two_stage": "a reflector and a corrector adapter (SFT on D+)",
-        "dpo_pm": "a reflector preferring reflections that fixed the answer (DPO on D±)",
-        "dpo_pref": "a reflector preferring judge-ranked reflections (DPO on Dpref)",
-        "sft_qa": "the answers-only baseline (SFT on the train split's question/answer pairs)",
-        "grpo_one_stage": "reflection and corrected answer in one generation (GRPO, verifier reward on failed trial-1 "
-                          "attempts)",
-        "grpo_reflect_retry": "a reflector trained by GRPO on whether the retry after its reflection is right (only the "
-                              "reflection tokens trained)",
-        "rloo": "reflection and corrected answer in one generation (RLOO, verifier reward)"}
 NO_DATA = "no training data"
 UNTRAINED = (NO_DATA, "disabled")
 
@@ -53,13 +41,14 @@ def card_metadata(card: dict[str, Any], *, library: str = "peft", datasets: list
     setting = card["setting"]
     base = card.get("base_model") or {}
     extra = {"base_model_revision": base["revision"]} if base.get("revision") else {}
+    spec = registry().settings.get(setting)
     if datasets is None:
-        datasets = [DATASET[setting]] if setting in DATASET else None
+        datasets = [spec.curated] if spec is not None and spec.curated else None
     if card.get("method") == "full" and library == "peft":
         library = "transformers"
     return ModelCardData(base_model=base.get("hub_id"), library_name=library, pipeline_tag="text-generation",
                          license=base.get("license"), datasets=datasets,
-                         tags=["reflectevo", setting, "trl", METHOD.get(setting, "sft")], **extra)
+                         tags=["reflectevo", setting, "trl", spec.method if spec is not None else "sft"], **extra)
 
 
 def _usage(card: dict[str, Any], role: str | None, where: str) -> list[str]:
@@ -109,7 +98,7 @@ def model_card_text(card: dict[str, Any], *, role: str | None = None, repo_id: s
     title = f"reflectevo `{setting}`" + (f" · `{role}`" if role else "")
     plural = "" if role or len(card.get("adapters", {})) <= 1 else "s"
     kind = "Full-parameter model" if card.get("method") == "full" else f"LoRA adapter{plural}"
-    lines = [f"# {title}", "", f"{kind} trained by reflectevo: {WHAT.get(setting, setting)}.", "",
+    lines = [f"# {title}", "", f"{kind} trained by reflectevo: {registry().settings[setting].what if setting in registry().settings else setting}.", "",
              f"- status: **{card['status']}**",
              f"- base preset: `{card['base']['preset']}` ({card['base']['source']}, revision {card['base']['revision']})"]
     if base.get("origin"):

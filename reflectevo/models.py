@@ -12,16 +12,13 @@ everything that determines their bytes, built under a file lock and renamed into
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from reflectevo.cache import build_once, cache_root
 from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
@@ -30,40 +27,6 @@ CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("REFLECTEVO_CACHE", Path.home() / ".cache" / "reflectevo"))
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _build_once(target: Path, build) -> Path:
-    """Build `target` with `build(tmpdir)` unless it is already complete (marker file)."""
-    if (target / ".complete").exists():
-        return target
-    with _locked(target):
-        if (target / ".complete").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-        try:
-            build(tmp)
-            (tmp / ".complete").write_text("ok\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def model_fingerprint(name: str, preset: ModelPreset) -> dict[str, str]:
@@ -294,7 +257,7 @@ def build_tiny_random(seed: int = 0) -> Path:
         tok.save_pretrained(out)
         (out / "SYNTHETIC.txt").write_text("Random weights for tests: output is junk.\n")
 
-    return _build_once(target, build)
+    return build_once(target, build)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,7 +301,7 @@ def convert_gguf_package(package: str, file: str, version: str = "") -> Path:
         tok.save_pretrained(out)
         (out / "SOURCE.json").write_text(json.dumps({"package": package, "version": version, "file": file}))
 
-    return _build_once(target, build)
+    return build_once(target, build)
 
 
 # --------------------------------------------------------------------------------------------------

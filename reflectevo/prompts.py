@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from importlib import resources
-from typing import Any
 
+from reflectevo.demands import demand_pool
 from reflectevo.tasks.base import Item, Task
 
 Messages = list[dict[str, str]]
@@ -121,19 +120,6 @@ GENERATION_TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FA
                         RETRY_BLOCK, REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK, REJECTED)  # + variants of generate
 TEMPLATES = (REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK, INSTRUCTION, TRIAL, REFLECTION_BLOCK, RETRY_BLOCK,
              PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX, ONE_STAGE_SEPARATOR, REJECTED)
-
-
-@functools.lru_cache(maxsize=1)
-def _pool() -> dict[str, Any]:
-    from ruamel.yaml import YAML
-
-    text = resources.files("reflectevo.resources").joinpath("demands.yaml").read_text()
-    return YAML(typ="safe", pure=True).load(text)
-
-
-def demand_pool() -> dict[str, dict[str, str]]:
-    """demand id -> {error_type, text}."""
-    return dict(_pool()["demands"])
 
 
 @functools.lru_cache(maxsize=1)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectevo.errors import ReflectEvoError
+from reflectevo.settings import label, system_names
 
 RESOURCES = Path(__file__).parent / "resources"
 VEGA_DIR = RESOURCES / "vega"
@@ -40,19 +41,6 @@ VEGA_FILES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")  # load or
 PLOTS_TEMPLATE = RESOURCES / "plots_template.html"
 TEMPLATES = RESOURCES / "report"  # Jinja2 templates of the page and of PLOTS_TEMPLATE
 
-# Display order and labels (the paper's Table 2 rows); unknown systems follow in file order.
-SYSTEM_LABELS = {
-    "base_noreflect": "prompt, w/o reflection",
-    "base_reflect": "prompt, w/ reflection",
-    "sft_qa": "SFT on QA pairs (Acc@t1 only)",
-    "one_stage": "one-stage w/ D+",
-    "two_stage": "two-stage w/ D+",
-    "dpo_pm": "DPO w/ D±",
-    "dpo_pref": "DPO w/ Dpref",
-    "grpo_one_stage": "GRPO one-stage (verifier reward)",
-    "grpo_reflect_retry": "GRPO reflect → retry (reflection trained)",
-    "rloo": "RLOO one-stage (verifier reward)",
-}
 OUTCOMES = ("correct", "incorrect")
 EPISODE_KEYS = ("reflection", "t2", "output", "rounds")  # a prediction row with any of these is an episode
 MAX_TEXT = 6000  # characters shown per model text / prompt in the episode browser
@@ -377,12 +365,12 @@ def _ci(ci: Any) -> str:
 
 
 def _order(systems: list[str]) -> list[str]:
-    known = [s for s in SYSTEM_LABELS if s in systems]
-    return known + [s for s in systems if s not in SYSTEM_LABELS]
+    known = [s for s in system_names() if s in systems]   # the registry's order (the paper's Table 2 rows)
+    return known + [s for s in systems if s not in known]
 
 
 def _label(system: str) -> str:
-    return SYSTEM_LABELS.get(system, system)
+    return label(system)
 
 
 def _json_for_script(obj: Any) -> str:

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import BASELINE_SYSTEMS
-
-MAIN_ORDER = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "grpo_one_stage", "grpo_reflect_retry", "rloo")
+from reflectevo.settings import baseline_names, registry, setting_names
 
 
 @dataclass
@@ -30,10 +28,8 @@ class Evaluation:
 
 def trained_cards(models: Path, preset_name: str) -> tuple[dict[str, dict], dict[str, str]]:
     """(setting -> model card of every trained setting for this preset, setting -> why it is skipped)."""
-    from reflectevo.training import ADAPTERS
-
     cards, skipped = {}, {}
-    for setting in ADAPTERS:
+    for setting in setting_names():
         card_path = models / setting / "model_card.json"
         if not card_path.exists():
             skipped[setting] = f"no adapter at {models / setting}"
@@ -56,8 +52,6 @@ def run_evaluation(name: str, preset: Any, cfg: Any, items: list, tasks: dict, m
     from reflectevo import evaluation as ev
     from reflectevo.backends.hf import make_backend
     from reflectevo.diagnostics import prediction_diagnostics
-    from reflectevo.training import ADAPTERS
-
     wanted = set(only)
     cards, skipped = trained_cards(models, name)
     if wanted:
@@ -74,7 +68,7 @@ def run_evaluation(name: str, preset: Any, cfg: Any, items: list, tasks: dict, m
 
     # Every backend names all adapters of this run, so an engine-sharing backend (vllm) starts one engine
     # for the base model, sized for all of them, before the first adapter is used.
-    served = [adapter(s, role) for s in cards for role in ADAPTERS[s]]
+    served = [adapter(s, role) for s in cards for role in registry().settings[s].roles]
 
     def backend(path: Path | None = None):
         b = make_backend(name, preset, path, serves=served)
@@ -89,27 +83,25 @@ def run_evaluation(name: str, preset: Any, cfg: Any, items: list, tasks: dict, m
         systems["base_noreflect"] = ev.retry_without_reflection(items, tasks, t1, base, cfg)
     if not wanted or "base_reflect" in wanted:
         systems["base_reflect"] = ev.reflect_then_retry(items, tasks, t1, base, base, cfg)
-    for setting, card in cards.items():  # by the roles a setting trained (RL settings as their SFT/DPO kin)
-        roles = ADAPTERS[setting]
-        if roles == ("one_stage",):          # one_stage, grpo_one_stage, rloo
-            systems[setting] = ev.one_stage(items, tasks, backend(adapter(setting, "one_stage")), t1, cfg)
-        elif roles == ("reflector", "corrector"):
-            reflector = backend(adapter(setting, "reflector"))
-            corrector = backend(adapter(setting, "corrector"))
+    for setting, card in cards.items():  # as the settings registry says evaluation runs each
+        spec = registry().settings[setting]
+        if spec.evaluate == "one_stage":       # one_stage, grpo_one_stage, rloo
+            systems[setting] = ev.one_stage(items, tasks, backend(adapter(setting, spec.roles[0])), t1, cfg)
+        elif spec.evaluate == "answers_only":  # sft_qa
+            systems[setting] = ev.answers_only(items, tasks, backend(adapter(setting, spec.roles[0])), cfg)
+        else:                                  # reflect_retry: the reflector, then the retry by `spec.retry`
+            reflector = backend(adapter(setting, spec.roles[0]))
+            retry = card.get("retry_by") if spec.retry == "card" else spec.retry
+            corrector = (reflector if retry in ("policy", spec.roles[0]) else base if retry == "base"
+                         else backend(adapter(setting, retry)))
             systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
             del reflector, corrector
-        elif roles == ("reflector",):        # dpo_pm, dpo_pref; grpo_reflect_retry retries as it was trained
-            reflector = backend(adapter(setting, "reflector"))
-            corrector = reflector if card.get("retry_by") == "policy" else base
-            systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)
-            del reflector, corrector
-        elif roles == ("answerer",):
-            systems[setting] = ev.answers_only(items, tasks, backend(adapter(setting, "answerer")), cfg)
         gc.collect()
 
     summary = ev.summarize(systems)
-    main_system = next((s for s in MAIN_ORDER if s in summary),
-                       next((s for s in BASELINE_SYSTEMS[::-1] if s in summary), next(iter(summary))))
+    reflecting = [s for s in setting_names() if registry().settings[s].reflects]
+    main_system = next((s for s in reflecting if s in summary),
+                       next((s for s in baseline_names()[::-1] if s in summary), next(iter(summary))))
     report = {"model": name, "protocol": cfg.protocol, "system": main_system, **summary[main_system],
               "systems": summary, "skipped": skipped, "diagnostics": prediction_diagnostics(systems)}
     return Evaluation(report=report, systems=systems, t1=t1)

@@ -145,7 +145,7 @@ def generate(iteration: str = typer.Option(...), previous: Path = typer.Option(.
 def curate(iteration: str = typer.Option(...), previous_data: Path = typer.Option(..., help="iteration i-1's data"),
            out: Path = typer.Option(...), params: Path = Path("params.yaml")) -> None:
     from reflectevo.config import load_section, read_params
-    from reflectevo.evolve import DATA_KIND, KINDS, union_rows
+    from reflectevo.evolve import KINDS, data_kind, union_rows
     from reflectevo.jsonio import read_jsonl, write_json, write_jsonl
 
     cfg = _cfg(params)
@@ -159,7 +159,7 @@ def curate(iteration: str = typer.Option(...), previous_data: Path = typer.Optio
     else:
         _stage_main("curate")(params=params, raw=out / "raw", out=out / "curated", metrics=out / "curate.json",
                               headline=None)
-    kind = DATA_KIND[cfg.setting]
+    kind = data_kind(cfg.setting)
     threshold = load_section(read_params(params), "curate").dedup_threshold
     info: dict[str, Any] = {"policy": cfg.data, "kind": kind}
     for old in (out / "data").glob("*.jsonl") if (out / "data").exists() else []:
@@ -182,34 +182,32 @@ def curate(iteration: str = typer.Option(...), previous_data: Path = typer.Optio
 @friendly_errors
 def train(iteration: str = typer.Option(...), previous: Path = typer.Option(..., help="iteration i-1's models folder"),
           out: Path = typer.Option(...), params: Path = Path("params.yaml")) -> None:
-    import json
-
     from reflectevo.adapters import read_card, untrained_reason
-    from reflectevo.evolve import DATA_KIND, finish_warm_start, warm_start
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.evolve import data_kind
     from reflectevo.jsonio import write_json
+    from reflectevo.training.stage import run_train
 
     cfg = _cfg(params)
     number = _check_iteration(cfg, iteration)
-    kind = DATA_KIND[cfg.setting]
-    args = dict(setting=cfg.setting, params=params, train_data=out / "data" / f"{kind}_train.jsonl",
-                eval_data=str(out / "data" / f"{kind}_eval.jsonl"), out=out / "models" / cfg.setting,
-                metrics=out / "train.json", curves=None, checkpoints="auto", headline=None)
+    kind = data_kind(cfg.setting)
     prev = _setting_dir(previous, cfg.setting)
+    init = None
     if cfg.init == "previous" and untrained_reason(prev) is None:
         card = read_card(prev)
-        roles = {role: prev / sub for role, sub in card["adapters"].items()}
-        # no resume: a checkpoint's key does not hold the starting weights, and a role taken over from a
-        # killed run would not pass through the warm-start hook
-        args["checkpoints"] = "none"
-        with warm_start(roles) as reached:
-            _stage_main("train")(**args)
-        result = json.loads((out / "train.json").read_text())
-        finish_warm_start(reached, roles, bool(result.get("trained")))
-        result["init"] = {"from": str(prev), "tensors": reached["loaded"]}
-    else:
-        _stage_main("train")(**args)
-        result = json.loads((out / "train.json").read_text())
+        init = {role: prev / sub for role, sub in card["adapters"].items()}
+    result = run_train(cfg.setting, params, out / "data" / f"{kind}_train.jsonl", str(out / "data" / f"{kind}_eval.jsonl"),
+                       out / "models" / cfg.setting, out / "train.json", checkpoints="auto", init=init)
+    if result is None:   # not rank 0
+        return
+    if init is None:
         result["init"] = "base"
+    else:
+        loaded = result.pop("init", {})
+        missing = [r for r in init if r not in loaded]
+        if result.get("trained") and missing:
+            raise ReflectEvoError(f"evolve.init: previous: the previous adapter of {missing} was never loaded")
+        result["init"] = {"from": str(prev), "tensors": loaded}
     why = _stopped(out)
     if why is not None:
         result["stopped"] = why

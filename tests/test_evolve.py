@@ -20,7 +20,7 @@ from reflectevo.config import (
     read_params,
 )
 from reflectevo.errors import ReflectEvoError
-from reflectevo.evolve import headline, iteration_row, summary, union_rows, versus_first, warm_start
+from reflectevo.evolve import headline, iteration_row, summary, union_rows, versus_first
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,9 +134,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_warm_start_continues_from_the_previous_adapter(tiny_preset, tmp_path):
-    """With lr 0 the trained adapter is its starting point: the previous adapter under warm_start, the
-    fresh LoRA (B = 0) without."""
+def test_init_continues_from_the_previous_adapter(tiny_preset, tmp_path):
+    """With lr 0 the trained adapter is its starting point: the previous adapter with `init`, the fresh
+    LoRA (B = 0) without."""
     from dataclasses import replace
 
     from safetensors.torch import load_file
@@ -149,17 +149,14 @@ def test_warm_start_continues_from_the_previous_adapter(tiny_preset, tmp_path):
     prev = tmp_path / "prev"
     assert train_setting("one_stage", "tiny-random", tiny_preset, FP, dplus_rows(), [], cfg, prev)["trained"]
     frozen = replace(tiny_preset, lr_sft=0.0)
-    with warm_start({"one_stage": prev}) as reached:
-        assert train_setting("one_stage", "tiny-random", frozen, FP, dplus_rows(), [], cfg, tmp_path / "warm")["trained"]
-    assert reached["loaded"]["one_stage"] > 0
+    warm = train_setting("one_stage", "tiny-random", frozen, FP, dplus_rows(), [], cfg, tmp_path / "warm",
+                         init={"one_stage": prev})
+    assert warm["trained"] and warm["init"]["one_stage"] > 0
     assert train_setting("one_stage", "tiny-random", frozen, FP, dplus_rows(), [], cfg, tmp_path / "fresh")["trained"]
     a, w, f = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("prev", "warm", "fresh"))
     lora_b = [k for k in a if "lora_B" in k]
     assert lora_b and all(bool((a[k] == w[k]).all()) for k in a)
     assert all(float(f[k].abs().sum()) == 0.0 for k in lora_b) and any(float(a[k].abs().sum()) > 0 for k in lora_b)
-    from reflectevo import training
-
-    assert training.build_sft_trainer.__name__ == "build_sft_trainer"       # the hook is undone
 
 
 def test_summary_names_an_untrained_setting(tmp_path):

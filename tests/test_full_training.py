@@ -75,7 +75,7 @@ def test_full_grpo_with_kl_to_a_frozen_reference(tiny_preset, tmp_path):
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_the_method_is_part_of_the_checkpoint_key(tiny_preset, method):
-    from reflectevo.training import checkpoint_key
+    from reflectevo.training.checkpoint import checkpoint_key
 
     key, what = checkpoint_key("one_stage", "one_stage", _fp(tiny_preset), tiny_preset, CFG.sft, 0, [], [],
                                method=method)
@@ -108,11 +108,12 @@ def test_a_full_model_folder_gets_its_own_vllm_engine_without_lora(tiny_preset, 
 
 
 def test_gradient_checkpointing_reaches_the_trainer(tiny_preset, tmp_path):
-    from reflectevo.training import build_sft_trainer, examples
+    from reflectevo.training.offline import build_offline_trainer
+    from reflectevo.training import examples
 
     cfg = dataclasses.replace(FULL, gradient_checkpointing=True)
-    trainer = build_sft_trainer("tiny-random", tiny_preset, examples("one_stage", dplus_rows(2))["one_stage"], [], cfg,
-                                tmp_path)
+    trainer = build_offline_trainer("sft", "tiny-random", tiny_preset, examples("one_stage", dplus_rows(2))["one_stage"],
+                                    [], cfg, tmp_path)
     assert trainer.args.gradient_checkpointing is True
     assert all(p.requires_grad for p in trainer.model.parameters())        # full: every weight trains
     assert not hasattr(trainer.model, "peft_config")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from reflectevo.errors import ReflectEvoError
-from reflectevo.training import qlora_config, refuse_unshardable_4bit, sharded_launcher
+from reflectevo.training.model import qlora_config, refuse_unshardable_4bit, sharded_launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_the_qlora_base_is_loaded_in_the_resolved_dtype(tiny_preset, monkeypatch
     """`_base_model` with quantization 4bit on a (pretend) GPU: what reaches `from_pretrained`."""
     import transformers
 
-    from reflectevo.training import _base_model
+    from reflectevo.training.model import _base_model
 
     _gpu(monkeypatch, major)
     for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
@@ -114,7 +114,7 @@ def test_qlora_adapters_stay_float32_without_native_bf16(tiny_preset, monkeypatc
     bf16 they go back to float32."""
     from types import SimpleNamespace
 
-    from reflectevo.training import _qlora_adapter_dtype
+    from reflectevo.training.model import _qlora_adapter_dtype
 
     model = torch.nn.Linear(4, 4).to(torch.bfloat16)
     model.bias.requires_grad_(False)
@@ -134,7 +134,7 @@ def test_tokens_per_second_count_every_process():
     from datasets import Dataset
 
     from reflectevo.config import SFTHyper
-    from reflectevo.training import _tokens_per_s
+    from reflectevo.training.model import _tokens_per_s
 
     ds = Dataset.from_list([{"input_ids": [1] * 10}, {"input_ids": [1] * 30}])
     hp = SFTHyper(batch_size=2, grad_accum=3)

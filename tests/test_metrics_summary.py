@@ -133,6 +133,8 @@ def dvc_project(tmp_path_factory):
     proj = tmp_path_factory.mktemp("metricsdiff") / "proj"
     proj.mkdir()
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
+    (proj / "reflectevo/resources").mkdir(parents=True)   # dvc.yaml's settings vars
+    shutil.copy(ROOT / "reflectevo/resources/settings.yaml", proj / "reflectevo/resources/settings.yaml")
     shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     _sh("git", "init", "-q", cwd=proj)
     _sh("dvc", "init", "-q", cwd=proj)

@@ -31,6 +31,8 @@ LOCAL_COPY = "/models/local-copy"
 def dvc_repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dvc-presets")
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "reflectevo/resources").mkdir(parents=True)   # dvc.yaml's settings vars
+    shutil.copy(ROOT / "reflectevo/resources/settings.yaml", root / "reflectevo/resources/settings.yaml")
     (root / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", root / ".dvc" / "config")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)

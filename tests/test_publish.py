@@ -20,7 +20,7 @@ import pytest
 from huggingface_hub import ModelCard
 from test_cards import _card, _episode
 
-from reflectevo.training import write_card
+from reflectevo.training.card import write_card
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from helpers import tiny_params_dict
 from test_rl_training import episodes
 from test_training_resume import _losses
 
-from reflectevo.training import latest_checkpoint
+from reflectevo.training.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, SAVE_EVERY = 4, 2

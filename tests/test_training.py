@@ -10,7 +10,8 @@ import pytest
 from reflectevo.config import DPOHyper, SFTHyper, TrainConfig
 from reflectevo.models import model_fingerprint
 from reflectevo.prompts import one_stage_target
-from reflectevo.training import build_dpo_trainer, build_sft_trainer, examples, train_setting
+from reflectevo.training.offline import build_offline_trainer
+from reflectevo.training import examples, train_setting
 
 
 def dplus_rows(n=6):
@@ -73,7 +74,7 @@ def _target_tokens(ex):
 ])
 def test_sft_loss_covers_exactly_the_target(tiny_preset, tmp_path, setting, role, target_of):
     rows = item_rows(2) if setting == "sft_qa" else dplus_rows(2)
-    trainer = build_sft_trainer("tiny-random", tiny_preset, examples(setting, rows)[role], [], CFG, tmp_path)
+    trainer = build_offline_trainer("sft", "tiny-random", tiny_preset, examples(setting, rows)[role], [], CFG, tmp_path)
     tok = trainer.processing_class
     prompt_ids, target_ids = _target_tokens(trainer.train_dataset[0])
     target = tok.decode(target_ids)
@@ -93,7 +94,7 @@ def test_sft_loss_covers_exactly_the_target(tiny_preset, tmp_path, setting, role
 @pytest.mark.parametrize("setting", ["dpo_pm", "dpo_pref"])
 def test_dpo_pairs_share_the_prompt_and_differ_in_the_reflection(tiny_preset, tmp_path, setting):
     rows = dpm_rows(2)  # D± and Dpref rows have the same schema
-    trainer = build_dpo_trainer("tiny-random", tiny_preset, examples(setting, rows)["reflector"], [], CFG, tmp_path)
+    trainer = build_offline_trainer("dpo", "tiny-random", tiny_preset, examples(setting, rows)["reflector"], [], CFG, tmp_path)
     tok = trainer.processing_class
     ex = trainer.train_dataset[0]
     prompt = tok.decode(ex["prompt_ids"])

@@ -18,7 +18,9 @@ import yaml
 from helpers import tiny_params_dict
 from test_training import CFG, HP, _fp, dplus_rows, one_thread  # noqa: F401 - one_thread: autouse fixture
 
-from reflectevo.training import latest_checkpoint, train_setting
+from reflectevo.training.checkpoint import latest_checkpoint
+
+from reflectevo.training import train_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 

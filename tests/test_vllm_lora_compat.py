@@ -8,7 +8,9 @@ import shutil
 
 import pytest
 
-from reflectevo.training import VLLM_LORA_MODULES, _lora, _portable_adapter, check_vllm_lora_compat
+from reflectevo.backends.vllm_lora import VLLM_LORA_MODULES, check_vllm_lora_compat
+
+from reflectevo.training.model import _lora, _portable_adapter
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tiny_preset, tmp_
     base = resolve_model("tiny-random", tiny_preset)
     code = (
         "import sys, torch; from pathlib import Path; from peft import LoraConfig, get_peft_model; "
-        "from transformers import AutoModelForCausalLM; from reflectevo.training import _portable_adapter; "
+        "from transformers import AutoModelForCausalLM; from reflectevo.training.model import _portable_adapter; "
         "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32); "
         "cfg = LoraConfig(r=4, lora_alpha=8, target_modules=sys.argv[3].split(','), task_type='CAUSAL_LM'); "
         "get_peft_model(m, cfg).save_pretrained(sys.argv[2]); _portable_adapter(Path(sys.argv[2]), 'tiny-random')"

@@ -67,7 +67,7 @@ def adapter_rank(adapter: str | Path | None) -> int | None:
 def lora_rank_bound(adapters: Iterable[str | Path | None], preset_rank: int) -> int:
     """max_lora_rank: the largest of the preset's `lora.r` and the adapters' `r`, rounded up to a value
     vLLM accepts (vllm/config/lora.py `MaxLoRARanks`), at least 8."""
-    from reflectevo.training import VLLM_MAX_LORA_RANKS
+    from reflectevo.backends.vllm_lora import VLLM_MAX_LORA_RANKS
 
     r = max([preset_rank, *(x for x in map(adapter_rank, adapters) if x is not None)])
     for bound in VLLM_MAX_LORA_RANKS:

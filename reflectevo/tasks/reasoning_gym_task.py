@@ -36,7 +36,7 @@ def _cached(kind: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
     import os
     from importlib.metadata import version
 
-    from reflectevo.models import cache_root
+    from reflectevo.cache import cache_root
 
     blob = json.dumps({"format": _CACHE_FORMAT, "reasoning_gym": version("reasoning-gym"), "kind": kind, **key},
                       sort_keys=True, default=str)

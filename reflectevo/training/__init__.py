@@ -1,4 +1,4 @@
-"""Train the learning settings with TRL + PEFT (LoRA on the preset's base).
+"""Train the learning settings with TRL + PEFT (LoRA on the preset's base, or every weight).
 
 | setting    | data          | adapters                | objective |
 |------------|---------------|-------------------------|-----------|
@@ -7,10 +7,13 @@
 | dpo_pm     | D±            | `.`                     | DPO: test reflection prompt, chosen vs rejected reflection |
 | dpo_pref   | Dpref         | `.`                     | same, on judge-ranked pairs |
 | sft_qa     | train items   | `.`                     | SFT baseline: trial-1 prompt -> the gold answer in the answer form |
+| grpo_one_stage, rloo | data/raw | `.`              | online RL (GRPO, RLOO), verifier reward on the one-stage answer |
+| grpo_reflect_retry | data/raw | `.`                 | GRPO, verifier reward on the retry after the reflection |
 
-Every example is in prompt/completion (or prompt/chosen/rejected) form rendered by the model's own chat
-template, so the loss covers only the target turn (tests check the labels). The prompts are the ones
-evaluation uses. Empty data -> the setting records "no training data" and the pipeline goes on.
+The settings themselves are listed once, in `reflectevo.settings`. Every example is in prompt/completion
+(or prompt/chosen/rejected) form rendered by the model's own chat template, so the loss covers only the
+target turn (tests check the labels). The prompts are the ones evaluation uses. Empty data -> the setting
+records "no training data" and the pipeline goes on.
 
 Resumable: with a checkpoint folder, each adapter role saves trainer checkpoints (adapter, optimizer,
 scheduler, RNG, log history) every `save_steps` into `<checkpoints>/<role>-<key>/`, where the key hashes
@@ -22,59 +25,13 @@ checkpoint made for other data or params is never resumed. A finished role keeps
 Every saved adapter is checked statically for vLLM's LoRA loader (`check_vllm_lora_compat`); loading
 in vLLM itself is verified only on a GPU machine (`bench/gpu_check_vllm_lora.py`).
 
-Modules: `data` (examples, row checks), `model` (base, LoRA, shared TrainingArguments), `sft` / `dpo`
-(one trainer each), `checkpoint` (resume), `card` (cards, dvclive curves), `vllm_compat`, `run`
-(`train_setting`). Every public name stays importable from `reflectevo.training`.
+Modules: `data` (examples, row checks), `model` (base, LoRA, shared TrainingArguments, the learning-rate
+rule), `offline` (SFT and DPO trainers), `rl` (GRPO / RLOO trainers), `rollout` (the reflect -> retry
+rollout), `rewards`, `masking`, `checkpoint` (resume), `card` (cards, dvclive curves),
+`run` (`train_setting`), `stage` (the train stage's work).
 """
 
-# ruff: noqa: F401 - re-exports (private helpers too: tests and bench/ scripts use them)
-from __future__ import annotations
-
-from reflectevo.training.card import _live, _log_to_live, replay_history, step_logger, write_card
-from reflectevo.training.checkpoint import (
-    CHECKPOINT_ONLY,
-    KEY_FILE,
-    RoleCheckpoints,
-    checkpoint_key,
-    latest_checkpoint,
-    remove_checkpoints,
-)
-from reflectevo.training.data import (
-    ADAPTERS,
-    RL_SETTINGS,
-    SETTINGS,
-    data_hash,
-    examples,
-    family,
-    rl_rows,
-    row_item,
-    row_problem,
-)
-from reflectevo.training.dist import _barrier, is_main_process
-from reflectevo.training.dpo import build_dpo_trainer
-from reflectevo.training.model import (
-    _adapter_params_to,
-    _base_model,
-    _common_args,
-    _lora,
-    _portable_adapter,
-    _portable_model,
-    _qlora_adapter_dtype,
-    _tokens_per_s,
-    _warmup_kwargs,
-    peft_config_for,
-    qlora_config,
-    refuse_unshardable_4bit,
-    sharded_launcher,
-    train_method,
-)
-from reflectevo.training.rl import build_rl_trainer
+from reflectevo.training.data import examples, rl_rows, row_problem
 from reflectevo.training.run import train_setting
-from reflectevo.training.sft import build_sft_trainer
-from reflectevo.training.vllm_compat import (
-    VLLM_LORA_ARCHITECTURES,
-    VLLM_LORA_MODULES,
-    VLLM_MAX_LORA_RANKS,
-    _base_config,
-    check_vllm_lora_compat,
-)
+
+__all__ = ["examples", "rl_rows", "row_problem", "train_setting"]

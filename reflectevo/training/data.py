@@ -14,18 +14,8 @@ from reflectevo.prompts import (
     reflection_messages,
     trial_messages,
 )
+from reflectevo.settings import setting as setting_of
 from reflectevo.tasks import Item, TaskCache
-
-RL_SETTINGS = ("grpo_one_stage", "grpo_reflect_retry", "rloo")   # online RL on data/raw's trial-1 attempts
-SETTINGS = ("one_stage", "two_stage", "dpo_pm", "dpo_pref", "sft_qa", *RL_SETTINGS)
-ADAPTERS = {"one_stage": ("one_stage",), "two_stage": ("reflector", "corrector"), "dpo_pm": ("reflector",),
-            "dpo_pref": ("reflector",), "sft_qa": ("answerer",),
-            "grpo_one_stage": ("one_stage",), "grpo_reflect_retry": ("reflector",), "rloo": ("one_stage",)}
-
-
-def family(setting: str) -> str:
-    """sft | dpo | rl: which trainer a setting uses."""
-    return "rl" if setting in RL_SETTINGS else "dpo" if setting.startswith("dpo") else "sft"
 
 
 def row_item(row: dict[str, Any]) -> Item:
@@ -41,53 +31,54 @@ def _assistant(text: str) -> list[dict[str, str]]:
 
 
 def examples(setting: str, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Training examples per adapter role for a setting (rows: D+, D±/Dpref, or source items)."""
+    """Training examples per adapter role for a setting (rows: D+, D±/Dpref, source items, or `rl_rows`),
+    by what the settings registry says it is: its family, its data and how evaluation runs it."""
     tasks = TaskCache()
-    if setting == "one_stage":
-        return {"one_stage": [{"prompt": one_stage_messages(tasks.of(row_item(r)), row_item(r), r["trial1"]),
-                               "completion": _assistant(one_stage_target(r["reflection"], r["trial2"]))}
-                              for r in rows]}
-    if setting == "two_stage":
-        return {
-            "reflector": [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
-                           "completion": _assistant(r["reflection"].strip())} for r in rows],
-            "corrector": [{"prompt": trial_messages(tasks.of(row_item(r)), row_item(r), reflection=r["reflection"],
-                                                    previous=r["trial1"] if r.get("retry_previous", True) else None,
-                                                    retry=True, rejected=r.get("retry_rejected")),
-                           "completion": _assistant(r["trial2"].strip())} for r in rows],
-        }
-    if setting in ("dpo_pm", "dpo_pref"):
-        return {"reflector": [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
-                               "chosen": _assistant(r["chosen"]["reflection"].strip()),
-                               "rejected": _assistant(r["rejected"]["reflection"].strip())} for r in rows]}
-    if setting in RL_SETTINGS:  # rows: `rl_rows` (an item and its trial-1 attempt); prompts only, TRL samples
-        role = ADAPTERS[setting][0]
+    s = setting_of(setting)
+    if s.family == "rl":  # rows: `rl_rows` (an item and its trial-1 attempt); prompts only, TRL samples
         out = []
         for r in rows:
             item, oracle = Item.from_dict(r["item"]), r.get("protocol", "oracle") == "oracle"
-            prompt = (reflection_messages(item, r["trial1"], None, oracle=oracle) if setting == "grpo_reflect_retry"
+            prompt = (reflection_messages(item, r["trial1"], None, oracle=oracle) if s.evaluate == "reflect_retry"
                       else one_stage_messages(tasks.of(item), item, r["trial1"], oracle=oracle))
             out.append({"prompt": prompt, "item": json.dumps(item.to_dict(), sort_keys=True), "trial1": r["trial1"],
                         "rejected": r.get("rejected") or "", "oracle": oracle})
-        return {role: out}
-    if setting == "sft_qa":
+        return {s.roles[0]: out}
+    if s.data == "sources":  # the answers-only baseline: unified-schema items
         out = []
-        for r in rows:  # unified-schema items
+        for r in rows:
             item = Item.from_dict(r)
             task = tasks.of(item)
             out.append({"prompt": trial_messages(task, item), "completion": _assistant(answer_target(task, item))})
-        return {"answerer": out}
-    raise ValueError(f"unknown setting {setting!r}")
+        return {s.roles[0]: out}
+    if s.family == "dpo":
+        return {s.roles[0]: [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
+                              "chosen": _assistant(r["chosen"]["reflection"].strip()),
+                              "rejected": _assistant(r["rejected"]["reflection"].strip())} for r in rows]}
+    if s.evaluate == "one_stage":
+        return {s.roles[0]: [{"prompt": one_stage_messages(tasks.of(row_item(r)), row_item(r), r["trial1"]),
+                              "completion": _assistant(one_stage_target(r["reflection"], r["trial2"]))}
+                             for r in rows]}
+    reflector, corrector = s.roles   # reflect_retry on D+: a reflector and a corrector
+    return {
+        reflector: [{"prompt": reflection_messages(row_item(r), r["trial1"], None),
+                     "completion": _assistant(r["reflection"].strip())} for r in rows],
+        corrector: [{"prompt": trial_messages(tasks.of(row_item(r)), row_item(r), reflection=r["reflection"],
+                                              previous=r["trial1"] if r.get("retry_previous", True) else None,
+                                              retry=True, rejected=r.get("retry_rejected")),
+                     "completion": _assistant(r["trial2"].strip())} for r in rows],
+    }
 
 
 _ROW_FIELDS = {"sft": ("item_id", "task", "question", "answer", "trial1", "reflection", "trial2"),
                "dpo": ("item_id", "task", "question", "answer", "trial1", "chosen", "rejected"),
-               "sft_qa": ("id", "task", "question", "answer")}
+               "sources": ("id", "task", "question", "answer")}
 
 
 def row_problem(setting: str, row: dict[str, Any]) -> str | None:
     """What makes `row` unusable as a training row of `setting` (D+, D±/Dpref or a source item), or None."""
-    kind = "sft_qa" if setting == "sft_qa" else "dpo" if setting.startswith("dpo") else "sft"
+    s = setting_of(setting)
+    kind = "sources" if s.data == "sources" else s.family
     for key in _ROW_FIELDS[kind]:
         if key not in row:
             return f"missing field {key!r}"

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset
+from reflectevo.config import ModelPreset, TrainConfig
+from reflectevo.errors import ReflectEvoError
 from reflectevo.jsonio import write_json
 
 
@@ -217,3 +218,29 @@ def _portable_model(out_dir: Path, preset_name: str, tokenizer) -> None:
     write_json(p, cfg)
     (out_dir / "training_args.bin").unlink(missing_ok=True)
     (out_dir / "README.md").unlink(missing_ok=True)
+
+
+def learning_rate(kind: str, method: str, preset: ModelPreset, cfg: TrainConfig) -> float:
+    """sft: the preset's lr_sft (LoRA) or lr_full; dpo: lr_dpo; rl: train.rl.lr."""
+    if kind == "rl":
+        return cfg.rl.lr
+    if kind == "dpo":
+        return preset.lr_dpo
+    return preset.lr_sft if method == "lora" else preset.lr_full
+
+
+def load_adapter_weights(model: Any, adapter_dir: Path) -> int:
+    """Copy a saved LoRA adapter's weights into `model`'s (PEFT) adapter; returns the tensors loaded."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.exists():
+        raise ReflectEvoError(f"{adapter_dir}: no adapter_model.safetensors to continue from (evolve.init: previous)")
+    state = load_file(str(path))
+    result = set_peft_model_state_dict(model, state)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise ReflectEvoError(f"{adapter_dir}: {len(unexpected)} adapter tensors do not fit this model "
+                              f"(e.g. {unexpected[0]}); evolve.init: previous needs the same preset and LoRA config")
+    return len(state)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectevo.config import ModelPreset, RLHyper, TrainConfig
+from reflectevo.settings import registry
 from reflectevo.tasks import Item, Task, TaskCache
 from reflectevo.training.masking import join_rollout, retry_turn_text
 from reflectevo.training.model import (
@@ -36,7 +37,6 @@ from reflectevo.training.model import (
 )
 from reflectevo.training.rewards import judge, reward_functions
 
-REWARD_KIND = {"grpo_one_stage": "one_stage", "rloo": "one_stage", "grpo_reflect_retry": "reflect_retry"}
 
 def rollout_seed(seed: int, call: int, row: int, phase: str) -> int:
     """The sampling seed of one rollout row: distinct per training seed, rollout call, row (the group's
@@ -229,7 +229,7 @@ def build_rl_trainer(setting: str, preset_name: str, preset: ModelPreset, train_
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     kept = fit_prompts(tok, train_examples, hp.max_length)
-    funcs, weights = reward_functions(REWARD_KIND[setting], dict(hp.reward_weights))
+    funcs, weights = reward_functions(registry().settings[setting].reward, dict(hp.reward_weights))
     torch.manual_seed(cfg.seed)
     model = _base_model(preset_name, preset)
     common = {"model": model, "reward_funcs": funcs, "processing_class": tok, "train_dataset": Dataset.from_list(kept),

@@ -10,26 +10,34 @@ from typing import Any
 
 from reflectevo.config import ModelPreset, TrainConfig, to_dict
 from reflectevo.modelcard import base_model_info
-from reflectevo.training.card import _live, replay_history, write_card
+from reflectevo.settings import setting as setting_of
+from reflectevo.training.card import _live, replay_history, step_logger, write_card
 from reflectevo.training.checkpoint import RoleCheckpoints, checkpoint_key, remove_checkpoints
-from reflectevo.training.data import ADAPTERS, data_hash, examples, family
+from reflectevo.training.data import data_hash, examples
 from reflectevo.training.dist import _barrier, is_main_process
-from reflectevo.training.model import _portable_adapter, _portable_model, _tokens_per_s, train_method
-from reflectevo.training.vllm_compat import VLLM_MAX_LORA_RANKS, _base_config, check_vllm_lora_compat
+from reflectevo.training.offline import build_offline_trainer
+from reflectevo.training.model import (_portable_adapter, _portable_model, _tokens_per_s, learning_rate,
+                                       load_adapter_weights, train_method)
+from reflectevo.training.rl import build_rl_trainer
+from reflectevo.backends.vllm_lora import VLLM_MAX_LORA_RANKS, _base_config, check_vllm_lora_compat
 
 
 def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp: dict[str, str],
                   train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], cfg: TrainConfig,
-                  out_dir: Path, curves_dir: Path | None = None, checkpoint_dir: Path | None = None
-                  ) -> dict[str, Any]:
+                  out_dir: Path, curves_dir: Path | None = None, checkpoint_dir: Path | None = None,
+                  init: dict[str, Path] | None = None) -> dict[str, Any]:
     """Train every adapter of `setting` into `out_dir` (fresh); returns the metrics for metrics/train/.
 
     With `curves_dir`, train/eval curves go there through dvclive (`plots/metrics/<role>/<name>.tsv`).
     With `checkpoint_dir` (and `save_steps` > 0), checkpoints go there and an interrupted run resumes
-    (see the module docstring); without it nothing is saved until the end."""
-    import reflectevo.training as pkg  # builders and the step logger are looked up on the package (wrappable)
+    (see the module docstring); without it nothing is saved until the end.
 
-    kind = family(setting)
+    `init` (role -> a saved LoRA adapter folder of the same preset and LoRA config): that role starts from
+    those weights instead of a fresh LoRA (self-evolution's `evolve.init: previous`); its checkpoints are
+    not used, since their key does not hold the starting weights. The result lists the tensors loaded per
+    role (`init`)."""
+    spec = setting_of(setting)
+    kind = spec.family
     method = train_method(preset_name, preset, cfg.method)  # a refused method: one line, nothing written
     if is_main_process() and out_dir.exists():
         shutil.rmtree(out_dir)  # never mix files of an earlier run into this one
@@ -47,7 +55,7 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
                             "reference": ("none (beta 0)" if kind == "rl" and cfg.rl.beta == 0 else
                                           "the base with the adapter disabled" if method == "lora" else
                                           "a frozen copy of the base") if kind != "sft" else None}
-    if setting == "grpo_reflect_retry":
+    if spec.retry == "card":   # the trained reflector retries, or the base: evaluation reads it from the card
         card["retry_by"], card["train_retry"] = cfg.rl.retry_by, cfg.rl.train_retry
     result: dict[str, Any] = {"setting": setting, "n_train": len(train_rows), "n_eval": len(eval_rows),
                               "method": method}
@@ -57,15 +65,18 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         write_card(out_dir, card)
         return {**result, "trained": False, "status": "disabled", "reason": reason}
     if not train_rows:
-        data = {"dpo_pm": "D±", "dpo_pref": "Dpref", "sft_qa": "the train split"}.get(
-            setting, "data/raw's trial-1 attempts" if kind == "rl" else "D+")
+        data = {"dpm": "D±", "dpref": "Dpref", "sources": "the train split", "raw": "data/raw's trial-1 attempts"}.get(
+            spec.data, "D+")
         reason = f"{data} is empty" + (": no reflection fixed a trial-1 answer" if data == "D+" else "")
         card.update(status="no training data", reason=reason)
         write_card(out_dir, card)
         return {**result, "trained": False, "reason": reason}
 
     train_ex, eval_ex = examples(setting, train_rows), examples(setting, eval_rows)
-    roles = ADAPTERS[setting]
+    roles = spec.roles
+    init = dict(init or {})
+    if init:
+        result["init"] = {}
     live = _live(curves_dir)
     checkpointing = checkpoint_dir is not None and hp.save_steps > 0
     base_config = _base_config(preset_name, preset)
@@ -73,7 +84,7 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
     for role in roles:
         sub = out_dir if len(roles) == 1 else out_dir / role
         ckpt = None
-        if checkpointing:
+        if checkpointing and role not in init:
             key, what = checkpoint_key(setting, role, model_fp, preset, hp, cfg.seed, train_ex[role], eval_ex[role],
                                        method=method, lr=lr, gradient_checkpointing=cfg.gradient_checkpointing)
             ckpt = RoleCheckpoints(checkpoint_dir, role, key, what)
@@ -90,12 +101,14 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
                 continue
         resume = ckpt.prepare() if ckpt is not None else None
         if kind == "rl":
-            build = functools.partial(pkg.build_rl_trainer, setting)
+            build = functools.partial(build_rl_trainer, setting)
         else:
-            build = pkg.build_dpo_trainer if is_dpo else pkg.build_sft_trainer
+            build = functools.partial(build_offline_trainer, kind)
         trainer = build(preset_name, preset, train_ex[role], eval_ex[role], cfg,
-                        ckpt.dir if ckpt is not None else out_dir / "checkpoints", save_checkpoints=checkpointing)
-        trainer.add_callback(pkg.step_logger(live, role))
+                        ckpt.dir if ckpt is not None else out_dir / "checkpoints", save_checkpoints=ckpt is not None)
+        if role in init:
+            result["init"][role] = load_adapter_weights(trainer.model, init[role])
+        trainer.add_callback(step_logger(live, role))
         dropped = len(train_ex[role]) - len(trainer.train_dataset)  # TRL drops examples truncation emptied
         if len(trainer.train_dataset) == 0:
             what_lost = "prompts are longer than" if kind == "rl" else "examples lose their target at"
@@ -149,15 +162,6 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         remove_checkpoints(checkpoint_dir)
         _barrier()
     return {**result, "trained": True}
-
-
-def learning_rate(kind: str, method: str, preset: ModelPreset, cfg: TrainConfig) -> float:
-    """sft: the preset's lr_sft (LoRA) or lr_full; dpo: lr_dpo; rl: train.rl.lr."""
-    if kind == "rl":
-        return cfg.rl.lr
-    if kind == "dpo":
-        return preset.lr_dpo
-    return preset.lr_sft if method == "lora" else preset.lr_full
 
 
 def rl_summary(logs: list[dict[str, Any]], steps: int, seconds: float) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""The train stage's work (`stages/train.py` and self-evolution's train step call it): read and check the
+training rows, train the setting, write its metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reflectevo.errors import ReflectEvoError
+
+
+def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out: Path, metrics: Path,
+              curves: Path | None = None, checkpoints: str = "auto", headline: Path | None = None,
+              init: dict[str, Path] | None = None) -> dict[str, Any] | None:
+    """Train `setting` on `train_data` (and `eval_data`, or "none") into `out`; write `metrics` (and the flat
+    `headline`). `checkpoints`: a folder, "auto" (checkpoints/<setting> beside the models folder) or "none".
+    `init`: role -> an adapter folder to start from (see `train_setting`). Returns the result on rank 0
+    (None on other ranks, which write nothing)."""
+    from reflectevo.config import load_section, load_preset, read_params
+    from reflectevo.jsonio import write_json
+    from reflectevo.models import check_available, model_fingerprint
+    from reflectevo.settings import setting as setting_of
+    from reflectevo.training.dist import is_main_process
+    from reflectevo.training.model import train_method
+    from reflectevo.training.run import train_setting
+
+    spec = setting_of(setting, "--setting")
+    raw_params = read_params(params)
+    name, preset = load_preset(raw_params)
+    cfg = load_section(raw_params, "train")
+    train_method(name, preset, cfg.method)  # a method the preset cannot do: one line before anything is read
+    if spec.family == "rl":  # prompts from the raw episodes; nothing is read while RL is disabled
+        train_rows = rl_rows_of(train_data, cfg.rl) if cfg.rl.enabled else []
+        eval_rows: list[dict[str, Any]] = []
+    else:
+        train_rows = read_rows(train_data, setting)
+        eval_rows = [] if eval_data == "none" else read_rows(Path(eval_data), setting)
+    if train_rows:
+        check_available(name, preset)  # an unreachable hub preset: one line before any checkpoint is written
+    if checkpoints == "none" or init:   # a checkpoint's key does not hold the starting weights
+        ckpt_dir = None
+    elif checkpoints == "auto":
+        ckpt_dir = out.parent.parent / "checkpoints" / setting
+    else:
+        ckpt_dir = Path(checkpoints)
+    result = train_setting(setting, name, preset, model_fingerprint(name, preset), train_rows, eval_rows, cfg, out,
+                           curves_dir=curves, checkpoint_dir=ckpt_dir, init=init)
+    if not is_main_process():  # under a multi-process launcher, only rank 0 writes
+        return None
+    if curves is not None:  # a declared DVC output: present (empty) even when nothing was trained
+        (curves / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+    write_json(metrics, {"model": name, **result})
+    if headline is not None:  # full JSON above (plain output), small flat copy here (DVC metric)
+        from reflectevo.metrics_summary import train_headline
+
+        write_json(headline, train_headline(result))
+    return result
+
+
+def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
+    """RL prompts from the episodes in `raw_dir` (generate's output): failed trial-1 attempts (oracle) or every
+    item (intrinsic). Episodes but no failed attempt -> one line, exit 2; no episodes -> "no training data"."""
+    from reflectevo.generation import load_episodes
+    from reflectevo.training.data import rl_rows
+
+    if not raw_dir.is_dir():
+        raise ReflectEvoError(f"{raw_dir}: no raw episodes folder (run the generate stage: `dvc repro generate`)")
+    episodes = load_episodes(raw_dir)
+    rows = rl_rows(episodes, hp.protocol, hp.limit)
+    if episodes and not rows:
+        raise ReflectEvoError(f"{raw_dir}: no failed trial-1 attempts among {len(episodes)} episodes (train.rl.protocol: "
+                              "oracle trains on failures only); use train.rl.protocol: intrinsic or generate more items")
+    return rows
+
+
+def read_rows(path: Path, setting: str) -> list[dict]:
+    """The rows of a training file; a malformed or unusable row fails with `file:line: what`."""
+    from reflectevo.jsonio import read_jsonl
+    from reflectevo.training.data import row_problem
+
+    rows = read_jsonl(path)  # malformed JSON -> file:line
+    lines = [i for i, raw in enumerate(path.read_bytes().split(b"\n"), start=1) if raw.strip()]
+    for row, line in zip(rows, lines, strict=True):
+        problem = row_problem(setting, row)
+        if problem:
+            raise ReflectEvoError(f"{path}:{line}: {problem} (a {setting} training row)")
+    return rows
