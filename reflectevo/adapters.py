@@ -72,21 +72,23 @@ class GenerationAdapters:
 
 
 def read_card(setting_dir: str | Path) -> dict[str, Any]:
+    """A setting folder's model_card.json; a missing, unreadable or malformed card raises one line naming it."""
+    from reflectevo.jsonio import read_input_json
+
     card_path = Path(setting_dir) / "model_card.json"
-    if not card_path.exists():
-        raise ReflectEvoError(f"{setting_dir}: no model_card.json (not a trained setting folder; run its train stage)")
-    try:
-        return json.loads(card_path.read_text())
-    except ValueError as e:
-        raise ReflectEvoError(f"{card_path}: invalid JSON ({e})") from None
+    if not card_path.exists() and not card_path.is_symlink():
+        raise ReflectEvoError(f"{setting_dir}: no model_card.json (not a trained setting folder, or its train stage or "
+                              "a copy of it was interrupted; run its train stage)")
+    card = read_input_json(card_path, "model card")
+    if not isinstance(card, dict):
+        raise ReflectEvoError(f"{card_path}: expected a JSON object, got {type(card).__name__}")
+    return card
 
 
 def untrained_reason(setting_dir: str | Path) -> str | None:
-    """Why the setting folder holds no adapter ("no training data: D+ is empty"), or None when trained."""
-    card = read_card(setting_dir)
-    if card.get("status") == "trained":
-        return None
-    return f"{card.get('status', 'not trained')}: {card.get('reason', '')}".rstrip(": ")
+    """Why the setting folder holds no adapter ("no training data: D+ is empty"), or None when trained (its
+    weights checked); a folder that is neither raises one line naming the file (`setting_status`)."""
+    return setting_status(setting_dir)[1]
 
 
 def generation_adapters(setting_dir: str | Path, preset_name: str | None = None) -> GenerationAdapters:
@@ -97,12 +99,9 @@ def generation_adapters(setting_dir: str | Path, preset_name: str | None = None)
     if setting not in reflection_settings():
         raise ReflectEvoError(f"{setting_dir}: setting {setting!r} has no reflection adapter; generation takes one of "
                               f"{', '.join(reflection_settings())}")
-    why = untrained_reason(setting_dir)
-    if why is not None:
+    trained, why = setting_status(setting_dir, preset_name)   # card, weights and preset checked
+    if trained is None:
         raise ReflectEvoError(f"{setting_dir}: the {setting} adapter was not trained ({why})")
-    if preset_name is not None and card.get("base", {}).get("preset") != preset_name:
-        raise ReflectEvoError(f"{setting_dir}: adapter trained on preset {card.get('base', {}).get('preset')!r}, "
-                              f"not the params' model {preset_name!r}")
     paths = {phase: setting_dir / card["adapters"][role] for phase, role in registry().settings[setting].phases.items()}
     return GenerationAdapters(setting=setting, source=str(setting_dir), paths=paths,
                               hashes={p: adapter_hash(x) for p, x in paths.items()})
@@ -150,5 +149,98 @@ def build_phase_backends(preset_name: str, preset: Any, adapters: GenerationAdap
     return PhaseBackends(base, **{phase: built[str(path)] for phase, path in adapters.paths.items()})
 
 
-__all__ = ["GenerationAdapters", "PhaseBackends", "adapter_hash",
+# The only statuses of a setting's card that evaluation and self-evolution skip (with the card's reason).
+SKIPPED_STATUSES = ("no training data", "disabled")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (a truncated copy, another format), or None: the
+    8-byte header length, the JSON header, and the data size the header promises against the file's."""
+    from reflectevo.jsonio import open_input
+
+    with open_input(path, "weights file") as fh:
+        size = path.stat().st_size
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{size} bytes: too short for a safetensors file (truncated?)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > 100 << 20:
+            return f"header length {n} beyond the file's {size} bytes (truncated or not safetensors)"
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError):
+            return "malformed safetensors header (damaged?)"
+    if not isinstance(header, dict):
+        return "malformed safetensors header (damaged?)"
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    want = 8 + n + max(ends, default=0)
+    if not all(isinstance(e, int) for e in ends) or want != size:
+        return f"{size} bytes, the header describes {want} (truncated or damaged)"
+    return None
+
+
+def check_weights_folder(path: str | Path, method: str = "lora") -> None:
+    """Raise one ReflectEvoError naming the file when a trained folder cannot be loaded: its config
+    (adapter_config.json for LoRA, config.json for a full model) missing or malformed, no weights, or
+    a weights file cut short. Reads headers only (milliseconds)."""
+    from reflectevo.jsonio import read_input_json
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ReflectEvoError(f"{path}: no such folder (the setting's card names it; an interrupted copy?)")
+    config = path / ("adapter_config.json" if method == "lora" else "config.json")
+    if not config.exists():
+        raise ReflectEvoError(f"{config}: not found (an interrupted train or copy?)")
+    data = read_input_json(config, "adapter config" if method == "lora" else "model config")
+    if not isinstance(data, dict):
+        raise ReflectEvoError(f"{config}: expected a JSON object, got {type(data).__name__}")
+    pattern = "adapter_model.*" if method == "lora" else "*.safetensors"
+    weights = sorted(p for p in path.glob(pattern) if p.suffix in (".safetensors", ".bin"))
+    if method != "lora":
+        weights += sorted(path.glob("pytorch_model*.bin"))
+    if not weights:
+        want = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+        raise ReflectEvoError(f"{path}: no weights ({want}; an interrupted train or copy?)")
+    for w in weights:
+        problem = _safetensors_problem(w) if w.suffix == ".safetensors" else (
+            "empty file" if w.stat().st_size == 0 else None)
+        if problem:
+            raise ReflectEvoError(f"{w}: {problem}")
+
+
+def setting_status(setting_dir: str | Path, preset_name: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """(card, None) for a trained setting folder whose weights can be loaded, or (None, reason) when its
+    card says "no training data" or "disabled". Anything else (no card, a damaged card or weights file,
+    another status, weights of another preset) raises one ReflectEvoError naming the file."""
+    setting_dir = Path(setting_dir)
+    card = read_card(setting_dir)
+    where = setting_dir / "model_card.json"
+    status = card.get("status")
+    if status in SKIPPED_STATUSES:
+        return None, f"{status}: {card.get('reason') or ''}".rstrip(": ")
+    if status != "trained":
+        raise ReflectEvoError(f"{where}: status {status!r} is neither 'trained' nor one of {', '.join(SKIPPED_STATUSES)} "
+                              "(an interrupted train? run its train stage again)")
+    adapters, base = card.get("adapters"), card.get("base")
+    if not isinstance(adapters, dict) or not adapters or not all(isinstance(v, str) for v in adapters.values()):
+        raise ReflectEvoError(f"{where}: 'adapters' must map each role to its sub-folder")
+    if not isinstance(base, dict) or not isinstance(base.get("preset"), str):
+        raise ReflectEvoError(f"{where}: 'base.preset' (the preset it was trained on) is missing")
+    setting = card.get("setting", setting_dir.name)
+    spec = registry().settings.get(setting) if isinstance(setting, str) else None
+    if spec is None:
+        raise ReflectEvoError(f"{where}: unknown setting {setting!r}")
+    missing = [r for r in spec.roles if r not in adapters]
+    if missing:
+        raise ReflectEvoError(f"{where}: no adapter for role {missing[0]!r} of {setting}")
+    if preset_name is not None and base["preset"] != preset_name:
+        raise ReflectEvoError(f"{where}: trained on preset {base['preset']!r}, not the params' model {preset_name!r} "
+                              f"(train it again with this model, or use -S model={base['preset']})")
+    method = card.get("method", "lora")
+    for role in spec.roles:
+        check_weights_folder(setting_dir / adapters[role], "full" if method == "full" else "lora")
+    return card, None
+
+
+__all__ = ["GenerationAdapters", "SKIPPED_STATUSES", "check_weights_folder", "setting_status", "PhaseBackends", "adapter_hash",
            "build_phase_backends", "generation_adapters", "read_card", "served_name", "untrained_reason"]

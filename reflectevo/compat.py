@@ -122,6 +122,8 @@ def iter_json_objects(path: str | Path, block: int = 1 << 22) -> Iterator[tuple[
 
 def _get(obj: dict[str, Any], names: Sequence[str], where: str, required: bool = True) -> tuple[Any, str | None]:
     """(value, the name it was found under); a required field that is absent names itself."""
+    if not isinstance(obj, dict):
+        raise ReflectEvoError(f"{where}: expected an object, got {type(obj).__name__}")
     for name in names:
         if name in obj:
             return obj[name], name
@@ -626,6 +628,53 @@ def import_records(path: str | Path, kind: str, task: str | None = None) -> Iter
             yield pair_in(rec, where, name, k)
 
 
+def _check_source_meta(meta: Any, where: str) -> None:
+    """The imported record's metadata we keep under meta.reflectevo (keys, extra fields, verdict tails, the
+    outputs' own metadata), as far as exporting reads it."""
+    if not isinstance(meta, dict):
+        raise ReflectEvoError(f"{where}: field 'meta.{SOURCE}' must be an object, got {type(meta).__name__}")
+    for key, value in meta.items():
+        if key.endswith("observation") and not isinstance(value, str):
+            raise ReflectEvoError(f"{where}: field 'meta.{SOURCE}.{key}' must be a string")
+        if key == "keys" and not (value is None or isinstance(value, list) and all(isinstance(k, str) for k in value)):
+            raise ReflectEvoError(f"{where}: field 'meta.{SOURCE}.keys' must be a list of strings")
+        if key in ("extra",) and not isinstance(value, (dict, type(None))):
+            raise ReflectEvoError(f"{where}: field 'meta.{SOURCE}.{key}' must be an object")
+        if key == "reflections" and not isinstance(value, (list, type(None))):
+            raise ReflectEvoError(f"{where}: field 'meta.{SOURCE}.reflections' must be a list")
+        if key == "outputs":
+            if not isinstance(value, (list, type(None))):
+                raise ReflectEvoError(f"{where}: field 'meta.{SOURCE}.outputs' must be a list")
+            for o in value or []:
+                if o is not None:
+                    _check_source_meta(o, where)
+
+
+def _check_ours(row: dict[str, Any], kind: str, where: str) -> None:
+    """Our record of `kind` (an episode, a D+ / D± / Dpref row), its types as export reads them."""
+    if kind == "raw":
+        from reflectevo.curation import check_episode
+
+        check_episode(row, where)
+    else:
+        choices = row.get("choices")
+        if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+            raise ReflectEvoError(f"{where}: field 'choices' must be a list of strings or null")
+        for key in ("trial1_prompt", "trial2_prompt", "reflection_prompt"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise ReflectEvoError(f"{where}: field {key!r} must be a string or null")
+        for side in ("chosen", "rejected") if kind != "dplus" else ():
+            if not isinstance(row.get(side), dict):
+                raise ReflectEvoError(f"{where}: field {side!r} must be an object")
+            if row[side].get("reflection_prompt") is not None and not isinstance(row[side]["reflection_prompt"], str):
+                raise ReflectEvoError(f"{where}: field '{side}.reflection_prompt' must be a string or null")
+    meta = row.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ReflectEvoError(f"{where}: field 'meta' must be an object or null")
+    if (meta or {}).get(SOURCE) is not None:
+        _check_source_meta(meta[SOURCE], where)
+
+
 def export_records(path: str | Path, kind: str) -> Iterator[dict[str, Any]]:
     """Read our file of `kind` and yield their records."""
     k = _check_kind(kind)
@@ -633,6 +682,7 @@ def export_records(path: str | Path, kind: str) -> Iterator[dict[str, Any]]:
     rows = (iter_episodes_where(p) if k == "raw" and (p.is_dir() or p.name.endswith(".parquet"))
             else ((f"{p}:{line}", row) for line, row in iter_json_objects(p)))
     for where, row in rows:
+        _check_ours(row, k, where)
         if k == "raw":
             yield episode_to_raw(row, where)
         elif k == "dplus":
@@ -733,17 +783,27 @@ def result_rows(path: str | Path, fmt: str | None = None, task: str | None = Non
                       if len(outputs) > 1 else None)
                 rows.append({"system": None, "task": name, "t1": t1, "t2_first": t2})
             elif this[1] == "predictions":
-                t1 = bool(rec["t1_correct"])
+                t1 = _bool(rec["t1_correct"], "t1_correct", where)
                 t2 = _get(rec, ("t2_correct",), where)[0]
-                rows.append({"system": rec["system"], "item_id": rec.get("item_id"),
-                             "task": _get(rec, ("task",), where)[0], "t1": t1,
-                             "t2_first": None if t2 is None else bool(t2)})
+                item_id = rec.get("item_id")
+                if not isinstance(item_id, (str, int, type(None))) or isinstance(item_id, bool):
+                    raise ReflectEvoError(f"{where}: field 'item_id' must be a string, got {type(item_id).__name__}")
+                rows.append({"system": _str(rec["system"], "system", where), "item_id": item_id,
+                             "task": _str(_get(rec, ("task",), where)[0], "task", where), "t1": t1,
+                             "t2_first": None if t2 is None else _bool(t2, "t2_correct", where)})
             else:
-                t1 = bool(_get(rec["trial1"], ("correct",), f"{where}: trial1")[0])
-                samples = sorted(rec["samples"], key=lambda s: s.get("sample_idx", 0))
-                t2 = bool(_get(samples[0]["trial2"], ("correct",), f"{where}: samples[0].trial2")[0]) \
-                    if samples else None
-                rows.append({"system": None, "task": _get(rec, ("task",), where)[0], "t1": t1, "t2_first": t2})
+                t1 = _bool(_get(rec["trial1"], ("correct",), f"{where}: trial1")[0], "trial1.correct", where)
+                if not isinstance(rec["samples"], list):
+                    raise ReflectEvoError(f"{where}: field 'samples' must be a list")
+                for j, smp in enumerate(rec["samples"]):
+                    idx = _get(smp, ("sample_idx",), f"{where}: samples[{j}]", required=False)[0]
+                    if not isinstance(idx, (int, type(None))):
+                        raise ReflectEvoError(f"{where}: field 'samples[{j}].sample_idx' must be an integer")
+                samples = sorted(rec["samples"], key=lambda s: s.get("sample_idx") or 0)
+                t2 = _bool(_get(_get(samples[0], ("trial2",), f"{where}: samples[0]")[0], ("correct",),
+                                f"{where}: samples[0].trial2")[0], "samples[0].trial2.correct", where) if samples else None
+                rows.append({"system": None, "task": _str(_get(rec, ("task",), where)[0], "task", where),
+                             "t1": t1, "t2_first": t2})
     if detected is None:
         raise ReflectEvoError(f"{path}: no records")
     return detected[0], detected[1], rows

@@ -115,6 +115,20 @@ REQUIRED = ("episode_id", "item_id", "task", "item.question", "item.answer", "tr
             "trial1.extracted", "trial1.correct", "samples", "model.preset", "prompt_version", "gen")
 SAMPLE_REQUIRED = ("sample_id", "demand_id", "reflection", "trial2.prompt", "trial2.completion", "trial2.extracted",
                    "trial2.correct")
+# Their types (None: null allowed; imported episodes have no prompts, preset, prompt version or demand);
+# optional fields are checked when present.
+_S, _N, _I = (str,), (str, type(None)), (int, type(None))   # _I: token counts (diagnostics sum them)
+TYPES = {"episode_id": _S, "item_id": _S, "task": _S, "item": (dict,), "item.question": _S, "item.answer": _S,
+         "item.choices": (list, type(None)), "item.meta": (dict, type(None)), "trial1": (dict,), "trial1.prompt": _N,
+         "trial1.completion": _S, "trial1.attempt": _S, "trial1.extracted": _N, "trial1.correct": (bool,),
+         "trial1.n_prompt_tokens": _I, "trial1.n_new_tokens": _I,
+         "samples": (list,), "model": (dict,), "model.preset": _N, "prompt_version": _N, "gen": (dict, type(None))}
+SAMPLE_TYPES = {"sample_id": _S, "demand_id": _N, "reflection": (dict, type(None)), "reflection.prompt": _N,
+                "reflection.text": _S, "reflection.n_prompt_tokens": _I, "reflection.n_new_tokens": _I,
+                "trial2": (dict,), "trial2.prompt": _N, "trial2.completion": _S, "trial2.attempt": _S,
+                "trial2.extracted": _N, "trial2.correct": (bool,), "trial2.n_prompt_tokens": _I,
+                "trial2.n_new_tokens": _I}
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "an object", type(None): "null"}
 
 
 def _missing(obj: Any, paths: Sequence[str]) -> str | None:
@@ -128,24 +142,52 @@ def _missing(obj: Any, paths: Sequence[str]) -> str | None:
     return None
 
 
+def _mistyped(obj: Any, types: dict[str, tuple[type, ...]]) -> str | None:
+    """The first field of `types` present in `obj` with another type: 'field must be X, got Y'."""
+    for path, allowed in types.items():
+        cur = obj
+        for part in path.split("."):
+            if not isinstance(cur, dict) or part not in cur:
+                break
+            cur = cur[part]
+        else:
+            if not isinstance(cur, allowed):
+                want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
+                return f"field {path!r} must be {want}, got {type(cur).__name__}"
+    return None
+
+
 def check_episode(ep: dict, where: str) -> None:
-    """Raise one ReflectEvoError naming `where` (file and row) and the first missing field."""
+    """Raise one ReflectEvoError naming `where` (file and row) and the first missing or mistyped field."""
     from reflectevo.errors import ReflectEvoError
 
-    miss = _missing(ep, REQUIRED)
-    if miss is None and not isinstance(ep["samples"], list):
-        miss = "samples (a list)"
-    if miss is None:
+    if not isinstance(ep, dict):
+        raise ReflectEvoError(f"{where}: expected an episode object, got {type(ep).__name__}")
+    wrong = _mistyped(ep, {k: TYPES[k] for k in ("item", "trial1", "model", "samples")})   # containers first
+    miss = _missing(ep, REQUIRED) if wrong is None else None
+    wrong = wrong or (_mistyped(ep, TYPES) if miss is None else None)
+    if miss is None and wrong is None:
         for j, smp in enumerate(ep["samples"]):
-            m = _missing(smp, SAMPLE_REQUIRED)
-            if m is None and smp["reflection"] is not None:
+            if not isinstance(smp, dict):
+                wrong = f"field 'samples[{j}]' must be an object, got {type(smp).__name__}"
+                break
+            w = _mistyped(smp, {k: SAMPLE_TYPES[k] for k in ("reflection", "trial2")})
+            m = _missing(smp, SAMPLE_REQUIRED) if w is None else None
+            if m is None and w is None and isinstance(smp["reflection"], dict):
                 m = _missing(smp["reflection"], ("prompt", "text"))
                 m = m and f"reflection.{m}"
             if m is not None:
                 miss = f"samples[{j}].{m}"
                 break
+            w = w or _mistyped(smp, SAMPLE_TYPES)
+            if w is not None:
+                wrong = w.replace("field '", f"field 'samples[{j}].", 1)
+                break
+    eid = ep.get("episode_id", "?")
     if miss is not None:
-        raise ReflectEvoError(f"{where}: episode {ep.get('episode_id', '?')!r} lacks the required field {miss!r}")
+        raise ReflectEvoError(f"{where}: episode {eid!r} lacks the required field {miss!r}")
+    if wrong is not None:
+        raise ReflectEvoError(f"{where}: episode {eid!r}: {wrong}")
 
 
 def curate(episodes: Sequence[dict], cfg: CurateConfig, judge=None, judge_info: dict | None = None) -> dict[str, Any]:

@@ -92,10 +92,13 @@ def iteration_row(number: int, generate: dict[str, Any] | None, curate: dict[str
     evaluation JSON)."""
     row: dict[str, Any] = {"iteration": number}
     stopped = (generate or {}).get("stopped")   # the chain stopped before this iteration generated anything
+    skipped = (evaluation or {}).get("skipped")
+    if isinstance(skipped, dict):               # the main evaluation's: setting -> reason; only ours counts
+        skipped = skipped.get(setting)
     if stopped:
         row["stopped"] = stopped
-    elif (evaluation or {}).get("skipped"):     # it ran, but trained nothing (e.g. an empty D+)
-        row["note"] = (evaluation or {})["skipped"]
+    elif skipped:                               # it ran, but trained nothing (e.g. an empty D+)
+        row["note"] = str(skipped)
     diag = ((generate or {}).get("diagnostics") or {}).get("overall") or {}
     row["train_fix_rate"] = diag.get("fix_rate")
     row["repeat_rate"] = diag.get("repeat_rate")
@@ -111,6 +114,59 @@ def iteration_row(number: int, generate: dict[str, Any] | None, curate: dict[str
         row[key] = overall.get(key)
     row["n_test"] = overall.get("n")
     return row
+
+
+def _num(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def check_output(path: Path, data: dict[str, Any], kind: str) -> None:
+    """Check an iteration's stage output (kind: generate | curate | train | eval) for the fields the
+    summary reads, their types included; a damaged file raises one line naming it and the field."""
+    def bad(field: str, want: str) -> ReflectEvoError:
+        return ReflectEvoError(f"{path}: {field} must be {want}")
+
+    for key in ("stopped", "reason"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise bad(key, "a string")
+    if kind == "generate":
+        diag = data.get("diagnostics")
+        if diag is not None and not (isinstance(diag, dict) and isinstance(diag.get("overall") or {}, dict)):
+            raise bad("diagnostics.overall", "an object")
+        overall = (diag or {}).get("overall") or {}
+        for key in ("fix_rate", "repeat_rate"):
+            if not _num(overall.get(key)):
+                raise bad(f"diagnostics.overall.{key}", "a number or null")
+    elif kind == "curate":
+        counts = data.get("counts")
+        if counts is not None and not (isinstance(counts, dict) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())):
+            raise bad("counts", "an object of non-negative integers")
+    elif kind == "train":
+        if not _num(data.get("n_train")):
+            raise bad("n_train", "a number or null")
+    elif kind == "eval":
+        systems, skipped = data.get("systems"), data.get("skipped")
+        if systems is not None and not (isinstance(systems, dict) and all(isinstance(v, dict) for v in systems.values())):
+            raise bad("systems", "an object of system -> metrics")
+        if skipped is not None and not isinstance(skipped, (dict, str)):
+            raise bad("skipped", "an object (setting -> reason) or a reason")
+        for name, system in (systems or {}).items():
+            overall = system.get("overall")
+            if overall is not None and not isinstance(overall, dict):
+                raise bad(f"systems.{name}.overall", "an object")
+            for key in ("acc_t1", "acc_t2", "delta", "n"):
+                if not _num((overall or {}).get(key)):
+                    raise bad(f"systems.{name}.overall.{key}", "a number or null")
+
+
+def check_predictions(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Prediction rows as the McNemar test against iteration 1 reads them: `item_id` and `t2_correct`."""
+    for line, row in enumerate(rows, start=1):
+        if not isinstance(row.get("item_id"), (str, int)) or isinstance(row.get("item_id"), bool):
+            raise ReflectEvoError(f"{path}:{line}: 'item_id' must be a string")
+        if not isinstance(row.get("t2_correct"), bool):
+            raise ReflectEvoError(f"{path}:{line}: 't2_correct' must be true or false")
 
 
 def versus_first(first: Sequence[dict[str, Any]], later: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -161,5 +217,5 @@ def plot_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"iteration": r["iteration"], **{k: r.get(k) for k in keys}} for r in rows if not r.get("stopped")]
 
 
-__all__ = ["HEADLINE", "KINDS", "data_kind", "headline", "iteration_number", "iteration_row",
+__all__ = ["HEADLINE", "KINDS", "check_output", "check_predictions", "data_kind", "headline", "iteration_number", "iteration_row",
            "plot_rows", "summary", "union_rows", "versus_first"]

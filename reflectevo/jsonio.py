@@ -19,6 +19,61 @@ from typing import IO, Any
 from reflectevo.errors import ReflectEvoError
 
 
+def _unreadable(path: Path, e: OSError, what: str) -> ReflectEvoError:
+    if isinstance(e, FileNotFoundError):
+        return ReflectEvoError(f"{path}: {what} not found")
+    if isinstance(e, IsADirectoryError):
+        return ReflectEvoError(f"{path}: is a folder, expected a {what}")
+    if isinstance(e, NotADirectoryError):
+        return ReflectEvoError(f"{path}: not found (a part of the path is a file, not a folder)")
+    if isinstance(e, PermissionError):
+        return ReflectEvoError(f"{path}: cannot read the {what} (permission denied)")
+    return ReflectEvoError(f"{path}: cannot read the {what} ({e.strerror or e})")
+
+
+@contextmanager
+def open_input(path: str | Path, what: str = "file") -> Iterator[IO[bytes]]:
+    """Open an input file for reading (binary): a missing file, a folder where a file is expected or an
+    unreadable one raises one ReflectEvoError naming `path` (`what` says what the file is)."""
+    path = Path(path)
+    try:
+        fh = path.open("rb")
+    except OSError as e:
+        raise _unreadable(path, e, what) from None
+    with fh:
+        try:
+            yield fh
+        except OSError as e:   # a read that fails midway (a folder on some systems, an I/O error)
+            if e.filename is not None and Path(e.filename) != path:
+                raise
+            raise _unreadable(path, e, what) from None
+
+
+def read_input_bytes(path: str | Path, what: str = "file") -> bytes:
+    """The whole content of an input file (see `open_input` for the errors)."""
+    with open_input(path, what) as fh:
+        return fh.read()
+
+
+def read_input_text(path: str | Path, what: str = "file") -> str:
+    """An input file as UTF-8 text; bytes that are not UTF-8 raise one ReflectEvoError naming file:line."""
+    data = read_input_bytes(path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ReflectEvoError(f"{path}:{line}: not UTF-8 text (byte offset {e.start})") from None
+
+
+def read_input_json(path: str | Path, what: str = "JSON file") -> Any:
+    """A JSON file's content; malformed JSON raises one ReflectEvoError naming file:line."""
+    text = read_input_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReflectEvoError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
 def iter_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> Iterator[dict[str, Any]]:
     """Yield one dict per non-empty line; a bad line raises ReflectEvoError naming file:line.
 
@@ -34,9 +89,7 @@ def iter_jsonl_lines(path: str | Path, tolerate_torn_tail: bool = False) -> Iter
     import orjson
 
     path = Path(path)
-    if not path.exists():
-        raise ReflectEvoError(f"{path}: file not found")
-    with path.open("rb") as fh:
+    with open_input(path, "file") as fh:
         i = 0
         for raw in fh:
             i += 1

@@ -145,3 +145,32 @@ def likelihood_judge(comparisons: Sequence[Comparison], backend, margin: float =
         winner = None if abs(sa - sb) < margin else (0 if sa > sb else 1)
         out.append({"winner": winner, "votes": [round(sa, 4), round(sb, 4)]})
     return out
+
+
+SCORING_BACKENDS = ("transformers", "scripted")   # backends with `score` (the likelihood judge needs it)
+
+
+class LazyJudge:
+    """A judge whose backend is built at its first call, so a run with no pair to judge never loads a model
+    (curate: `judge=LazyJudge(...)`, `judge_info=lazy.info`). `info` is the judge record (kind, preset,
+    model, prompt version); the backend's own fields (an endpoint's URL, served model, mode) join it when
+    the backend is built, before the first verdict is returned."""
+
+    def __init__(self, kind: str, preset_name: str, preset: Any, make_backend: Any) -> None:
+        if kind == "likelihood" and preset.backend not in SCORING_BACKENDS:
+            from reflectevo.errors import ReflectEvoError
+
+            raise ReflectEvoError(f"curate.judge likelihood needs a backend that scores continuations "
+                                  f"({', '.join(SCORING_BACKENDS)}); models.{preset_name}.backend is {preset.backend!r}: "
+                                  "use a generating judge (self, or a preset)")
+        self.kind, self.preset_name, self.preset = kind, preset_name, preset
+        self._make_backend = make_backend
+        self.backend: Any = None
+        self.info: dict[str, Any] = judge_record(preset_name, preset, None, kind=kind)
+
+    def __call__(self, comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
+        if self.backend is None:
+            self.backend = self._make_backend(self.preset_name, self.preset)
+            self.info.update(judge_record(self.preset_name, self.preset, self.backend, kind=self.kind))
+        fn = likelihood_judge if self.kind == "likelihood" else judge
+        return fn(comparisons, backend=self.backend)

@@ -19,7 +19,6 @@ snippet loads from `repo_id`; `dataset_repo` fills the cards' `datasets:`).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -96,6 +95,18 @@ def absolute_paths(folder: Path) -> list[tuple[str, int, str]]:
     return found
 
 
+def _card_metadata(readme: Path, text: str, kind: str) -> dict[str, Any]:
+    """The Hub metadata of a card (huggingface_hub's ModelCard / DatasetCard); a malformed block is one line."""
+    import yaml
+    from huggingface_hub import DatasetCard, ModelCard
+
+    try:
+        return (ModelCard if kind == "model" else DatasetCard)(text).data.to_dict()
+    except (yaml.YAMLError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ReflectEvoError(f"{readme}: malformed metadata block ({first})") from None
+
+
 def check(folder: str | Path, kind: str | None = None) -> Plan:
     """Everything publish checks before any request; raises ReflectEvoError naming the first problem."""
     folder = Path(folder)
@@ -111,18 +122,20 @@ def check(folder: str | Path, kind: str | None = None) -> Plan:
     readme = folder / "README.md"
     if not readme.exists():
         raise ReflectEvoError(f"{readme}: missing; the {'train' if kind == 'model' else 'curate'} stage writes the card")
-    text = readme.read_text(encoding="utf-8", errors="replace")
+    from reflectevo.jsonio import read_input_bytes
+
+    text = read_input_bytes(readme, "card").decode("utf-8", errors="replace")
     if not text.startswith("---"):
         raise ReflectEvoError(f"{readme}: no Hub metadata block (re-run the stage that writes it)")
     plan = Plan(folder=folder, kind=kind)
     if kind == "model":
-        from huggingface_hub import ModelCard
-
-        meta = ModelCard(text).data.to_dict()
+        meta = _card_metadata(readme, text, kind)
         card_json = folder / "model_card.json"
         if not card_json.exists():
             raise ReflectEvoError(f"{card_json}: missing; publish takes a folder the train stage wrote")
-        plan.card = json.loads(card_json.read_text())
+        from reflectevo.adapters import read_card, setting_status
+
+        plan.card = read_card(folder)
         status = plan.card.get("status")
         if status == NO_DATA or re.search(r"^- status: \*\*no training data\*\*", text, re.MULTILINE):
             why = plan.card.get("reason") or "nothing was trained"
@@ -131,12 +144,11 @@ def check(folder: str | Path, kind: str | None = None) -> Plan:
             raise ReflectEvoError(f"{card_json}: status {status!r}, not 'trained'")
         if not list(folder.rglob("adapter_config.json")) and not (folder / "config.json").exists():
             raise ReflectEvoError(f"{folder}: no adapter_config.json (nor a full model's config.json)")
+        setting_status(folder)   # the card's roles and their weights: a copy cut short is never uploaded
         if not meta.get("library_name") or not meta.get("pipeline_tag"):
             raise ReflectEvoError(f"{readme}: the metadata lacks library_name / pipeline_tag (re-run the train stage)")
     else:
-        from huggingface_hub import DatasetCard
-
-        meta = DatasetCard(text).data.to_dict()
+        meta = _card_metadata(readme, text, kind)
         if not meta.get("configs"):
             raise ReflectEvoError(f"{readme}: no `configs:` in its metadata: every set is empty (or the card is old; "
                                   "re-run the curate stage)")

@@ -122,7 +122,9 @@ def _read_json(path: Path, missing: dict[str, str]) -> Any:
     if not path.exists():
         missing[str(path)] = "not found"
         return None
-    text = path.read_text(encoding="utf-8", errors="replace")
+    from reflectevo.jsonio import read_input_bytes
+
+    text = read_input_bytes(path, "JSON file").decode("utf-8", errors="replace")
     if not text.strip():
         missing[str(path)] = "empty file"
         return None
@@ -155,6 +157,61 @@ def _check_block(path: Path, where: str, block: Any) -> None:
         raise ReflectEvoError(f"{path}: {where}.acc_by_round must be a list of numbers, got {rounds!r}")
 
 
+_COUNTS = ("items", "samples", "fixes", "repeats", "trial1_format_failures", "trial2_format_failures")
+_RATES = ("fix_rate", "repeat_rate")
+_DEMAND_KEYS = ("samples", "fixes", "trial2_format_failures")   # what the page shows per demand id
+
+
+def _check_diag_block(path: Path, where: str, block: Any, required: Sequence[str] = ()) -> None:
+    """One block of run diagnostics (reflectevo.diagnostics): counts, rates, answer steps, stop reasons and
+    tokens per phase, each of the shape the page lays out."""
+    if not isinstance(block, dict):
+        raise ReflectEvoError(f"{path}: {where} must be an object, got {type(block).__name__}")
+    for key in required:
+        if key not in block:
+            raise ReflectEvoError(f"{path}: {where}.{key} is missing")
+    for key in _COUNTS:
+        v = block.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise ReflectEvoError(f"{path}: {where}.{key} must be a non-negative integer, got {v!r}")
+    for key in _RATES:
+        v = block.get(key)
+        if v is not None and not _is_num(v):
+            raise ReflectEvoError(f"{path}: {where}.{key} must be a number or null, got {v!r}")
+    steps = block.get("answer_steps")
+    if steps is not None and not (isinstance(steps, dict) and all(_is_num(v) or v is None for v in steps.values())):
+        raise ReflectEvoError(f"{path}: {where}.answer_steps must map each phase to a count")
+    for key in ("stop_reasons", "tokens"):
+        phases = block.get(key)
+        if phases is None:
+            continue
+        if not isinstance(phases, dict) or not all(isinstance(v, dict) for v in phases.values()):
+            raise ReflectEvoError(f"{path}: {where}.{key} must map each phase to an object")
+        for phase, counts in phases.items():
+            if not all(_is_num(v) or v is None for v in counts.values()):
+                raise ReflectEvoError(f"{path}: {where}.{key}.{phase} must hold numbers")
+
+
+def validate_diagnostics(path: Path, data: Any, episodes: bool) -> dict[str, Any]:
+    """The `diagnostics` of metrics/eval.json (system -> {overall, per_task}) or of curate's stats.json
+    (`episodes`: {overall, per_task, per_demand})."""
+    if not isinstance(data, dict):
+        raise ReflectEvoError(f"{path}: 'diagnostics' must be an object, got {type(data).__name__}")
+    groups = {"diagnostics": data} if episodes else {f"diagnostics.{k}": v for k, v in data.items()}
+    for where, group in groups.items():
+        if not isinstance(group, dict):
+            raise ReflectEvoError(f"{path}: {where} must be an object, got {type(group).__name__}")
+        if not episodes or "overall" in group:
+            _check_diag_block(path, f"{where}.overall", group.get("overall"))
+        for part, required in (("per_task", ()), ("per_demand", _DEMAND_KEYS)):
+            blocks = group.get(part) or {}
+            if not isinstance(blocks, dict):
+                raise ReflectEvoError(f"{path}: {where}.{part} must be an object")
+            for k, block in blocks.items():
+                _check_diag_block(path, f"{where}.{part}.{k}", block, required)
+    return data
+
+
 def validate_eval(path: Path, data: Any) -> dict[str, Any]:
     """metrics/eval.json, normalised so that `systems` always exists (old files: the main system only)."""
     if not isinstance(data, dict):
@@ -179,6 +236,8 @@ def validate_eval(path: Path, data: Any) -> dict[str, Any]:
     skipped = data.get("skipped") or {}
     if not isinstance(skipped, dict):
         raise ReflectEvoError(f"{path}: 'skipped' must be an object of setting -> reason")
+    if data.get("diagnostics") is not None:
+        validate_diagnostics(path, data["diagnostics"], episodes=False)
     return {**data, "systems": systems, "skipped": {str(k): str(v) for k, v in skipped.items()}}
 
 
@@ -196,6 +255,8 @@ def validate_stats(path: Path, data: Any) -> dict[str, Any]:
     for key in ("counts", "drops", "diagnostics"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ReflectEvoError(f"{path}: {key!r} must be an object")
+    if data.get("diagnostics"):
+        validate_diagnostics(path, data["diagnostics"], episodes=True)
     return {"per_task": per_task, "total": total, "counts": data.get("counts") or {},
             "drops": data.get("drops") or {}, "generator": data.get("generator"), "notes": data.get("notes") or {},
             "pct_correct_after_reflection": data.get("pct_correct_after_reflection"),

@@ -65,6 +65,12 @@ def _parquet_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[st
     if missing:
         raise ReflectEvoError(f"{path}: no column {missing[0]!r} (columns: {', '.join(f.schema_arrow.names)}); "
                               "not an episode shard")
+    for c in columns:   # text columns as any Arrow string type (other writers use large_string), flags as bool
+        got = f.schema_arrow.field(c).type
+        ok = pa.types.is_boolean(got) if c == "trial1_correct" else (pa.types.is_string(got) or pa.types.is_large_string(got))
+        if not ok:
+            raise ReflectEvoError(f"{path}: column {c!r} holds {got}, not {'bool' if c == 'trial1_correct' else 'string'} "
+                                  "values; not an episode shard")
     row = 0
     try:   # one row group at a time (iter_batches buffers far ahead: memory grew with the file)
         for g in range(f.num_row_groups):
@@ -73,7 +79,7 @@ def _parquet_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[st
             for values in zip(*cols):
                 yield row, dict(zip(columns, values))
                 row += 1
-    except (pa.ArrowException, OSError) as e:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:   # a damaged page may hold non-UTF-8 "text"
         raise ReflectEvoError(f"{path}: not a readable Parquet file after row {row} (truncated or damaged?): {e}") from None
 
 

@@ -10,7 +10,6 @@ both run this.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +26,20 @@ class Evaluation:
 
 
 def trained_cards(models: Path, preset_name: str) -> tuple[dict[str, dict], dict[str, str]]:
-    """(setting -> model card of every trained setting for this preset, setting -> why it is skipped)."""
+    """(setting -> model card of every trained setting, setting -> why it is skipped). Only a missing folder
+    or a card saying "no training data" / "disabled" is a skip; a folder whose card or weights cannot be
+    read, or that was trained on another preset, raises one line naming the file (`adapters.setting_status`),
+    before any model is loaded."""
+    from reflectevo.adapters import setting_status
+
     cards, skipped = {}, {}
     for setting in setting_names():
-        card_path = models / setting / "model_card.json"
-        if not card_path.exists():
-            skipped[setting] = f"no adapter at {models / setting}"
+        if not (models / setting).exists():
+            skipped[setting] = f"no adapter at {models / setting} (no such folder)"
             continue
-        card = json.loads(card_path.read_text())
-        if card.get("status") != "trained":
-            skipped[setting] = card.get("reason") or card.get("status", "not trained")
-        elif card["base"]["preset"] != preset_name:
-            skipped[setting] = f"adapter was trained on preset {card['base']['preset']!r}, not {preset_name!r}"
+        card, why = setting_status(models / setting, preset_name)
+        if card is None:
+            skipped[setting] = why
         else:
             cards[setting] = card
     return cards, skipped

@@ -26,6 +26,21 @@ from reflectevo.stage import friendly_errors, stage_params
 app = typer.Typer(add_completion=False)
 
 
+def lazy_judge(params: Path, cfg):
+    """`curate.judge` as a `LazyJudge` (None for `none`): likelihood / self = the generating model (params
+    `model`), any other name a preset; any backend (transformers, vllm, openai: an endpoint)."""
+    if cfg.judge == "none":
+        return None
+    from reflectevo.backends.hf import make_backend
+    from reflectevo.config import load_preset, read_params
+    from reflectevo.judge import JUDGES, LazyJudge
+
+    raw = read_params(params)
+    own = cfg.judge in JUDGES
+    jname, jpreset = load_preset(raw) if own else load_preset(raw, cfg.judge, where="curate.judge")
+    return LazyJudge(cfg.judge if own else "preset", jname, jpreset, make_backend)
+
+
 @app.command()
 @friendly_errors
 def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: Path = Path("data/curated"),
@@ -37,26 +52,13 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     from reflectevo.diagnostics import EpisodeDiagnostics
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import JsonlWriter, write_json, write_text
-    from reflectevo.shards import SHARD_GLOB, iter_episodes, shard_files
-
-    from reflectevo.config import load_preset, read_params
+    from reflectevo.shards import iter_episodes
+    from reflectevo.stage import check_episode_shards
 
     _, _, cfg = stage_params(params, "curate", with_model=False)
-    judge_fn, judge_info = None, None
-    if cfg.judge != "none":
-        from functools import partial
-
-        from reflectevo.backends.hf import make_backend
-        from reflectevo.judge import JUDGES, judge, judge_record, likelihood_judge
-
-        # likelihood / self: the generating model (params `model`) judges; any other name is a preset
-        jname, jpreset = (load_preset(read_params(params)) if cfg.judge in JUDGES
-                          else load_preset(read_params(params), cfg.judge, where="curate.judge"))
-        jbackend = make_backend(jname, jpreset)  # any backend: transformers, vllm, openai (an endpoint)
-        judge_fn = partial(likelihood_judge if cfg.judge == "likelihood" else judge, backend=jbackend)
-        judge_info = judge_record(jname, jpreset, jbackend, kind=cfg.judge if cfg.judge in JUDGES else "preset")
-    if not shard_files(raw):
-        raise ReflectEvoError(f"{raw}: no episode shards ({SHARD_GLOB}); run the generate stage first")
+    judge_fn = lazy_judge(params, cfg)   # its preset checked now; its model loaded at the first pair to judge
+    judge_info = judge_fn.info if judge_fn is not None else None
+    check_episode_shards(raw)            # every shard's columns and first episodes, before any model
     # Streams: one episode (and one judge batch) in memory; every output goes to a temporary file that
     # replaces the old one only once all episodes were read, so bad input leaves nothing half-written.
     names = [f"{kind}_{split}" for kind in ("dplus", "dpm", "dpref") for split in ("train", "eval")]

@@ -29,7 +29,8 @@ def prepare(params: Path = Path("params.yaml"), exclude: Path = Path("data/sourc
             out: Path = Path("data/demo/sources")) -> None:
     from reflectevo.config import load_section, read_params, to_dict
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.jsonio import iter_jsonl, write_json, write_jsonl
+    from reflectevo.jsonio import write_json, write_jsonl
+    from reflectevo.stage import iter_items
     from reflectevo.tasks import get_task
 
     raw = read_params(params)
@@ -42,9 +43,9 @@ def prepare(params: Path = Path("params.yaml"), exclude: Path = Path("data/sourc
         path = exclude / f"{split}.jsonl"
         if not path.exists():
             raise ReflectEvoError(f"{path}: not found (run the default pipeline's prepare stage first)")
-        for row in iter_jsonl(path):
-            seen_ids.add(row["id"])
-            seen_q.add(row["question"])
+        for it in iter_items(path):   # each row checked: file:line on a damaged one
+            seen_ids.add(it.id)
+            seen_q.add(it.question)
     rows, counts = [], {}
     for i, spec in enumerate(prep.tasks):
         task = get_task(spec.name, spec.options, where=f"prepare.tasks[{i}].name")

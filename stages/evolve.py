@@ -67,10 +67,32 @@ def _stopped_by(prev_setting_dir: Path, iteration: int, setting: str) -> str | N
     return f"iteration {iteration - 1}'s {setting} adapter ({prev_setting_dir}) is not trained ({why})"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
+def _read_json(path: Path, kind: str | None = None) -> dict[str, Any] | None:
+    """A stage output's JSON object, or None when the file is absent; a damaged one raises naming it
+    (`kind`: generate | curate | train | eval, whose fields the summary reads are checked too)."""
+    from reflectevo.errors import ReflectEvoError
+    from reflectevo.evolve import check_output
+    from reflectevo.jsonio import read_input_json
 
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists() and not path.is_symlink():
+        return None
+    data = read_input_json(path)
+    if not isinstance(data, dict):
+        raise ReflectEvoError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if kind is not None:
+        check_output(path, data, kind)
+    return data
+
+
+def _read_predictions(path: Path) -> list[dict[str, Any]]:
+    from reflectevo.evolve import check_predictions
+    from reflectevo.jsonio import read_jsonl
+
+    if not path.exists() and not path.is_symlink():
+        return []
+    rows = read_jsonl(path)
+    check_predictions(path, rows)
+    return rows
 
 
 def _stopped(out: Path) -> str | None:
@@ -147,32 +169,40 @@ def curate(iteration: str = typer.Option(...), previous_data: Path = typer.Optio
     from reflectevo.config import load_section, read_params
     from reflectevo.evolve import KINDS, data_kind, union_rows
     from reflectevo.jsonio import read_jsonl, write_json, write_jsonl
+    from reflectevo.training.stage import read_rows
 
     cfg = _cfg(params)
     number = _check_iteration(cfg, iteration)
+    kind = data_kind(cfg.setting)
+    threshold = load_section(read_params(params), "curate").dedup_threshold
+    previous = {}   # union: iteration i-1's training rows, read and checked before anything runs or is written
+    for split in ("train", "eval") if cfg.data == "union" else ():
+        prev_file = previous_data / f"{kind}_{split}.jsonl"
+        previous[split] = read_rows(prev_file, cfg.setting) if prev_file.exists() or prev_file.is_symlink() else []
     why = _stopped(out)
     if why is not None:
-        for kind in KINDS:
+        for k in KINDS:
             for split in ("train", "eval"):
-                write_jsonl(out / "curated" / f"{kind}_{split}.jsonl", [])
+                write_jsonl(out / "curated" / f"{k}_{split}.jsonl", [])
         write_json(out / "curate.json", {"iteration": number, "stopped": why})
     else:
         _stage_main("curate")(params=params, raw=out / "raw", out=out / "curated", metrics=out / "curate.json",
                               headline=None)
-    kind = data_kind(cfg.setting)
-    threshold = load_section(read_params(params), "curate").dedup_threshold
     info: dict[str, Any] = {"policy": cfg.data, "kind": kind}
-    for old in (out / "data").glob("*.jsonl") if (out / "data").exists() else []:
-        old.unlink()
+    rows: dict[str, list] = {}
     for split in ("train", "eval"):
         new = read_jsonl(out / "curated" / f"{kind}_{split}.jsonl")
         if cfg.data == "union":
-            prev_file = previous_data / f"{kind}_{split}.jsonl"
-            rows, counts = union_rows(read_jsonl(prev_file) if prev_file.exists() else [], new, threshold)
+            rows[split], counts = union_rows(previous[split], new, threshold)
         else:
-            rows, counts = new, {"new": len(new), "rows": len(new)}
-        write_jsonl(out / "data" / f"{kind}_{split}.jsonl", rows)
+            rows[split], counts = new, {"new": len(new), "rows": len(new)}
         info[split] = counts
+    written = {out / "data" / f"{kind}_{split}.jsonl" for split in rows}
+    for split, split_rows in rows.items():   # each file replaced atomically; stale sets removed after
+        write_jsonl(out / "data" / f"{kind}_{split}.jsonl", split_rows)
+    for old in (out / "data").glob("*.jsonl"):
+        if old not in written:
+            old.unlink()
     write_json(out / "data" / "info.json", info)
     typer.echo(f"evolve {iteration}: training data ({cfg.data}) {kind}: train {info['train']['rows']}, "
                f"eval {info['eval']['rows']}")
@@ -272,27 +302,26 @@ def summary(params: Path = Path("params.yaml"), metrics_dir: Path = Path("metric
     """metrics/evolve.json and plots/evolve.json from iteration 1 (the main pipeline) and every chain entry."""
     from reflectevo import evolve as evo
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.jsonio import read_jsonl, write_json
+    from reflectevo.jsonio import write_json
 
     cfg = _cfg(params)
     s = cfg.setting
-    train1 = _read_json(metrics_dir / "train" / f"{s}.json")
+    train1 = _read_json(metrics_dir / "train" / f"{s}.json", "train")
     if train1 is None:
         raise ReflectEvoError(f"evolve.setting: {s!r} is not trained by this pipeline (no {metrics_dir}/train/{s}.json; "
                               "dvc.yaml's vars.settings lists the trained settings)")
-    preds1_path = eval_dir / "predictions.jsonl"
-    preds1 = [r for r in read_jsonl(preds1_path) if r.get("system") == s] if preds1_path.exists() else []
-    rows = [evo.iteration_row(1, _read_json(metrics_dir / "generate.json"), _read_json(metrics_dir / "curate.json"),
-                              _read_json(metrics_dir / "eval.json"), s, train1)]
+    preds1 = [r for r in _read_predictions(eval_dir / "predictions.jsonl") if r.get("system") == s]
+    rows = [evo.iteration_row(1, _read_json(metrics_dir / "generate.json", "generate"),
+                              _read_json(metrics_dir / "curate.json", "curate"), _read_json(metrics_dir / "eval.json", "eval"),
+                              s, train1)]
     if not train1.get("trained"):
         rows[0]["note"] = f"{s} not trained at iteration 1 ({train1.get('reason')}): no later iteration can run"
     for key in sorted(cfg.chain, key=evo.iteration_number):
         d = evolve_dir / key
         n = evo.iteration_number(key)
-        row = evo.iteration_row(n, _read_json(d / "generate.json"), _read_json(d / "curate.json"),
-                                _read_json(d / "eval.json"), s, _read_json(d / "train.json"))
-        preds = read_jsonl(d / "predictions.jsonl") if (d / "predictions.jsonl").exists() else []
-        row["vs_it1"] = evo.versus_first(preds1, preds)
+        row = evo.iteration_row(n, _read_json(d / "generate.json", "generate"), _read_json(d / "curate.json", "curate"),
+                                _read_json(d / "eval.json", "eval"), s, _read_json(d / "train.json", "train"))
+        row["vs_it1"] = evo.versus_first(preds1, _read_predictions(d / "predictions.jsonl"))
         rows.append(row)
     result = evo.summary(rows, s, cfg.data, cfg.init)
     write_json(out, result)

@@ -35,6 +35,33 @@ class Item:
             "meta": self.meta,
         }
 
+    @staticmethod
+    def problem(d: Any) -> str | None:
+        """What makes `d` no item of the unified schema (a missing field, a wrong type), or None."""
+        if not isinstance(d, dict):
+            return f"expected a JSON object, got {type(d).__name__}"
+        for key in ("id", "task", "question", "answer"):
+            if key not in d:
+                return f"item {d.get('id', '?')!r} has no {key!r} field"
+        for key, types in (("id", (str, int)), ("task", (str,)), ("question", (str,)), ("answer", (str, int, float))):
+            v = d[key]
+            if not isinstance(v, types) or isinstance(v, bool):
+                want = "a string" if types == (str,) else "a string or a number"
+                return f"item {d['id']!r}: field {key!r} must be {want}, got {type(v).__name__}"
+        if not d["task"].strip():
+            return f"item {d['id']!r}: field 'task' is empty"
+        for key in ("choices", "tests"):
+            v = d.get(key)
+            if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                return f"item {d['id']!r}: field {key!r} must be a list of strings or null"
+        meta = d.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            return f"item {d['id']!r}: field 'meta' must be an object or null, got {type(meta).__name__}"
+        options = (meta or {}).get("task_options")
+        if options is not None and not isinstance(options, dict):
+            return f"item {d['id']!r}: field 'meta.task_options' must be an object or null"
+        return None
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Item:
         return cls(

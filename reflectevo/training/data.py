@@ -75,21 +75,58 @@ _ROW_FIELDS = {"sft": ("item_id", "task", "question", "answer", "trial1", "refle
                "sources": ("id", "task", "question", "answer")}
 
 
+def _typed(row: dict[str, Any], key: str, types: tuple[type, ...], what: str) -> str | None:
+    v = row.get(key)
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        return f"{key}: expected {what}, got {type(v).__name__}"
+    return None
+
+
 def row_problem(setting: str, row: dict[str, Any]) -> str | None:
-    """What makes `row` unusable as a training row of `setting` (D+, D±/Dpref or a source item), or None."""
+    """What makes `row` unusable as a training row of `setting` (D+, D±/Dpref or a source item), or None:
+    a missing field, a field of the wrong type, or (for the settings whose prompts need it) a task that
+    cannot be built."""
     s = setting_of(setting)
     kind = "sources" if s.data == "sources" else s.family
+    if kind == "sources":
+        return Item.problem(row)
     for key in _ROW_FIELDS[kind]:
         if key not in row:
             return f"missing field {key!r}"
+    checks = [("item_id", (str, int), "a string"), ("task", (str,), "a string"), ("question", (str,), "a string"),
+              ("answer", (str,), "a string"), ("trial1", (str,), "a string"),
+              ("choices", (list, type(None)), "a list of strings or null"),
+              ("task_options", (dict, type(None)), "an object or null")]
+    if kind == "sft":
+        checks += [("reflection", (str,), "a string"), ("trial2", (str,), "a string"),
+                   ("retry_previous", (bool, type(None)), "true or false"), ("retry_rejected", (str, type(None)), "a string or null")]
+    for key, types, what in checks:
+        problem = _typed(row, key, types, what)
+        if problem:
+            return problem
+    if row.get("choices") and not all(isinstance(c, str) for c in row["choices"]):
+        return "choices: expected a list of strings"
     if kind == "dpo":
         for side in ("chosen", "rejected"):
             if not isinstance(row[side], dict) or not isinstance(row[side].get("reflection"), str):
                 return f"{side}.reflection: expected a string"
-    if kind == "sft":
-        for key in ("trial1", "reflection", "trial2"):
-            if not isinstance(row[key], str):
-                return f"{key}: expected a string, got {type(row[key]).__name__}"
+    return None
+
+
+def row_task_problem(setting: str, row: dict[str, Any], tasks: TaskCache) -> str | None:
+    """For the settings whose training prompts are built with the item's task (one_stage, the corrector,
+    the answers-only baseline), why the row's task cannot be built (an unknown name, unusable options)."""
+    from reflectevo.errors import ReflectEvoError
+
+    s = setting_of(setting)
+    if not (s.data == "sources" or s.evaluate == "one_stage" or (s.family == "sft" and len(s.roles) > 1)):
+        return None
+    try:
+        tasks.of(Item.from_dict(row) if s.data == "sources" else row_item(row))
+    except ReflectEvoError as e:
+        return str(e)
+    except (TypeError, ValueError) as e:   # options the task's constructor refuses
+        return f"task {row.get('task')!r}: unusable task options ({e})"
     return None
 
 
@@ -106,6 +143,6 @@ def rl_rows(episodes: dict[str, dict[str, Any]], protocol: str, limit: int = 0) 
         t1 = ep["trial1"]
         if protocol == "oracle" and t1.get("correct"):
             continue
-        rows.append({"item": ep["item"], "trial1": t1["attempt"], "rejected": t1.get("extracted"),
+        rows.append({"item": ep["item"], "trial1": t1.get("attempt", t1["completion"]), "rejected": t1.get("extracted"),
                      "protocol": protocol, "episode_id": eid})
     return rows[:limit] if limit else rows

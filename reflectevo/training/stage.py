@@ -60,12 +60,20 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
 def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
     """RL prompts from the episodes in `raw_dir` (generate's output): failed trial-1 attempts (oracle) or every
     item (intrinsic). Episodes but no failed attempt -> one line, exit 2; no episodes -> "no training data"."""
-    from reflectevo.generation import load_episodes
+    from reflectevo.curation import check_episode
+    from reflectevo.shards import iter_episodes
+    from reflectevo.tasks import Item
     from reflectevo.training.data import rl_rows
 
     if not raw_dir.is_dir():
         raise ReflectEvoError(f"{raw_dir}: no raw episodes folder (run the generate stage: `dvc repro generate`)")
-    episodes = load_episodes(raw_dir)
+    episodes = {}
+    for where, ep in iter_episodes(raw_dir, where=True):   # each checked: file and row on a damaged one
+        check_episode(ep, where)
+        problem = Item.problem(ep["item"])
+        if problem:
+            raise ReflectEvoError(f"{where}: item: {problem}")
+        episodes[ep["episode_id"]] = ep
     rows = rl_rows(episodes, hp.protocol, hp.limit)
     if episodes and not rows:
         raise ReflectEvoError(f"{raw_dir}: no failed trial-1 attempts among {len(episodes)} episodes (train.rl.protocol: "
@@ -75,13 +83,14 @@ def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
 
 def read_rows(path: Path, setting: str) -> list[dict]:
     """The rows of a training file; a malformed or unusable row fails with `file:line: what`."""
-    from reflectevo.jsonio import read_jsonl
-    from reflectevo.training.data import row_problem
+    from reflectevo.jsonio import iter_jsonl_lines
+    from reflectevo.tasks import TaskCache
+    from reflectevo.training.data import row_problem, row_task_problem
 
-    rows = read_jsonl(path)  # malformed JSON -> file:line
-    lines = [i for i, raw in enumerate(path.read_bytes().split(b"\n"), start=1) if raw.strip()]
-    for row, line in zip(rows, lines, strict=True):
-        problem = row_problem(setting, row)
+    rows, tasks = [], TaskCache()
+    for line, row in iter_jsonl_lines(path):  # malformed JSON -> file:line
+        problem = row_problem(setting, row) or row_task_problem(setting, row, tasks)
         if problem:
             raise ReflectEvoError(f"{path}:{line}: {problem} (a {setting} training row)")
+        rows.append(row)
     return rows
