@@ -236,11 +236,19 @@ def setting_status(setting_dir: str | Path, preset_name: str | None = None) -> t
     if preset_name is not None and base["preset"] != preset_name:
         raise ReflectEvoError(f"{where}: trained on preset {base['preset']!r}, not the params' model {preset_name!r} "
                               f"(train it again with this model, or use -S model={base['preset']})")
-    method = card.get("method", "lora")
-    for role in spec.roles:
-        check_weights_folder(setting_dir / adapters[role], "full" if method == "full" else "lora")
+    check_card_weights(setting_dir, card, spec.roles)
     return card, None
 
 
-__all__ = ["GenerationAdapters", "SKIPPED_STATUSES", "check_weights_folder", "setting_status", "PhaseBackends", "adapter_hash",
+def check_card_weights(setting_dir: str | Path, card: dict[str, Any], roles: Any = None) -> None:
+    """`check_weights_folder` for each role's sub-folder the card names (`roles`: these only)."""
+    adapters = card.get("adapters")
+    if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
+        raise ReflectEvoError(f"{Path(setting_dir) / 'model_card.json'}: 'adapters' must map each role to its sub-folder")
+    method = "full" if card.get("method") == "full" else "lora"
+    for role in roles if roles is not None else adapters:
+        check_weights_folder(Path(setting_dir) / adapters[role], method)
+
+
+__all__ = ["GenerationAdapters", "SKIPPED_STATUSES", "check_card_weights", "check_weights_folder", "setting_status", "PhaseBackends", "adapter_hash",
            "build_phase_backends", "generation_adapters", "read_card", "served_name", "untrained_reason"]

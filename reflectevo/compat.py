@@ -652,19 +652,21 @@ def _check_source_meta(meta: Any, where: str) -> None:
 
 def _check_ours(row: dict[str, Any], kind: str, where: str) -> None:
     """Our record of `kind` (an episode, a D+ / D± / Dpref row), its types as export reads them."""
+    holder = row.get("item") if kind == "raw" and isinstance(row.get("item"), dict) else row
+    choices = holder.get("choices")
+    if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+        raise ReflectEvoError(f"{where}: field 'choices' must be a list of strings or null")
     if kind == "raw":
-        from reflectevo.curation import check_episode
-
-        check_episode(row, where)
+        if row.get("samples") is not None and not isinstance(row["samples"], list):
+            raise ReflectEvoError(f"{where}: field 'samples' must be a list")
     else:
-        choices = row.get("choices")
-        if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
-            raise ReflectEvoError(f"{where}: field 'choices' must be a list of strings or null")
         for key in ("trial1_prompt", "trial2_prompt", "reflection_prompt"):
             if row.get(key) is not None and not isinstance(row[key], str):
                 raise ReflectEvoError(f"{where}: field {key!r} must be a string or null")
         for side in ("chosen", "rejected") if kind != "dplus" else ():
-            if not isinstance(row.get(side), dict):
+            if side not in row:
+                continue   # named as missing where it is read
+            if not isinstance(row[side], dict):
                 raise ReflectEvoError(f"{where}: field {side!r} must be an object")
             if row[side].get("reflection_prompt") is not None and not isinstance(row[side]["reflection_prompt"], str):
                 raise ReflectEvoError(f"{where}: field '{side}.reflection_prompt' must be a string or null")

@@ -300,6 +300,8 @@ class GenerateConfig:
             raise ReflectEvoError(f"{where}.retry_temperature: must be in [0, 5]")
         from reflectevo.demands import demand_pool
 
+        if not self.demands:
+            raise ReflectEvoError(f"{where}.demands: list at least one demand id, or [all]")
         pool = demand_pool()
         for d in self.demands:
             if d != "all" and d not in pool:
@@ -598,6 +600,8 @@ def load_preset(params: dict[str, Any], name: str | None = None, where: str = "m
     name = name or params.get("model")
     if not name:
         raise ReflectEvoError(f"model: required key is missing. Valid presets: {', '.join(sorted(models))}")
+    if not isinstance(name, str):
+        raise ReflectEvoError(f"{where}: expected a preset name, got {name!r}. Valid presets: {', '.join(sorted(models))}")
     if name not in models:
         new = PRESET_ALIASES.get(str(name))
         if new in models:

@@ -133,7 +133,7 @@ def check(folder: str | Path, kind: str | None = None) -> Plan:
         card_json = folder / "model_card.json"
         if not card_json.exists():
             raise ReflectEvoError(f"{card_json}: missing; publish takes a folder the train stage wrote")
-        from reflectevo.adapters import read_card, setting_status
+        from reflectevo.adapters import check_card_weights, read_card
 
         plan.card = read_card(folder)
         status = plan.card.get("status")
@@ -144,7 +144,7 @@ def check(folder: str | Path, kind: str | None = None) -> Plan:
             raise ReflectEvoError(f"{card_json}: status {status!r}, not 'trained'")
         if not list(folder.rglob("adapter_config.json")) and not (folder / "config.json").exists():
             raise ReflectEvoError(f"{folder}: no adapter_config.json (nor a full model's config.json)")
-        setting_status(folder)   # the card's roles and their weights: a copy cut short is never uploaded
+        check_card_weights(folder, plan.card)   # every adapter's config and weights: a copy cut short is never uploaded
         if not meta.get("library_name") or not meta.get("pipeline_tag"):
             raise ReflectEvoError(f"{readme}: the metadata lacks library_name / pipeline_tag (re-run the train stage)")
     else:

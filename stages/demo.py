@@ -48,11 +48,14 @@ def prepare(params: Path = Path("params.yaml"), exclude: Path = Path("data/sourc
             seen_q.add(it.question)
     rows, counts = [], {}
     for i, spec in enumerate(prep.tasks):
-        task = get_task(spec.name, spec.options, where=f"prepare.tasks[{i}].name")
+        get_task(spec.name, where=f"prepare.tasks[{i}].name")   # an unknown name: did you mean
         # the test stream is prefix-stable: asking for more items keeps the first ones, so the default
         # run's test items come first and are skipped, and the next `demo.items` fresh ones are kept
         want = demo.items
-        pool = task.load("test", (spec.n_test or 100) + want + 16, prep.seed)
+        try:   # the task (or its generator, when asked for items) refuses its options: name the params key
+            pool = get_task(spec.name, spec.options).load("test", (spec.n_test or 100) + want + 16, prep.seed)
+        except ReflectEvoError as e:
+            raise ReflectEvoError(f"prepare.tasks[{i}].options: {e}") from None
         fresh = [it for it in pool if it.id not in seen_ids and it.question not in seen_q][:want]
         if len(fresh) < want:
             raise ReflectEvoError(f"demo.items: task {spec.name} gives {len(fresh)} fresh test items, fewer than {want}")

@@ -106,20 +106,23 @@ def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = 
           params: Path = Path("params.yaml")) -> None:
     """Write evolve.iterations and the matching evolve.chain (dvc.yaml's foreach list) into params.yaml."""
     import io
+    import re
 
     from ruamel.yaml import YAML
 
-    from reflectevo.config import EvolveConfig, evolve_chain, from_dict
+    from reflectevo.config import EvolveConfig, evolve_chain, from_dict, read_params
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.jsonio import write_text
+    from reflectevo.jsonio import read_input_text, write_text
+    from reflectevo.stage import one_line
 
     if iterations < 1:
         raise ReflectEvoError(f"evolve.iterations: must be >= 1 (1 = train once, as the paper), got {iterations}")
     # only the top-level `evolve:` block is parsed and rewritten (ruamel round trip: its comments and order
     # stay); every other line of the file is kept byte for byte (a round trip of the whole file would
     # reflow multi-line flow mappings such as the presets' `script: {...}`)
-    text = params.read_text()
-    lines = text.splitlines(keepends=True)
+    read_params(params)   # the whole file first: YAML, top-level keys (one line naming the file)
+    text = read_input_text(params, "params file")
+    lines = re.findall(r"[^\n]*\n|[^\n]+$", text)   # at "\n" only (str.splitlines also splits at U+0085 ...)
     start = next((i for i, line in enumerate(lines) if line.startswith("evolve:")), None)
     if start is None:
         raise ReflectEvoError(f"{params}: no evolve section (copy it from the project's params.yaml)")
@@ -127,7 +130,12 @@ def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = 
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
-    data = yaml.load("".join(lines[start:end]))
+    try:
+        data = yaml.load("".join(lines[start:end]))
+    except Exception as e:   # ruamel's errors carry line and column
+        raise ReflectEvoError(f"{params}: evolve: invalid YAML ({one_line(str(e))})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("evolve"), dict):
+        raise ReflectEvoError(f"{params}: evolve: expected a mapping (copy the section from the project's params.yaml)")
     data["evolve"]["iterations"] = iterations
     data["evolve"]["chain"] = evolve_chain(iterations)
     from_dict(EvolveConfig, dict(data["evolve"]), "evolve", require_all=True)

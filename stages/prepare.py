@@ -29,10 +29,14 @@ def main(params: Path = Path("params.yaml"), out: Path = Path("data/sources")) -
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     counts = {}
     for i, spec in enumerate(cfg.tasks):
-        task = get_task(spec.name, spec.options, where=f"prepare.tasks[{i}].name")
-        shots = {q for q, _ in task.fewshot()}  # an item must never be shown its own worked answer
-        test = [it for it in task.load("test", spec.n_test, cfg.seed) if it.question not in shots]
-        train = task.load("train", spec.n_train, cfg.seed)
+        task = get_task(spec.name, where=f"prepare.tasks[{i}].name")   # an unknown name: did you mean
+        try:   # the task (or its generator, when asked for items) refuses its options: name the params key
+            task = get_task(spec.name, spec.options)
+            shots = {q for q, _ in task.fewshot()}  # an item must never be shown its own worked answer
+            test = [it for it in task.load("test", spec.n_test, cfg.seed) if it.question not in shots]
+            train = task.load("train", spec.n_train, cfg.seed)
+        except ReflectEvoError as e:
+            raise ReflectEvoError(f"prepare.tasks[{i}].options: {e}") from None
         test_q = {it.question for it in test}
         test_ids = {it.id for it in test}
         train = [it for it in train if it.id not in test_ids and it.question not in test_q | shots]

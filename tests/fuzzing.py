@@ -14,6 +14,7 @@ A longer search: `REFLECTEVO_FUZZ_EXAMPLES=300 REFLECTEVO_FUZZ_RANDOM=1 pytest t
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -21,8 +22,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import yaml
+from helpers import tiny_params_dict
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+# huggingface_hub binds its log handler to the sys.stderr of its first import: import it here, not inside a
+# CliRunner call (whose captured stream is closed afterwards)
+import huggingface_hub.repocard  # noqa: E402,F401
 
 EXAMPLES = int(os.environ.get("REFLECTEVO_FUZZ_EXAMPLES", "0"))
 
@@ -232,3 +240,95 @@ def copy_tree(src: Path, dst: Path) -> Path:
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
     return dst
+
+
+# -- the pipeline the fuzz tests damage ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+_APPS: dict[str, object] = {}
+
+
+def stage(name: str):
+    if name not in _APPS:
+        spec = importlib.util.spec_from_file_location(f"fuzz_stage_{name}", ROOT / "stages" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _APPS[name] = mod.app
+    return _APPS[name]
+
+
+def invoke(app, *args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def scripted_params(path: Path, model: str = "scripted") -> Path:
+    p = tiny_params_dict(ROOT / "params.yaml", n_train=5, n_test=3)
+    p["model"] = model
+    p["models"]["scripted"]["script"].update(retry_correct=0.7)   # several fixing reflections per item:
+    p["generate"]["k"] = 3                                          # Dpref pairs, so the judge runs
+    p["curate"]["judge"] = "likelihood"          # the scripted model scores too
+    p["curate"]["eval_fraction"] = 0.2
+    p["evolve"].update(iterations=2, chain={"it2": {"models": "models", "data": "data/curated"}})
+    p["demo"] = {"items": 2, "protocols": {"oracle": {"systems": []}}}
+    for hp in ("sft", "dpo"):
+        p["train"][hp].update(max_steps=1, batch_size=1, save_steps=0)
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    return path
+
+
+def fake_adapter(folder: Path, setting: str, roles=("one_stage",), preset: str = "scripted") -> None:
+    """A trained setting's folder for the scripted model (which loads no weights): a card, and per role a
+    PEFT-shaped adapter_config.json and a small, well-formed adapter_model.safetensors."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    adapters = {}
+    for role in roles:
+        sub = folder if len(roles) == 1 else folder / role
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                                                             "target_modules": ["q_proj"]}))
+        save_file({"base_model.model.layers.0.q_proj.lora_A.weight": np.zeros((4, 8), np.float32)},
+                  str(sub / "adapter_model.safetensors"))
+        adapters[role] = "." if len(roles) == 1 else role
+    (folder / "model_card.json").write_text(json.dumps({
+        "setting": setting, "status": "trained", "base": {"preset": preset, "source": "scripted", "revision": "x"},
+        "adapters": adapters, "method": "lora", "n_train": 1, "n_eval": 0}))
+
+
+def build_base(d: Path) -> Path:
+    """The whole pipeline once, on the scripted model: sources, raw, curated, one trained (fake) and one
+    "no training data" setting, evaluation, report inputs, ReflectEvo-format copies, iteration 2's raw
+    episodes."""
+    d.mkdir(parents=True)
+    params = scripted_params(d / "params.yaml")
+    assert invoke(stage("prepare"), "--params", params, "--out", d / "sources").exit_code == 0
+    r = invoke(stage("generate"), "--params", params, "--sources", d / "sources/train.jsonl", "--out", d / "raw",
+               "--summary", d / "metrics/generate.json", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = invoke(stage("curate"), "--params", params, "--raw", d / "raw", "--out", d / "curated",
+               "--metrics", d / "metrics/curate.json")
+    assert r.exit_code == 0, r.output
+    fake_adapter(d / "models/one_stage", "one_stage")
+    (d / "models/two_stage").mkdir(parents=True)
+    (d / "models/two_stage/model_card.json").write_text(json.dumps(
+        {"setting": "two_stage", "status": "no training data", "reason": "D+ is empty"}))
+    r = invoke(stage("evaluate"), "--params", params, "--sources", d / "sources/test.jsonl", "--models", d / "models",
+               "--predictions", d / "eval/predictions.jsonl", "--metrics", d / "metrics/eval.json",
+               "--plots", d / "plots")
+    assert r.exit_code == 0, r.output
+    (d / "metrics/train").mkdir()
+    (d / "metrics/train/one_stage.json").write_text(json.dumps({"model": "scripted", "setting": "one_stage",
+                                                                "trained": True, "n_train": 1}))
+    from reflectevo.cli import app as cli
+
+    for kind in ("raw", "dplus", "dpm"):   # the same records in ReflectEvo's formats (reflectevo convert --to)
+        src = d / "raw" if kind == "raw" else d / f"curated/{kind}_train.jsonl"
+        r = invoke(cli, "convert", "--to", "reflectevo", "--kind", kind, src, d / f"theirs/{kind}.jsonl")
+        assert r.exit_code == 0, r.output
+    copy_tree(d / "raw", d / "evolve/it2/raw")
+    (d / "evolve/it2/generate.json").write_text((d / "metrics/generate.json").read_text())
+    return d
+
+

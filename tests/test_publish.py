@@ -93,7 +93,10 @@ def publish(hub, tmp_path, *args, token="hf_test_token"):
 
 
 def model_folder(root: Path, setting: str = "two_stage", **card_kw) -> Path:
-    """What train@<setting> leaves (card, README cards, adapter configs; weights are stand-in bytes)."""
+    """What train@<setting> leaves (card, README cards, adapter configs; weights: a small well-formed file)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
     out = root / "models" / setting
     roles = {"two_stage": ["reflector", "corrector"]}.get(setting, [setting])
     adapters = {r: (r if len(roles) > 1 else ".") for r in roles}
@@ -101,7 +104,7 @@ def model_folder(root: Path, setting: str = "two_stage", **card_kw) -> Path:
         (out / sub).mkdir(parents=True, exist_ok=True)
         (out / sub / "adapter_config.json").write_text(json.dumps(
             {"base_model_name_or_path": "reflectevo-preset:qwen2_5-0_5b-instruct", "peft_type": "LORA", "r": 8}))
-        (out / sub / "adapter_model.safetensors").write_bytes(b"\x00weights")
+        save_file({"lora_A.weight": np.zeros((2, 2), np.float32)}, str(out / sub / "adapter_model.safetensors"))
         (out / sub / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 2048}))
     write_card(out, {**_card("qwen2_5-0_5b-instruct", setting, adapters=adapters), **card_kw})
     return out
@@ -139,7 +142,7 @@ def test_publish_a_model_folder(hub, tmp_path):
             'adapter_name="reflector")') in card.text
     role = ModelCard(files["corrector/README.md"].decode())
     assert 'from_pretrained(base, "someone/reflectevo-two-stage", subfolder="corrector")' in role.text
-    assert files["reflector/adapter_model.safetensors"] == b"\x00weights"
+    assert files["reflector/adapter_model.safetensors"] == (folder / "reflector/adapter_model.safetensors").read_bytes()
     # the local folder is untouched (the cards are re-rendered in a copy)
     assert "someone/" not in (folder / "README.md").read_text()
 

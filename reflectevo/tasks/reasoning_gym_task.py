@@ -104,8 +104,9 @@ class ReasoningGymTask(Task):
 
         try:
             return reasoning_gym.create_dataset(self.generator, size=size, seed=seed, **self.options)
-        except TypeError as e:
-            raise ReflectEvoError(f"task {self.name}: bad generator options {self.options}: {e}") from None
+        except (TypeError, ValueError, AssertionError) as e:   # reasoning-gym checks its configs with asserts
+            raise ReflectEvoError(f"task {self.name}: bad generator options {self.options}: "
+                                  f"{str(e).strip() or type(e).__name__}") from None
 
     def load(self, split: str, n: int = 0, seed: int = 0) -> list[Item]:
         if split not in self.splits:

@@ -88,11 +88,11 @@ def row_problem(setting: str, row: dict[str, Any]) -> str | None:
     cannot be built."""
     s = setting_of(setting)
     kind = "sources" if s.data == "sources" else s.family
-    if kind == "sources":
-        return Item.problem(row)
     for key in _ROW_FIELDS[kind]:
         if key not in row:
             return f"missing field {key!r}"
+    if kind == "sources":
+        return Item.problem(row)
     checks = [("item_id", (str, int), "a string"), ("task", (str,), "a string"), ("question", (str,), "a string"),
               ("answer", (str,), "a string"), ("trial1", (str,), "a string"),
               ("choices", (list, type(None)), "a list of strings or null"),
@@ -143,6 +143,6 @@ def rl_rows(episodes: dict[str, dict[str, Any]], protocol: str, limit: int = 0) 
         t1 = ep["trial1"]
         if protocol == "oracle" and t1.get("correct"):
             continue
-        rows.append({"item": ep["item"], "trial1": t1.get("attempt", t1["completion"]), "rejected": t1.get("extracted"),
+        rows.append({"item": ep["item"], "trial1": t1["attempt"] if "attempt" in t1 else t1["completion"], "rejected": t1.get("extracted"),
                      "protocol": protocol, "episode_id": eid})
     return rows[:limit] if limit else rows

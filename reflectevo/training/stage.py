@@ -60,25 +60,43 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
 def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
     """RL prompts from the episodes in `raw_dir` (generate's output): failed trial-1 attempts (oracle) or every
     item (intrinsic). Episodes but no failed attempt -> one line, exit 2; no episodes -> "no training data"."""
-    from reflectevo.curation import check_episode
     from reflectevo.shards import iter_episodes
-    from reflectevo.tasks import Item
     from reflectevo.training.data import rl_rows
 
     if not raw_dir.is_dir():
         raise ReflectEvoError(f"{raw_dir}: no raw episodes folder (run the generate stage: `dvc repro generate`)")
     episodes = {}
     for where, ep in iter_episodes(raw_dir, where=True):   # each checked: file and row on a damaged one
-        check_episode(ep, where)
-        problem = Item.problem(ep["item"])
+        problem = rl_episode_problem(ep)
         if problem:
-            raise ReflectEvoError(f"{where}: item: {problem}")
+            raise ReflectEvoError(f"{where}: {problem}")
         episodes[ep["episode_id"]] = ep
     rows = rl_rows(episodes, hp.protocol, hp.limit)
     if episodes and not rows:
         raise ReflectEvoError(f"{raw_dir}: no failed trial-1 attempts among {len(episodes)} episodes (train.rl.protocol: "
                               "oracle trains on failures only); use train.rl.protocol: intrinsic or generate more items")
     return rows
+
+
+def rl_episode_problem(ep: dict[str, Any]) -> str | None:
+    """What makes a raw episode unusable as an RL prompt (the fields `rl_rows` reads), or None."""
+    from reflectevo.tasks import Item
+
+    if not isinstance(ep.get("episode_id"), str):
+        return "field 'episode_id' must be a string"
+    problem = Item.problem(ep.get("item"))
+    if problem:
+        return f"item: {problem}"
+    t1 = ep.get("trial1")
+    if not isinstance(t1, dict):
+        return "field 'trial1' must be an object"
+    if not isinstance(t1.get("correct"), bool):
+        return "field 'trial1.correct' must be true or false"
+    if not isinstance(t1.get("attempt", t1.get("completion")), str):
+        return "field 'trial1.attempt' (or 'trial1.completion') must be a string"
+    if not isinstance(t1.get("extracted"), (str, type(None))):
+        return "field 'trial1.extracted' must be a string or null"
+    return None
 
 
 def read_rows(path: Path, setting: str) -> list[dict]:
