@@ -1,7 +1,7 @@
 """JSONL reading with file:line errors, and atomic / crash-safe writing.
 
 Outputs are written to a temporary file in the same folder, fsynced, then renamed into place, so a
-reader never sees half a file. Journals (append + flush + fsync per batch) let a killed run resume:
+reader never sees half a file (and the next writer of the same file removes a temporary one a kill left). Journals (append + flush + fsync per batch) let a killed run resume:
 a truncated last line is the only damage a crash can do, and `read_jsonl(..., tolerate_torn_tail=True)`
 drops it.
 """
@@ -118,12 +118,22 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=False, separators=(",", ":"))
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path` (`.<name>.<random>.tmp`), after removing the ones a killed writer of
+    `path` left there: an output folder never keeps a stale half-written copy."""
+    import glob
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file next to `path`; on clean exit fsync and rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
@@ -150,8 +160,7 @@ class JsonlWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = _temp_beside(self.path)
         self._tmp = Path(tmp)
         self._fh: IO[str] | None = os.fdopen(fd, "w", encoding="utf-8")
         self.count = 0

@@ -24,7 +24,7 @@ STEPS, SAVE_EVERY = 4, 2
 # stages/train.py as `python stages/train.py ...` runs it, with each optimizer step sleeping SLOW_STEP seconds
 DRIVER = """
 import os, runpy, sys, time
-import reflectevo.training as T
+import reflectevo.training.run as T   # where train_setting looks step_logger up
 
 slow = float(os.environ.get("SLOW_STEP", "0"))
 _orig = T.step_logger

@@ -117,6 +117,24 @@ class RoleCheckpoints:
 _ROLE_DIRS = ("reflector", "corrector")
 
 
+def no_checkpoint_at_the_end():
+    """A TrainerCallback that keeps the trainer from saving a checkpoint at its last step (it does, whatever
+    `save_steps` says). Resumed from that checkpoint, transformers' loop runs one step past `max_steps` when
+    the cap falls inside an epoch (it checks the cap only after a step), and the checkpoint lacks the final
+    evaluation; so a run killed between it and `final/` would end elsewhere than an uninterrupted one. The
+    role's `final/` folder is the end state a rerun reuses; without it, the rerun resumes from the last
+    periodic checkpoint and redoes the steps after it."""
+    from transformers import TrainerCallback
+
+    class NoCheckpointAtTheEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                control.should_save = False
+            return control
+
+    return NoCheckpointAtTheEnd()
+
+
 def remove_checkpoints(root: Path) -> None:
     """Remove every keyed run folder under `root` (this setting's, stale keys included), then `root` if empty."""
     if not is_main_process() or not root.is_dir():

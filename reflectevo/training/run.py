@@ -12,7 +12,7 @@ from reflectevo.config import ModelPreset, TrainConfig, to_dict
 from reflectevo.modelcard import base_model_info
 from reflectevo.settings import setting as setting_of
 from reflectevo.training.card import _live, replay_history, step_logger, write_card
-from reflectevo.training.checkpoint import RoleCheckpoints, checkpoint_key, remove_checkpoints
+from reflectevo.training.checkpoint import RoleCheckpoints, checkpoint_key, no_checkpoint_at_the_end, remove_checkpoints
 from reflectevo.training.data import data_hash, examples
 from reflectevo.training.dist import _barrier, is_main_process
 from reflectevo.training.offline import build_offline_trainer
@@ -109,6 +109,8 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         if role in init:
             result["init"][role] = load_adapter_weights(trainer.model, init[role])
         trainer.add_callback(step_logger(live, role))
+        if ckpt is not None:
+            trainer.add_callback(no_checkpoint_at_the_end())
         dropped = len(train_ex[role]) - len(trainer.train_dataset)  # TRL drops examples truncation emptied
         if len(trainer.train_dataset) == 0:
             what_lost = "prompts are longer than" if kind == "rl" else "examples lose their target at"
