@@ -250,5 +250,17 @@ def check_card_weights(setting_dir: str | Path, card: dict[str, Any], roles: Any
         check_weights_folder(Path(setting_dir) / adapters[role], method)
 
 
-__all__ = ["GenerationAdapters", "SKIPPED_STATUSES", "check_card_weights", "check_weights_folder", "setting_status", "PhaseBackends", "adapter_hash",
-           "build_phase_backends", "generation_adapters", "read_card", "served_name", "untrained_reason"]
+__all__ = [
+    "SKIPPED_STATUSES",
+    "GenerationAdapters",
+    "PhaseBackends",
+    "adapter_hash",
+    "build_phase_backends",
+    "check_card_weights",
+    "check_weights_folder",
+    "generation_adapters",
+    "read_card",
+    "served_name",
+    "setting_status",
+    "untrained_reason",
+]

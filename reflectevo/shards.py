@@ -125,7 +125,7 @@ def iter_episodes(path: str | Path, where: bool = False, journals: bool = True) 
     for f, torn_ok in files:
         for w, ep in _iter_file(f, tolerate_torn_tail=torn_ok):
             key = ep.get("episode_id")
-            if key is not None:
+            if isinstance(key, str):   # (another type is the reader's to refuse, naming the row)
                 if key in seen:
                     continue
                 seen.add(key)

@@ -63,8 +63,7 @@ def _checked_items(path: Path, tasks: dict, limit: int = 0):
 
     if not path.exists():
         raise ReflectEvoError(f"{path}: sources not found (run the prepare stage: `dvc repro prepare`)")
-    n = 0
-    for line, row in iter_jsonl_lines(path):
+    for n, (line, row) in enumerate(iter_jsonl_lines(path), start=1):
         problem = Item.problem(row)
         if problem:
             raise ReflectEvoError(f"{path}:{line}: {problem}")
@@ -77,7 +76,6 @@ def _checked_items(path: Path, tasks: dict, limit: int = 0):
                 raise ReflectEvoError(f"{path}:{line}: task {row['task']!r}: unusable meta.task_options "
                                       f"({one_line(str(e))})") from None
         yield line, row
-        n += 1
         if limit and n >= limit:
             return
 

@@ -109,6 +109,7 @@ def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = 
     import re
 
     from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
 
     from reflectevo.config import EvolveConfig, evolve_chain, from_dict, read_params
     from reflectevo.errors import ReflectEvoError
@@ -132,7 +133,7 @@ def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = 
     yaml.width = 4096
     try:
         data = yaml.load("".join(lines[start:end]))
-    except Exception as e:   # ruamel's errors carry line and column
+    except YAMLError as e:   # ruamel's errors carry line and column
         raise ReflectEvoError(f"{params}: evolve: invalid YAML ({one_line(str(e))})") from None
     if not isinstance(data, dict) or not isinstance(data.get("evolve"), dict):
         raise ReflectEvoError(f"{params}: evolve: expected a mapping (copy the section from the project's params.yaml)")

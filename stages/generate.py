@@ -25,7 +25,7 @@ from pathlib import Path
 
 import typer
 
-from reflectevo.stage import count_items, friendly_errors, iter_items, stage_params
+from reflectevo.stage import check_episode_shards, count_items, friendly_errors, iter_items, stage_params
 
 app = typer.Typer(add_completion=False)
 
@@ -122,6 +122,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     from reflectevo.generation import Stats, Summary, generate_keys, iter_wanted, make_spec, shard_slice, write_shards
     from reflectevo.jsonio import write_json
     from reflectevo.models import check_available, model_fingerprint
+    from reflectevo.shards import shard_files
 
     name, preset, cfg = stage_params(params, "generate")
     if cfg.import_path:   # the published data instead of a model: no generation, no model loaded
@@ -133,6 +134,8 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
     n_items = count_items(sources, cfg.limit)
     if not n_items:
         raise ReflectEvoError(f"{sources}: no train items to generate from")
+    if shard_files(out):   # an earlier run's episodes (reused by key): their shards checked before any model
+        check_episode_shards(out)
 
     def items(part: tuple[int, int] | None = None):
         """The sources streamed (never all in memory), up to `limit`, or worker i of n's every n-th item."""

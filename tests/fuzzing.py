@@ -22,15 +22,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+# huggingface_hub binds its log handler to the sys.stderr of its first import: import it here, not inside a
+# CliRunner call (whose captured stream is closed afterwards)
+import huggingface_hub.repocard  # noqa: F401
 import yaml
 from helpers import tiny_params_dict
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
-
-# huggingface_hub binds its log handler to the sys.stderr of its first import: import it here, not inside a
-# CliRunner call (whose captured stream is closed afterwards)
-import huggingface_hub.repocard  # noqa: E402,F401
 
 EXAMPLES = int(os.environ.get("REFLECTEVO_FUZZ_EXAMPLES", "0"))
 

@@ -115,7 +115,7 @@ def test_an_unreadable_file_in_a_real_process(d):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "--params", str(d / "params.yaml"),
                           "--sources", str(src), "--out", str(d / "out"), "--summary", str(d / "out.json")],
-                         capture_output=True, text=True, env=env, cwd=str(d))
+                         capture_output=True, text=True, env=env, cwd=str(d), check=False)
     src.chmod(0o644)
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip() == f"error: {src}: cannot read the file (permission denied)"
@@ -149,6 +149,7 @@ def test_a_flipped_byte_in_a_shard_is_one_line(d):
     (("trial1",), "text", "field 'trial1' must be an object"),
     (("samples", 0), [1], "field 'samples[0]' must be an object"),
     (("trial1", "n_new_tokens"), "many", "field 'trial1.n_new_tokens' must be an integer or null"),
+    (("episode_id",), ["x"], "field 'episode_id' must be a string, got list"),   # was: unhashable type 'list'
 ])
 def test_a_mistyped_episode_field_is_named_with_its_row(d, path, value, message):
     import pyarrow as pa
@@ -165,7 +166,7 @@ def test_a_mistyped_episode_field_is_named_with_its_row(d, path, value, message)
     node[path[-1]] = value
     episodes[i] = json.dumps(ep)
     pq.write_table(table.set_column(table.column_names.index("episode"), "episode", pa.array(episodes, pa.string())), shard)
-    one_line(curate(d), f"{shard}: row {i + 1}: episode", message)
+    one_line(curate(d), f"{shard}: row {i + 1}: episode", message)   # (the row, whatever its id)
 
 
 def test_a_shard_column_of_another_type_is_one_line(d):
@@ -183,7 +184,7 @@ def test_a_shard_column_of_another_type_is_one_line(d):
 
 class _Loads:
     def __init__(self, monkeypatch):
-        import reflectevo.backends.hf as hf
+        from reflectevo.backends import hf
 
         self.built, real = [], hf.make_backend
 
@@ -205,8 +206,8 @@ def test_curate_checks_every_shard_before_loading_the_judge(d, monkeypatch):
 def test_curate_without_a_pair_to_judge_loads_no_judge(d, monkeypatch, tmp_path):
     """Episodes with at most one fixing reflection per item: no Dpref pair, so the judge never loads; its
     record (preset, kind, prompt version) is still in stats.json."""
-    from reflectevo.shards import iter_episodes
     from reflectevo.generation import write_shards
+    from reflectevo.shards import iter_episodes
 
     loads = _Loads(monkeypatch)
     eps = []
@@ -484,3 +485,26 @@ def test_an_empty_demand_list_is_refused_before_any_model(d):
     one_line(generate(d, d / "sources/train.jsonl"), "generate.demands: list at least one demand id, or [all]")
     assert snapshot(d / "raw", d / "metrics/generate.json") == before
     one_line(invoke(cli, "params", "check", d / "params.yaml"), "generate.demands")
+
+
+def test_generate_checks_an_earlier_runs_shards_before_any_model(d, monkeypatch):
+    """data/raw's shards (persisted, reused by key) were read only after every new episode was generated."""
+    import reflectevo.backends as backends
+
+    built = []
+    real = backends.make_backend
+    monkeypatch.setattr(backends, "make_backend", lambda *a, **kw: built.append(a[0]) or real(*a, **kw))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard = _shard(d)      # readable keys, one episode that is not JSON: found only when the shard is read whole
+    table = pq.read_table(shard)
+    episodes = table.column("episode").to_pylist()
+    episodes[0] = "{not json"
+    pq.write_table(table.set_column(table.column_names.index("episode"), "episode", pa.array(episodes, pa.string())),
+                   shard)
+    src = d / "more.jsonl"   # new items: there is something to generate
+    rows = [json.loads(x) for x in (d / "sources/train.jsonl").read_text().splitlines()]
+    src.write_text("".join(json.dumps({**r, "id": f"new-{r['id']}"}) + "\n" for r in rows))
+    one_line(generate(d, src), f"{shard}: row 1: malformed episode JSON")
+    assert built == [] and not list((d / "raw").glob("journal*"))

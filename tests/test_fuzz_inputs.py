@@ -13,8 +13,18 @@ import json
 from pathlib import Path
 
 import pytest
-from fuzzing import (build_base, check_contract, copy_tree, damage, fake_adapter, fuzz_settings, invoke, scripted_params,
-                     snapshot, stage)
+from fuzzing import (
+    build_base,
+    check_contract,
+    copy_tree,
+    damage,
+    fake_adapter,
+    fuzz_settings,
+    invoke,
+    scripted_params,
+    snapshot,
+    stage,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 

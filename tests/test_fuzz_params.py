@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fuzzing import JSON_VALUES, build_base, check_contract, copy_tree, damage, fuzz_settings, invoke, snapshot, stage
+from fuzzing import (
+    JSON_VALUES,
+    build_base,
+    check_contract,
+    copy_tree,
+    damage,
+    fuzz_settings,
+    invoke,
+    snapshot,
+    stage,
+)
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -197,6 +207,7 @@ def _case(key: str):
 @pytest.mark.parametrize("key", [_case(k) for k in RANGES])
 def test_params_check_refuses_a_value_out_of_range(tmp_path, key):
     from fuzzing import ROOT
+
     from reflectevo.cli import app as cli
 
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -216,6 +227,7 @@ def test_params_check_refuses_a_value_out_of_range(tmp_path, key):
 def test_params_check_refuses_any_value_out_of_range(data):
     """As above with drawn keys and values: an out-of-range number anywhere in RANGES is refused."""
     from fuzzing import ROOT
+
     from reflectevo.cli import app as cli
 
     key = data.draw(st.sampled_from(sorted(RANGES)), label="key")

@@ -238,7 +238,7 @@ def test_kill_9_at_any_file_event_then_rerun_matches(base, tmp_path, name):
         d = copy_tree(base, tmp_path / f"k{n}")
         app, args, outputs = _stage_case(name, d)
         _clear(outputs)
-        killed, seen = run_killed(lambda: invoke(app, *args), n)
+        killed, seen = run_killed(lambda app=app, args=args: invoke(app, *args), n)
         assert killed or n > len(seen), f"{name}: not killed at event {n} of {len(events)}"
         whole(outputs)                       # nothing committed is half-written
         r = invoke(app, *args)               # the same command again
@@ -286,7 +286,7 @@ def test_kill_9_in_evolve_train_then_rerun_matches(base, tmp_path):
     for n in sorted({1 + round(i * (len(events) - 1) / 3) for i in range(4)}):
         d = copy_tree(base, tmp_path / f"k{n}")
         args, outputs = case(d)
-        killed, seen = run_killed(lambda: invoke(stage("evolve"), *args), n, timeout=300)
+        killed, seen = run_killed(lambda args=args: invoke(stage("evolve"), *args), n, timeout=300)
         assert killed or n > len(seen)    # (a first run also writes the tiny model's cache: a few events more)
         whole(outputs)
         r = invoke(stage("evolve"), *args)

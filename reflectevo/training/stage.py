@@ -16,7 +16,7 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
     `headline`). `checkpoints`: a folder, "auto" (checkpoints/<setting> beside the models folder) or "none".
     `init`: role -> an adapter folder to start from (see `train_setting`). Returns the result on rank 0
     (None on other ranks, which write nothing)."""
-    from reflectevo.config import load_section, load_preset, read_params
+    from reflectevo.config import load_preset, load_section, read_params
     from reflectevo.jsonio import write_json
     from reflectevo.models import check_available, model_fingerprint
     from reflectevo.settings import setting as setting_of
