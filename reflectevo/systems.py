@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reflectevo.errors import ReflectEvoError
 from reflectevo.settings import baseline_names, registry, setting_names
 
 
@@ -25,15 +26,26 @@ class Evaluation:
     t1: list[dict]                         # trial-1 rows (shared by every system)
 
 
-def trained_cards(models: Path, preset_name: str) -> tuple[dict[str, dict], dict[str, str]]:
+NOT_HERE = "not in this evaluation's systems"
+
+
+def trained_cards(models: Path, preset_name: str, only: Sequence[str] = ()) -> tuple[dict[str, dict], dict[str, str]]:
     """(setting -> model card of every trained setting, setting -> why it is skipped). Only a missing folder
     or a card saying "no training data" / "disabled" is a skip; a folder whose card or weights cannot be
     read, or that was trained on another preset, raises one line naming the file (`adapters.setting_status`),
-    before any model is loaded."""
-    from reflectevo.adapters import setting_status
+    before any model is loaded. `only`: the settings evaluated (() = all); a trained one not among them is
+    listed as not evaluated here, and its folder is not checked."""
+    from reflectevo.adapters import read_card, setting_status
 
     cards, skipped = {}, {}
     for setting in setting_names():
+        if only and setting not in only:
+            try:
+                if read_card(models / setting).get("status") == "trained":
+                    skipped[setting] = NOT_HERE
+            except ReflectEvoError:
+                pass
+            continue
         if not (models / setting).exists():
             skipped[setting] = f"no adapter at {models / setting} (no such folder)"
             continue
@@ -54,15 +66,7 @@ def run_evaluation(name: str, preset: Any, cfg: Any, items: list, tasks: dict, m
     from reflectevo.backends.hf import make_backend
     from reflectevo.diagnostics import prediction_diagnostics
     wanted = set(only)
-    cards, skipped = trained_cards(models, name)
-    if wanted:
-        for s in list(cards):
-            if s not in wanted:
-                del cards[s]
-                skipped[s] = "not in this evaluation's systems"
-        for s in list(skipped):
-            if s not in wanted and skipped[s] != "not in this evaluation's systems":
-                del skipped[s]
+    cards, skipped = trained_cards(models, name, tuple(wanted))
 
     def adapter(setting: str, role: str) -> Path:
         return models / setting / cards[setting]["adapters"][role]

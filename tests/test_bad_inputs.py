@@ -508,3 +508,23 @@ def test_generate_checks_an_earlier_runs_shards_before_any_model(d, monkeypatch)
     src.write_text("".join(json.dumps({**r, "id": f"new-{r['id']}"}) + "\n" for r in rows))
     one_line(generate(d, src), f"{shard}: row 1: malformed episode JSON")
     assert built == [] and not list((d / "raw").glob("journal*"))
+
+
+def test_a_setting_the_evaluation_leaves_out_is_not_checked(d):
+    """demo evaluate --protocol P with `systems`: a damaged folder of a setting it does not evaluate is no error."""
+    (d / "models/dpo_pm").mkdir()
+    (d / "models/dpo_pm/model_card.json").write_text("{")
+    p = yaml.safe_load((d / "params.yaml").read_text())
+    p["demo"]["protocols"]["oracle"]["systems"] = ["base_reflect", "one_stage"]
+    (d / "params.yaml").write_text(yaml.safe_dump(p))
+    r = invoke(stage("demo"), "evaluate", "--params", d / "params.yaml", "--protocol", "oracle", "--sources",
+               d / "sources/test.jsonl", "--models", d / "models", "--predictions", d / "demo/p.jsonl",
+               "--metrics", d / "demo/m.json", "--plots", d / "demo/plots")
+    assert r.exit_code == 0, r.output
+    report = json.loads((d / "demo/m.json").read_text())
+    assert set(report["systems"]) == {"base_reflect", "one_stage"} and report["skipped"] == {}
+    p["demo"]["protocols"]["oracle"]["systems"] = ["dpo_pm"]
+    (d / "params.yaml").write_text(yaml.safe_dump(p))
+    one_line(invoke(stage("demo"), "evaluate", "--params", d / "params.yaml", "--protocol", "oracle", "--sources",
+                    d / "sources/test.jsonl", "--models", d / "models", "--predictions", d / "demo/p.jsonl",
+                    "--metrics", d / "demo/m.json", "--plots", d / "demo/plots"), str(d / "models/dpo_pm/model_card.json"))
