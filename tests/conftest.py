@@ -45,3 +45,12 @@ def tiny_model_dir() -> Path:
     from reflectevo.models import build_tiny_random
 
     return build_tiny_random(0)
+
+
+@pytest.fixture(scope="session")
+def scripted_pipeline(tmp_path_factory) -> Path:
+    """The whole pipeline once on the scripted model (tests/fuzzing.py: `build_base`), for the fuzz, bad-input
+    and kill tests, which work on copies of it."""
+    from fuzzing import build_base
+
+    return build_base(tmp_path_factory.mktemp("pipeline") / "base")

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fuzzing import build_base, copy_tree, fake_adapter, invoke, scripted_params, snapshot, stage
+from fuzzing import copy_tree, fake_adapter, invoke, scripted_params, snapshot, stage
 
 from reflectevo.cli import app as cli
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_base(tmp_path_factory.mktemp("bad") / "base")
+def base(scripted_pipeline):
+    return scripted_pipeline
 
 
 @pytest.fixture

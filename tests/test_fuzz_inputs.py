@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from fuzzing import (
-    build_base,
     check_contract,
     copy_tree,
     damage,
@@ -32,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_base(tmp_path_factory.mktemp("fuzz") / "base")
+def base(scripted_pipeline):
+    return scripted_pipeline
 
 
 def _fresh(base: Path, root: Path) -> Path:

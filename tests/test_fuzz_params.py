@@ -17,7 +17,6 @@ import pytest
 import yaml
 from fuzzing import (
     JSON_VALUES,
-    build_base,
     check_contract,
     copy_tree,
     damage,
@@ -31,8 +30,8 @@ from hypothesis import strategies as st
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_base(tmp_path_factory.mktemp("fuzzp") / "base")
+def base(scripted_pipeline):
+    return scripted_pipeline
 
 
 def _leaves(obj, prefix=()):
@@ -132,7 +131,7 @@ COMMANDS = ("params check", "presets", "prepare", "generate", "curate", "train",
             "evolve summary", "demo prepare")
 
 
-@fuzz_settings(40)
+@fuzz_settings(25)
 @given(data=st.data())
 def test_params_mutations_one_line_or_success(base, tmp_path_factory, data):
     d = copy_tree(base, tmp_path_factory.mktemp("p") / "ex")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fuzzing import build_base, copy_tree, fake_adapter, invoke, leftovers, stage
+from fuzzing import copy_tree, fake_adapter, invoke, leftovers, stage
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +35,8 @@ VOLATILE = {"seconds", "episodes_per_s", "new_tokens_per_s", "train_tokens_per_s
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    d = build_base(tmp_path_factory.mktemp("kill") / "base")
+def base(scripted_pipeline, tmp_path_factory):
+    d = copy_tree(scripted_pipeline, tmp_path_factory.mktemp("kill") / "base")
     fake_adapter(d / "evolve/it2/models/one_stage", "one_stage")
     return d
 
