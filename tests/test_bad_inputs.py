@@ -489,7 +489,7 @@ def test_an_empty_demand_list_is_refused_before_any_model(d):
 
 def test_generate_checks_an_earlier_runs_shards_before_any_model(d, monkeypatch):
     """data/raw's shards (persisted, reused by key) were read only after every new episode was generated."""
-    import reflectevo.backends as backends
+    from reflectevo import backends
 
     built = []
     real = backends.make_backend
