@@ -157,16 +157,22 @@ def _structure_parquet(data, path: Path) -> None:
     pq.write_table(out, path)
 
 
-OPS = ("truncate", "garble", "empty", "directory", "binary", "structure", "structure", "structure")
+OPS = ("truncate", "garble", "empty", "directory", "unreadable", "binary", "structure", "structure", "structure")
+DENIED: set[Path] = set()   # files made unreadable; as root (who reads them anyway) `invoke` denies Python's opens
 
 
 def damage(data, path: Path, kind: str) -> str:
     """Damage the input `path` in one way drawn from `data` (kind: jsonl | json | parquet | bytes):
     cut short, bytes overwritten, emptied, a folder in its place, random bytes, or (structure) one field
     deleted / retyped / added, a row dropped / doubled / replaced by a non-object, a Parquet column
-    dropped or retyped. Returns what was done."""
-    op = data.draw(st.sampled_from(OPS if kind != "bytes" else OPS[:5]), label="op")
+    dropped or retyped, or the file made unreadable (chmod 000). Returns what was done."""
+    DENIED.clear()
+    op = data.draw(st.sampled_from(OPS if kind != "bytes" else OPS[:6]), label="op")
     raw = path.read_bytes()
+    if op == "unreadable":
+        path.chmod(0)
+        DENIED.add(path.resolve())
+        return op
     if op == "truncate":
         path.write_bytes(raw[: data.draw(st.integers(0, max(0, len(raw) - 1)), label="cut")])
     elif op == "garble":
@@ -258,7 +264,25 @@ def stage(name: str):
 
 
 def invoke(app, *args):
-    return runner.invoke(app, [str(a) for a in args])
+    """The command run in this process (typer's CliRunner). Files damaged as "unreadable" are unreadable to
+    it: by their mode, and, when the tests run as root, by a PermissionError from Python's open()."""
+    if not DENIED or os.geteuid() != 0:
+        return runner.invoke(app, [str(a) for a in args])
+    import builtins
+    import io
+
+    real_open = io.open
+
+    def denying(file, *a, **kw):
+        if isinstance(file, (str, os.PathLike)) and Path(file).resolve() in DENIED:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **kw)
+
+    builtins.open = io.open = denying
+    try:
+        return runner.invoke(app, [str(a) for a in args])
+    finally:
+        builtins.open = io.open = real_open
 
 
 def scripted_params(path: Path, model: str = "scripted") -> Path:

@@ -289,3 +289,36 @@ def test_cli_commands_on_damaged_files(base, tmp_path_factory, data):
     before = snapshot(*outputs)
     r = invoke(cli, *args)
     check_contract(r, outputs, before, [str(target), str(target.parent)], f"reflectevo {cmd} ({op})")
+
+
+# -- CLI commands without input files: their arguments ------------------------------------------------------
+
+@fuzz_settings(16)
+@given(data=st.data())
+def test_cli_arguments(data):
+    """`reflectevo items / tasks / verify / metrics / convert` with drawn task names, splits, counts and
+    options: the items, or one line naming the argument."""
+    from reflectevo.cli import app as cli
+
+    task = data.draw(st.sampled_from(["rg/chain_sum", "rg/chain_summ", "rg/", "", "reflectevo/logiqa", "x.yaml"])
+                     | st.text(max_size=12), label="task")
+    cmd = data.draw(st.sampled_from(["items", "tasks", "verify", "metrics", "convert"]), label="command")
+    if cmd == "items":
+        split = data.draw(st.sampled_from(["test", "train", "dev", "TEST"]), label="split")
+        n = data.draw(st.integers(-3, 3), label="n")
+        args = ["items", task, "--split", split, "-n", n]
+    elif cmd == "tasks":
+        args = ["tasks"] + data.draw(st.sampled_from([[], ["--all"]]), label="flags")
+    elif cmd == "verify":
+        args = ["verify", task, "/nonexistent/preds.jsonl"]
+    elif cmd == "metrics":
+        args = ["metrics", "/nonexistent", "--protocol", data.draw(st.sampled_from(["oracle", "oracel", ""]))]
+    else:
+        args = ["convert", "/nonexistent/in.jsonl", "/nonexistent/out.jsonl", "--kind",
+                data.draw(st.sampled_from(["raw", "dplus", "dpm", "dpref", "dlpus"])),
+                data.draw(st.sampled_from(["--from", "--to"])), data.draw(st.sampled_from(["reflectevo", "theirs"]))]
+    r = invoke(cli, *args)
+    names = [str(a) for a in args[1:] if str(a)] + ["task", "--split", "split", "--kind", "--protocol", "--from", "--to"]
+    if check_contract(r, [], {}, names, f"reflectevo {' '.join(map(str, args))}") and cmd == "items":
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert all({"id", "task", "question", "answer"} <= set(row) for row in rows)
