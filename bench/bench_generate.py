@@ -81,11 +81,12 @@ def main(preset: str = "smollm2-135m", items: int = 400, tokens: int = 48, batch
 
     from reflectevo.backends.hf import TransformersBackend
     from reflectevo.config import load_preset, load_section, read_params
-    from reflectevo.generation import generate, load_episodes, make_spec
-    from reflectevo.models import model_fingerprint
+    from reflectevo.generation.run import generate, load_episodes
+    from reflectevo.generation.keys import make_spec
+    from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.stage import load_items
 
-    from reflectevo.generation import SAMPLER
+    from reflectevo.generation.keys import SAMPLER
 
     report: dict = {"sampler": SAMPLER, "preset": preset, "items": items, "max_new_tokens": tokens, "batch_size": batch,
                     "cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}

@@ -119,15 +119,15 @@ def make_params(dst: Path, n_eval: int = 0) -> None:
 
 def jsonl_bytes(raw: Path) -> int:
     from reflectevo.jsonio import dumps
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     return sum(len(dumps(ep).encode("utf-8")) + 1 for ep in iter_episodes(raw))
 
 
 def export_theirs(raw: Path, dst: Path) -> int:
-    from reflectevo.compat import episode_to_raw
+    from reflectevo.compat.raw import episode_to_raw
     from reflectevo.jsonio import write_jsonl
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     return write_jsonl(dst, (episode_to_raw(ep, w) for w, ep in iter_episodes(raw, where=True)))
 

@@ -41,7 +41,7 @@ def _curve(tsv: Path) -> list[list[float]]:
 def fix_rate(name, preset, rows, tasks, adapter, ecfg):
     """Per held-out row: is the retry after the reflection right (reflector = corrector = `adapter` or the base)."""
     from reflectevo import evaluation as ev
-    from reflectevo.backends.hf import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.tasks import Item
 
     items = [Item.from_dict(r["item"]) for r in rows]
@@ -57,19 +57,21 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
          out: Path = ROOT / "bench/results/rl_curve.json") -> None:
     """`max_completion_length` / `max_new_tokens_retry`: 0 = train.rl's (the reflection's budget in evaluation
     follows max_completion_length too)."""
-    import reflectevo.training as T
+    import reflectevo.training.run as T
+    from reflectevo.training.data import rl_rows
     from reflectevo.config import EvaluateConfig, load_preset, load_section, read_params
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.generation import load_episodes
-    from reflectevo.models import model_fingerprint
+    from reflectevo.generation.run import load_episodes
+    from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.stats import paired_test
-    from reflectevo.tasks import Item, TaskCache
+    from reflectevo.tasks import Item
+    from reflectevo.tasks.registry import TaskCache
 
     params = read_params(ROOT / "params.yaml")
     name, p = load_preset(params, preset or None)
     cfg = load_section(params, "train")
     gen = load_section(params, "generate")
-    rows = T.rl_rows(load_episodes(raw), "oracle")
+    rows = rl_rows(load_episodes(raw), "oracle")
     if not rows:
         raise ReflectEvoError(f"{raw}: no failed trial-1 attempts (run `dvc repro generate` first)")
     random.Random(seed).shuffle(rows)

@@ -254,7 +254,7 @@ class PrepareConfig:
     def validate(self, where: str) -> None:
         if not self.tasks:
             raise ReflectEvoError(f"{where}.tasks: list at least one task")
-        from reflectevo.tasks import get_task
+        from reflectevo.tasks.registry import get_task
 
         for i, t in enumerate(self.tasks):
             get_task(t.name, where=f"{where}.tasks[{i}].name")

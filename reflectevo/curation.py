@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reflectevo.config import CurateConfig
+from reflectevo.episodes.record import attempt
 
 _STATES_ANSWER = re.compile(r"Finish\s*(\[|<<<)")
 
@@ -83,12 +84,6 @@ def near_duplicates(texts: Sequence[str], threshold: float) -> set[int]:
     return dup
 
 
-def attempt(trial: dict) -> str:
-    """A trial's text as later prompts show it: the assistant-side prefix + completion (`attempt`;
-    records written before the prefix existed hold the completion only)."""
-    return trial.get("attempt", trial["completion"])
-
-
 def _common(ep: dict) -> dict[str, Any]:
     it = ep["item"]
     return {"item_id": ep["item_id"], "task": ep["task"], "question": it["question"], "choices": it.get("choices"),
@@ -107,45 +102,6 @@ def _side(s: dict) -> dict[str, Any]:
             "reflection": s["reflection"]["text"], "trial2_prompt": s["trial2"]["prompt"],
             "trial2": attempt(s["trial2"]), "trial2_answer": s["trial2"]["extracted"],
             "trial2_correct": s["trial2"]["correct"]}
-
-
-# The fields curate reads, as paths into an episode (`samples[].x`: in every sample; a sample's
-# `reflection` may be null: generated with `reflect: false`).
-REQUIRED = ("episode_id", "item_id", "task", "item.question", "item.answer", "trial1.prompt", "trial1.completion",
-            "trial1.extracted", "trial1.correct", "samples", "model.preset", "prompt_version", "gen")
-SAMPLE_REQUIRED = ("sample_id", "demand_id", "reflection", "trial2.prompt", "trial2.completion", "trial2.extracted",
-                   "trial2.correct")
-
-
-def _missing(obj: Any, paths: Sequence[str]) -> str | None:
-    for path in paths:
-        cur = obj
-        parts = path.split(".")
-        for k, part in enumerate(parts):
-            if not isinstance(cur, dict) or part not in cur:
-                return ".".join(parts[: k + 1])   # the outermost missing field: `trial1`, not `trial1.prompt`
-            cur = cur[part]
-    return None
-
-
-def check_episode(ep: dict, where: str) -> None:
-    """Raise one ReflectEvoError naming `where` (file and row) and the first missing field."""
-    from reflectevo.errors import ReflectEvoError
-
-    miss = _missing(ep, REQUIRED)
-    if miss is None and not isinstance(ep["samples"], list):
-        miss = "samples (a list)"
-    if miss is None:
-        for j, smp in enumerate(ep["samples"]):
-            m = _missing(smp, SAMPLE_REQUIRED)
-            if m is None and smp["reflection"] is not None:
-                m = _missing(smp["reflection"], ("prompt", "text"))
-                m = m and f"reflection.{m}"
-            if m is not None:
-                miss = f"samples[{j}].{m}"
-                break
-    if miss is not None:
-        raise ReflectEvoError(f"{where}: episode {ep.get('episode_id', '?')!r} lacks the required field {miss!r}")
 
 
 def curate(episodes: Sequence[dict], cfg: CurateConfig, judge=None, judge_info: dict | None = None) -> dict[str, Any]:

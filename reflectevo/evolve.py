@@ -18,7 +18,6 @@ setting on the test split and the exact McNemar test of its Acc@t2 against itera
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from reflectevo.errors import ReflectEvoError

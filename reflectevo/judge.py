@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reflectevo.backends import Sampling
+from reflectevo.sampling import Sampling
 
 JUDGE_PROMPT = """You compare two self-reflections written after a failed attempt at a question. A good \
 reflection finds the actual error, explains why the attempt failed, and gives a concrete plan that \
@@ -57,7 +57,7 @@ def judge_record(preset_name: str, preset: Any, backend: Any, kind: str = "prese
     """Who judged: kind (likelihood | self | preset), preset, backend, base-model fingerprint, prompt
     version; for an endpoint also its URL (scheme, host, port, path: never a key), the served model
     name and the request mode."""
-    from reflectevo.models import model_fingerprint
+    from reflectevo.models.fingerprint import model_fingerprint
 
     version = LIKELIHOOD_VERSION if kind == "likelihood" else JUDGE_PROMPT_VERSION
     record: dict[str, Any] = {"kind": kind, "preset": preset_name, "backend": preset.backend,

@@ -64,7 +64,7 @@ def _usage(card: dict[str, Any], role: str | None, where: str) -> list[str]:
     if base.get("source") == "gguf-package" or not base.get("hub_id"):
         lines += ["# the base is the reflectevo preset (see the provenance above); it builds or unpacks it locally",
                   "from reflectevo.config import load_preset, read_params",
-                  "from reflectevo.models import resolve_model", "",
+                  "from reflectevo.models.load import resolve_model", "",
                   f'base_dir = resolve_model(*load_preset(read_params("params.yaml"), "{preset}"))',
                   "base = AutoModelForCausalLM.from_pretrained(base_dir)",
                   "tokenizer = AutoTokenizer.from_pretrained(base_dir)"]

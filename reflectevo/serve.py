@@ -27,7 +27,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling
+from reflectevo.sampling import Generation, Sampling
 
 
 class RequestError(Exception):

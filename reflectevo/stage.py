@@ -46,7 +46,8 @@ def iter_items(path: Path, tasks: dict | None = None):
     """The items of a prepared sources file, one at a time (a 460K-item file is never held in memory);
     `tasks` (task name -> Task) is filled as new tasks appear."""
     from reflectevo.jsonio import iter_jsonl
-    from reflectevo.tasks import Item, get_task
+    from reflectevo.tasks import Item
+    from reflectevo.tasks.registry import get_task
 
     if not path.exists():
         raise ReflectEvoError(f"{path}: sources not found (run the prepare stage: `dvc repro prepare`)")

@@ -50,7 +50,7 @@ def run_evaluation(name: str, preset: Any, cfg: Any, items: list, tasks: dict, m
     import gc
 
     from reflectevo import evaluation as ev
-    from reflectevo.backends.hf import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.diagnostics import prediction_diagnostics
     wanted = set(only)
     cards, skipped = trained_cards(models, name)

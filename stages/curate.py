@@ -1,6 +1,6 @@
 """Stage `curate`: raw episodes -> D+ and D± (train/eval split by item) + statistics + data card.
 
-Streams the shards one episode at a time (`reflectevo.shards.iter_episodes`); peak memory does not grow
+Streams the shards one episode at a time (`reflectevo.episodes.shards.iter_episodes`); peak memory does not grow
 with the number of episodes. An episode lacking a field curate needs stops it with one line naming the
 file, the row and the field (exit 2), before any output is replaced.
 
@@ -32,12 +32,13 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
          metrics: Path = Path("metrics/curate.json"),
          headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     from reflectevo.config import to_dict
-    from reflectevo.curation import check_episode, curate_stream
+    from reflectevo.curation import curate_stream
+    from reflectevo.episodes.record import check_episode
     from reflectevo.datacard import curated_card
     from reflectevo.diagnostics import EpisodeDiagnostics
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import JsonlWriter, write_json, write_text
-    from reflectevo.shards import SHARD_GLOB, iter_episodes, shard_files
+    from reflectevo.episodes.shards import SHARD_GLOB, iter_episodes, shard_files
 
     from reflectevo.config import load_preset, read_params
 
@@ -46,7 +47,7 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     if cfg.judge != "none":
         from functools import partial
 
-        from reflectevo.backends.hf import make_backend
+        from reflectevo.backends.registry import make_backend
         from reflectevo.judge import JUDGES, judge, judge_record, likelihood_judge
 
         # likelihood / self: the generating model (params `model`) judges; any other name is a preset

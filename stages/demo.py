@@ -30,7 +30,7 @@ def prepare(params: Path = Path("params.yaml"), exclude: Path = Path("data/sourc
     from reflectevo.config import load_section, read_params, to_dict
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import iter_jsonl, write_json, write_jsonl
-    from reflectevo.tasks import get_task
+    from reflectevo.tasks.registry import get_task
 
     raw = read_params(params)
     if "demo" not in raw:
@@ -80,7 +80,7 @@ def evaluate(params: Path = Path("params.yaml"), protocol: str = typer.Option(..
 
     from reflectevo.config import load_section, read_params
     from reflectevo.errors import ReflectEvoError, unknown
-    from reflectevo.models import check_available
+    from reflectevo.models.load import check_available
     from reflectevo.systems import run_evaluation, write_evaluation
 
     name, preset, cfg = stage_params(params, "evaluate")

@@ -123,6 +123,7 @@ def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = 
 def generate(iteration: str = typer.Option(...), previous: Path = typer.Option(..., help="iteration i-1's models folder"),
              out: Path = typer.Option(...), params: Path = Path("params.yaml"),
              sources: Path = Path("data/sources/train.jsonl")) -> None:
+    from reflectevo.generation.stage import run_generate
     from reflectevo.jsonio import write_json
 
     cfg = _cfg(params)
@@ -136,8 +137,8 @@ def generate(iteration: str = typer.Option(...), previous: Path = typer.Option(.
         write_json(out / "generate.json", {"iteration": number, "stopped": why})
         typer.echo(f"evolve {iteration}: stopped: {why}")
         return
-    _stage_main("generate")(params=params, sources=sources, out=out / "raw", summary=out / "generate.json",
-                            progress=False, shard=None, adapters=prev)
+    run_generate(params, sources, out / "raw", out / "generate.json", HERE / "generate.py", progress=False,
+                 adapters=prev, echo=typer.echo)
 
 
 @app.command()
@@ -221,7 +222,7 @@ def evaluate(iteration: str = typer.Option(...), out: Path = typer.Option(...), 
              sources: Path = Path("data/sources/test.jsonl")) -> None:
     from reflectevo import evaluation as ev
     from reflectevo.adapters import read_card, untrained_reason
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
     from reflectevo.stage import load_items, stage_params

@@ -23,7 +23,8 @@ def main(params: Path = Path("params.yaml"), out: Path = Path("data/sources")) -
     from reflectevo.config import to_dict
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
-    from reflectevo.tasks import check_prompting, get_task
+    from reflectevo.tasks import check_prompting
+    from reflectevo.tasks.registry import get_task
 
     _, _, cfg = stage_params(params, "prepare", with_model=False)
     splits: dict[str, list[dict]] = {"train": [], "test": []}

@@ -42,6 +42,6 @@ def tiny_preset():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from reflectevo.models import build_tiny_random
+    from reflectevo.models.build import build_tiny_random
 
     return build_tiny_random(0)

@@ -79,7 +79,7 @@ def test_dpref_from_judge_verdicts_keeps_only_consistent_ones():
             return messages[0]["content"]
 
         def generate(self, prompts, sampling):
-            from reflectevo.backends import Generation
+            from reflectevo.sampling import Generation
 
             out = []
             for p in prompts:

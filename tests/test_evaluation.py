@@ -7,7 +7,8 @@ from helpers import ScriptedBackend
 
 from reflectevo import evaluation as ev
 from reflectevo.config import EvaluateConfig
-from reflectevo.tasks import Item, get_task
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import get_task
 
 TASK = get_task("rg/chain_sum")
 ITEMS = [Item(id=f"q{i}", task=TASK.name, question=f"Question number Q{i}: what is {i} + 1?", answer=str(i + 1))

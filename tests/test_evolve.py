@@ -142,7 +142,7 @@ def test_init_continues_from_the_previous_adapter(tiny_preset, tmp_path):
     from safetensors.torch import load_file
     from test_generation_adapters import FP, dplus_rows
 
-    from reflectevo.training import train_setting
+    from reflectevo.training.run import train_setting
 
     hp = SFTHyper(epochs=1.0, max_steps=1, batch_size=2, max_length=1024, save_steps=0)
     cfg = TrainConfig(seed=0, sft=hp, dpo=DPOHyper(**dataclasses.asdict(hp), beta=0.1))

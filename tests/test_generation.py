@@ -4,8 +4,10 @@ import pytest
 from helpers import ScriptedBackend, arithmetic_responder
 
 from reflectevo.config import GenerateConfig
-from reflectevo.generation import JOURNAL, generate, load_episodes, make_spec, write_shards
-from reflectevo.tasks import Item, get_task
+from reflectevo.generation.run import JOURNAL, generate, load_episodes, write_shards
+from reflectevo.generation.keys import make_spec
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import get_task
 
 FP = {"preset": "scripted", "source": "none", "revision": "0"}
 
@@ -106,9 +108,9 @@ def test_the_backends_sampler_is_part_of_the_key():
     import subprocess
     import sys
 
-    from reflectevo.backends import backend_sampler
+    from reflectevo.backends.registry import backend_sampler
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.generation import SAMPLER
+    from reflectevo.generation.keys import SAMPLER
 
     items, tasks = _items(1)
     task = tasks["rg/chain_sum"]
@@ -120,7 +122,7 @@ def test_the_backends_sampler_is_part_of_the_key():
     assert backend_sampler("transformers") == TransformersBackend.sampler == SAMPLER == "per-sample-seed-v2"
     spec = make_spec(FP, "float32", cfg, sampler=backend_sampler("vllm"))
     assert spec.params()["sampler"] == backend_sampler("vllm") != SAMPLER
-    code = ("import sys; from reflectevo.backends import backend_sampler; backend_sampler('vllm'); "
+    code = ("import sys; from reflectevo.backends.registry import backend_sampler; backend_sampler('vllm'); "
             "backend_sampler('openai'); assert 'vllm' not in sys.modules and 'openai' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr                 # the tag comes without building (or importing) the backend

@@ -27,7 +27,7 @@ def _gpu(monkeypatch, major: int) -> None:
 
 
 def test_auto_dtype_on_a_gpu_without_native_bf16_is_fp16(monkeypatch):
-    from reflectevo.models import resolve_dtype
+    from reflectevo.models.load import resolve_dtype
 
     _gpu(monkeypatch, 7)       # V100 / T4: bf16 only emulated
     assert resolve_dtype("auto") == torch.float16

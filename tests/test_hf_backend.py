@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from reflectevo.backends import Sampling
+from reflectevo.sampling import Sampling
 from reflectevo.config import ModelPreset
 
 NOISY = {"repetition_penalty": 5.0, "no_repeat_ngram_size": 2, "num_beams": 3, "min_new_tokens": 6,

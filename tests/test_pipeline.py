@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_params_dict
+from helpers import ignore_at_root, tiny_params_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def sh(*args, cwd, check=True):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     dst = tmp_path_factory.mktemp("pipeline") / "proj"
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
+    shutil.copytree(ROOT, dst, ignore=ignore_at_root(ROOT, 
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "tests", "bench", "__pycache__", "*.egg-info",
         "dvc.lock"))
     shutil.copytree(ROOT / "data/imported", dst / "data/imported")   # tracked: generate's import-file folder

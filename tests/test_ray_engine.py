@@ -17,12 +17,13 @@ import yaml
 from helpers import tiny_params_dict
 from typer.testing import CliRunner
 
-from reflectevo.backends.hf import make_backend
+from reflectevo.backends.registry import make_backend
 from reflectevo.config import GenerateConfig, from_dict, load_section, read_params
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import JOURNAL, generate, load_episodes, make_spec, write_shards
-from reflectevo.models import model_fingerprint
-from reflectevo.tasks import get_task
+from reflectevo.generation.run import JOURNAL, generate, load_episodes, write_shards
+from reflectevo.generation.keys import make_spec
+from reflectevo.models.fingerprint import model_fingerprint
+from reflectevo.tasks.registry import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-random"
@@ -67,7 +68,7 @@ def _shard_bytes(raw: Path) -> list[bytes]:
 def test_ray_engine_matches_the_plain_engine_then_reuses_everything(local_ray, setup, tiny_preset, plain, tmp_path):
     """A plain run killed after its first chunk, finished by the ray engine (two actors, other chunk
     boundaries): the plain engine's records, byte for byte; a second ray run computes nothing."""
-    from reflectevo.ray_engine import generate_ray
+    from reflectevo.generation.ray import generate_ray
 
     items, tasks, spec = setup
     plain_raw, plain_eps = plain
@@ -141,7 +142,7 @@ class _FakeRay:
 
 def test_ray_session_starts_and_always_stops_its_own_ray(monkeypatch):
     import reflectevo
-    from reflectevo.ray_engine import ray_session
+    from reflectevo.generation.ray import ray_session
 
     fake = _FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
@@ -194,7 +195,7 @@ def test_generate_ray_asks_for_a_fixed_actor_pool_not_the_deprecated_concurrency
     from ray.data import ActorPoolStrategy
     from ray.data._internal.util import get_compute_strategy
 
-    from reflectevo.ray_engine import generate_ray
+    from reflectevo.generation.ray import generate_ray
 
     calls = []
     data = types.ModuleType("ray.data")

@@ -12,8 +12,10 @@ from test_training import CFG, _fp, one_thread  # noqa: F401 - one_thread: autou
 from reflectevo.config import RLHyper
 from reflectevo.errors import ReflectEvoError
 from reflectevo.prompts import reflection_messages, trial_messages
-from reflectevo.tasks import Item, get_task
-from reflectevo.training import examples, rl_rows, train_setting
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import get_task
+from reflectevo.training.data import examples, rl_rows
+from reflectevo.training.run import train_setting
 from reflectevo.training.masking import join_rollout, retry_turn_text
 
 RL = RLHyper(enabled=True, max_steps=2, batch_size=4, num_generations=4, max_completion_length=8,
@@ -45,7 +47,7 @@ def test_rl_rows_take_the_failed_attempts_or_every_item():
 
 @pytest.mark.parametrize("train_retry", [False, True])
 def test_env_mask_covers_exactly_the_reflection_tokens(tiny_preset, train_retry):
-    from reflectevo.models import load_tokenizer
+    from reflectevo.models.load import load_tokenizer
 
     tok = load_tokenizer("tiny-random", tiny_preset)
     task, item = get_task("rg/chain_sum"), Item(id="x", task="rg/chain_sum", question="What is 2 + 1?", answer="3")
@@ -190,7 +192,7 @@ def _stage(tmp_path, setting, raw=None, **train):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     raw_dir = tmp_path / "raw"
     if raw is not None:
-        from reflectevo.generation import write_shards
+        from reflectevo.generation.run import write_shards
 
         raw_dir.mkdir(exist_ok=True)
         write_shards(raw_dir, list(raw.values()), 50)
@@ -277,7 +279,7 @@ class _ScriptedPolicy:
         self.retry_text, self.calls = retry_text, []
 
     def generate(self, prompts, sampling, seeds=None):
-        from reflectevo.backends import Generation
+        from reflectevo.sampling import Generation
 
         if sampling.stop == ("\n",):                       # the answer step (mechanics.answer_step)
             kind, gens = "answer_step", [Generation("3]", 1, 2, "stop") for _ in prompts]
@@ -309,9 +311,9 @@ def test_the_rollout_retry_gets_the_trial_mechanics_answer_step(tiny_preset, mon
     import torch
 
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.mechanics import REFLECTION_STOPS
-    from reflectevo.models import load_tokenizer
-    from reflectevo.training.rl import ReflectRetryRollout
+    from reflectevo.protocol.mechanics import REFLECTION_STOPS
+    from reflectevo.models.load import load_tokenizer
+    from reflectevo.training.rollout import ReflectRetryRollout
 
     tok = load_tokenizer("tiny-random", tiny_preset)
     policy = _ScriptedPolicy(" 2 + 1 = 3 so the sum is three")
@@ -352,8 +354,8 @@ def test_the_rollout_retry_gets_the_trial_mechanics_answer_step(tiny_preset, mon
 
 def test_a_retry_that_answers_is_judged_without_the_answer_step(tiny_preset, monkeypatch):
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.models import load_tokenizer
-    from reflectevo.training.rl import ReflectRetryRollout, retry_pieces
+    from reflectevo.models.load import load_tokenizer
+    from reflectevo.training.rollout import ReflectRetryRollout, retry_pieces
 
     import torch
 

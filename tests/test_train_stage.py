@@ -60,7 +60,7 @@ def test_a_corrupt_training_row_names_file_and_line(tmp_path, setting, lines, me
 
 
 def test_default_checkpoints_sit_beside_the_models_folder(tmp_path, monkeypatch):
-    import reflectevo.training as T
+    import reflectevo.training.run as T
 
     seen = {}
 

@@ -8,10 +8,11 @@ import json
 import pytest
 
 from reflectevo.config import DPOHyper, SFTHyper, TrainConfig
-from reflectevo.models import model_fingerprint
+from reflectevo.models.fingerprint import model_fingerprint
 from reflectevo.prompts import one_stage_target
 from reflectevo.training.offline import build_offline_trainer
-from reflectevo.training import examples, train_setting
+from reflectevo.training.data import examples
+from reflectevo.training.run import train_setting
 
 
 def dplus_rows(n=6):

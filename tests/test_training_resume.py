@@ -20,7 +20,7 @@ from test_training import CFG, HP, _fp, dplus_rows, one_thread  # noqa: F401 - o
 
 from reflectevo.training.checkpoint import latest_checkpoint
 
-from reflectevo.training import train_setting
+from reflectevo.training.run import train_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # of the `corrector` role sleeps SLOW_STEP seconds, so the test can kill the process mid-role reliably.
 DRIVER = """
 import os, runpy, sys, time
-import reflectevo.training as T
+import reflectevo.training.run as T
 
 slow = float(os.environ.get("SLOW_STEP", "0"))
 _orig = T.step_logger
@@ -128,7 +128,7 @@ def test_a_killed_two_stage_run_resumes_each_role(tmp_path):
 
 def _crash_after(monkeypatch, role: str, step: int):
     """Make `train_setting` raise inside `role`'s training right after optimizer step `step` (before it is saved)."""
-    import reflectevo.training as T
+    import reflectevo.training.run as T
 
     orig = T.step_logger
 

@@ -13,21 +13,23 @@ from dataclasses import replace
 import fake_vllm as fake
 import pytest
 
-from reflectevo.backends import BACKENDS, Sampling
+from reflectevo.sampling import Sampling
+
+from reflectevo.backends.registry import BACKENDS
 from reflectevo.errors import ReflectEvoError
 
 
 def test_registered_and_imported_lazily():
     assert "vllm" in BACKENDS
     code = ("import sys, reflectevo.backends.vllm_backend, reflectevo.backends.hf, reflectevo.backends.openai_backend; "
-            "from reflectevo.backends import BACKENDS; BACKENDS.get('vllm'); "
+            "from reflectevo.backends.registry import BACKENDS; BACKENDS.get('vllm'); "
             "assert 'vllm' not in sys.modules, 'vllm imported at module import'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
 
 
 def test_missing_vllm_gives_the_install_hint(tiny_preset, monkeypatch):
-    from reflectevo.backends.hf import make_backend
+    from reflectevo.backends.registry import make_backend
 
     monkeypatch.setitem(sys.modules, "vllm", None)   # `import vllm` raises ImportError, even where it is installed
     with pytest.raises(ReflectEvoError, match=r"backend vllm needs `pip install reflectevo\[vllm\]` on a GPU machine"):
@@ -153,7 +155,7 @@ def test_evaluate_runs_the_base_and_every_adapter_on_one_engine(fake_vllm, tmp_p
 def test_a_4bit_vllm_preset_serves_the_base_unquantized(fake_vllm, tiny_preset):
     """vLLM 0.32/0.33 know no "bitsandbytes" quantization (the fake refuses it as they do): 4bit is a QLoRA
     training setting, so generation serves the base in the preset's dtype, as the transformers backend does."""
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.backends.vllm_backend import engine_kwargs
 
     q = replace(tiny_preset, backend="vllm", quantization="4bit")
@@ -163,7 +165,7 @@ def test_a_4bit_vllm_preset_serves_the_base_unquantized(fake_vllm, tiny_preset):
 
 
 def test_engine_context_dtype_and_overrides(fake_vllm, tiny_preset, monkeypatch):
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.backends.vllm_backend import VLLMBackend
 
     preset = replace(tiny_preset, backend="vllm", max_length=1536)
@@ -187,7 +189,7 @@ def test_engine_context_dtype_and_overrides(fake_vllm, tiny_preset, monkeypatch)
 
 
 def test_a_prompt_beyond_the_engine_context_is_one_clear_error(fake_vllm, tiny_preset):
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
 
     b = make_backend("tiny-random", replace(tiny_preset, backend="vllm", max_length=100))
     prompt = b.render([{"role": "user", "content": "What is 2 + 3?"}])
@@ -200,7 +202,7 @@ def test_a_prompt_beyond_the_engine_context_is_one_clear_error(fake_vllm, tiny_p
 
 
 def test_an_adapter_beyond_the_engines_rank_is_one_clear_error(fake_vllm, tiny_preset, tmp_path):
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
 
     preset = replace(tiny_preset, backend="vllm")
     base = make_backend("tiny-random", preset)                              # sized for lora.r = 4 -> 8
@@ -229,8 +231,8 @@ def test_generate_stage_with_vllm_records_vllms_sampler_and_dtype(fake_vllm, tmp
     from typer.testing import CliRunner
 
     from reflectevo.backends.vllm_backend import SAMPLER
-    from reflectevo.generation import SAMPLER as HF_SAMPLER
-    from reflectevo.generation import load_episodes
+    from reflectevo.generation.keys import SAMPLER as HF_SAMPLER
+    from reflectevo.generation.run import load_episodes
 
     params, _ = _vllm_params(tmp_path)
     runner = CliRunner()

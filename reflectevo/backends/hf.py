@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds, stop_position
+from reflectevo.sampling import Generation, Sampling, finish_text, prompt_seeds, stop_position
 from reflectevo.config import ModelPreset
 
 # How sampled tokens are drawn (part of every episode key, = reflectevo.generation.SAMPLER): one seed per
@@ -37,7 +37,7 @@ class TransformersBackend:
                  batch_size: int | None = None) -> None:
         import torch
 
-        from reflectevo.models import load_model, load_tokenizer
+        from reflectevo.models.load import load_model, load_tokenizer
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.tokenizer = load_tokenizer(preset_name, preset)
@@ -63,6 +63,13 @@ class TransformersBackend:
         self.stop_ids, self.batch_size, self.prefilled_tokens = list(stop_ids), batch_size, 0
         self.dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
         return self
+
+    @staticmethod
+    def resolved_dtype(preset: ModelPreset) -> str:
+        """The dtype name this backend loads the preset in (`reflectevo.models.load.resolve_dtype`)."""
+        from reflectevo.models.load import resolve_dtype
+
+        return str(resolve_dtype(preset.dtype)).replace("torch.", "")
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -287,11 +294,3 @@ class SeededSampler:
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(picks), device=scores.device), picks] = 0.0
         return out
-
-
-def make_backend(preset_name: str, preset: ModelPreset, adapter: str | Path | None = None, *,
-                 serves: Sequence[str | Path] = ()):
-    """Build the preset's backend: transformers, vllm or openai (`reflectevo.backends.make_backend`)."""
-    from reflectevo.backends import make_backend as build
-
-    return build(preset_name, preset, adapter=adapter, serves=serves)

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds
+from reflectevo.sampling import Generation, Sampling, finish_text, prompt_seeds
 from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
@@ -78,7 +78,7 @@ def lora_rank_bound(adapters: Iterable[str | Path | None], preset_rank: int) -> 
 
 def engine_dtype(preset: ModelPreset) -> str:
     """The dtype name the transformers backend would load the preset in (`models.resolve_dtype`)."""
-    from reflectevo.models import resolve_dtype
+    from reflectevo.models.load import resolve_dtype
 
     return str(resolve_dtype(preset.dtype)).replace("torch.", "")
 
@@ -98,7 +98,7 @@ def _env_args() -> dict[str, Any]:
 
 def engine_kwargs(preset_name: str, preset: ModelPreset, adapters: Iterable[str | Path | None] = ()) -> dict[str, Any]:
     """Keyword arguments of `vllm.LLM` for a preset whose engine will serve `adapters` (and the base)."""
-    from reflectevo.models import hub_revision, resolve_model
+    from reflectevo.models.load import hub_revision, resolve_model
 
     revision = hub_revision(preset)
     kw: dict[str, Any] = {"model": resolve_model(preset_name, preset), "revision": revision,
@@ -146,6 +146,10 @@ class VLLMBackend:
     sampler = SAMPLER
     shares_engine = True   # make_backend passes `serves`
 
+    @staticmethod
+    def resolved_dtype(preset: ModelPreset) -> str:
+        return engine_dtype(preset)
+
     def __init__(self, preset_name: str, preset: ModelPreset, adapter: str | Path | None = None,
                  batch_size: int | None = None, serves: Sequence[str | Path] = ()) -> None:
         try:
@@ -153,12 +157,12 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
         except ImportError as e:
             raise ReflectEvoError(f"{INSTALL_HINT} (import vllm failed: {e})") from None
-        from reflectevo.models import load_tokenizer
+        from reflectevo.models.load import load_tokenizer
 
         self.vllm = vllm
         self.preset_name = preset_name
         self.tokenizer = load_tokenizer(preset_name, preset)
-        from reflectevo.models import is_full_model
+        from reflectevo.models.load import is_full_model
 
         self.engine_kwargs = engine_kwargs(preset_name, preset, [a for a in (adapter, *serves) if not is_full_model(a)])
         if is_full_model(adapter):  # a full-parameter save: its own engine on that folder, no LoRA

@@ -159,7 +159,7 @@ def _base_config(preset_name: str, preset: ModelPreset) -> dict[str, Any] | None
     try:
         from transformers import AutoConfig
 
-        from reflectevo.models import hub_revision, resolve_model
+        from reflectevo.models.load import hub_revision, resolve_model
 
         return AutoConfig.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset)).to_dict()
     except Exception:  # noqa: BLE001 - the check then skips the shape comparison and says nothing wrong

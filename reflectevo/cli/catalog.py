@@ -13,7 +13,7 @@ from reflectevo.stage import friendly_errors
 @friendly_errors
 def tasks_cmd(all_generators: bool = typer.Option(False, "--all", help="also list every reasoning-gym generator")) -> None:
     """List registered tasks (name, answer type, splits, source)."""
-    from reflectevo.tasks import TASKS, get_task
+    from reflectevo.tasks.registry import TASKS, get_task
     from reflectevo.tasks.reasoning_gym_task import generator_names
 
     for name in TASKS.names():
@@ -32,7 +32,7 @@ def tasks_cmd(all_generators: bool = typer.Option(False, "--all", help="also lis
 def items_cmd(task: str, split: str = "test", n: int = typer.Option(0, "-n", help="0 = all"), seed: int = 0) -> None:
     """Print a task's items in the unified schema as JSONL (the ids `verify` takes)."""
     from reflectevo.jsonio import dumps
-    from reflectevo.tasks import get_task
+    from reflectevo.tasks.registry import get_task
 
     for it in get_task(task).load(split, n, seed):
         typer.echo(dumps(it.to_dict()))

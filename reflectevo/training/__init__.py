@@ -30,8 +30,3 @@ rule), `offline` (SFT and DPO trainers), `rl` (GRPO / RLOO trainers), `rollout` 
 rollout), `rewards`, `masking`, `checkpoint` (resume), `card` (cards, dvclive curves),
 `run` (`train_setting`), `stage` (the train stage's work).
 """
-
-from reflectevo.training.data import examples, rl_rows, row_problem
-from reflectevo.training.run import train_setting
-
-__all__ = ["examples", "rl_rows", "row_problem", "train_setting"]

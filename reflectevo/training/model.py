@@ -94,7 +94,7 @@ def _base_model(preset_name: str, preset: ModelPreset):
     from transformers import AutoModelForCausalLM
 
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.models import hub_revision, resolve_model
+    from reflectevo.models.load import hub_revision, resolve_model
 
     if preset.quantization == "4bit":
         if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
@@ -103,7 +103,7 @@ def _base_model(preset_name: str, preset: ModelPreset):
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
-        from reflectevo.models import resolve_dtype
+        from reflectevo.models.load import resolve_dtype
 
         dtype, sharding = resolve_dtype(preset.dtype), sharded_launcher()
         model = AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
@@ -123,7 +123,7 @@ def _qlora_adapter_dtype(preset: ModelPreset, trainer):
     """QLoRA on a GPU without native bf16: TRL's bf16 LoRA weights back to float32 (see `_adapter_params_to`)."""
     import torch
 
-    from reflectevo.models import resolve_dtype
+    from reflectevo.models.load import resolve_dtype
 
     if preset.quantization == "4bit" and resolve_dtype(preset.dtype) != torch.bfloat16:
         _adapter_params_to(trainer.model, torch.float32)
@@ -142,7 +142,7 @@ def _common_args(config_cls: type, hp, seed: int, lr: float, output_dir: Path, h
                  ) -> dict[str, Any]:
     import torch
 
-    from reflectevo.models import resolve_dtype
+    from reflectevo.models.load import resolve_dtype
 
     save = ({"save_strategy": "steps", "save_steps": hp.save_steps, "save_total_limit": hp.save_total_limit}
             if save_checkpoints and hp.save_steps > 0 else {"save_strategy": "no"})
@@ -194,7 +194,7 @@ def train_method(preset_name: str, preset: ModelPreset, method: str) -> str:
     if resolved == "full" and preset.source == "gguf-package":
         raise ReflectEvoError(
             f"train.method: full on preset {preset_name!r}: its weights are the packaged GGUF ({preset.file}, "
-            "quantized), which cannot be saved in full; convert it first (python -c \"from reflectevo.models import "
+            "quantized), which cannot be saved in full; convert it first (python -c \"from reflectevo.models.build import "
             f"convert_gguf_package as c; print(c({preset.package!r}, {preset.file!r}, {preset.package_version!r}))\") and "
             "point a source: hub preset's path at that folder, or use train.method: lora")
     if resolved == "full" and preset.quantization == "4bit":

@@ -27,7 +27,7 @@ def build_offline_trainer(family: str, preset_name: str, preset: ModelPreset, tr
     import torch
     from datasets import Dataset
 
-    from reflectevo.models import load_tokenizer
+    from reflectevo.models.load import load_tokenizer
 
     if family == "sft":
         from trl import SFTConfig as Config, SFTTrainer as Trainer

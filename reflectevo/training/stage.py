@@ -18,7 +18,8 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
     (None on other ranks, which write nothing)."""
     from reflectevo.config import load_section, load_preset, read_params
     from reflectevo.jsonio import write_json
-    from reflectevo.models import check_available, model_fingerprint
+    from reflectevo.models.load import check_available
+    from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.settings import setting as setting_of
     from reflectevo.training.dist import is_main_process
     from reflectevo.training.model import train_method
@@ -60,7 +61,7 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
 def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
     """RL prompts from the episodes in `raw_dir` (generate's output): failed trial-1 attempts (oracle) or every
     item (intrinsic). Episodes but no failed attempt -> one line, exit 2; no episodes -> "no training data"."""
-    from reflectevo.generation import load_episodes
+    from reflectevo.generation.run import load_episodes
     from reflectevo.training.data import rl_rows
 
     if not raw_dir.is_dir():

@@ -36,7 +36,9 @@ from typing import Any
 
 from reflectevo.config import ModelPreset
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import JOURNAL, GenSpec, Stats, plan, run_chunk
+from reflectevo.generation.episodes import Stats, run_chunk
+from reflectevo.generation.keys import GenSpec
+from reflectevo.generation.run import JOURNAL, plan
 from reflectevo.jsonio import Journal
 from reflectevo.tasks import Item, Task
 
@@ -45,7 +47,7 @@ class EpisodeWorker:
     """A Ray Data actor: builds the backend once, then turns rows of item chunks into episodes."""
 
     def __init__(self, preset_name: str, preset: ModelPreset, spec: GenSpec, tasks: dict[str, Task]) -> None:
-        from reflectevo.backends.hf import make_backend
+        from reflectevo.backends.registry import make_backend
 
         self.spec = spec
         self.tasks = tasks
