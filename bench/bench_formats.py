@@ -35,7 +35,7 @@ def _episodes(n: int, work: Path, base_items: Path) -> list[dict]:
     from reflectevo.generation.run import generate
     from reflectevo.generation.keys import make_spec
     from reflectevo.models.fingerprint import model_fingerprint
-    from reflectevo.stage import load_items
+    from reflectevo.tasks.items import load_items
 
     params = read_params(ROOT / "params.yaml")
     name, preset = load_preset(params, "scripted")

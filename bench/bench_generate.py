@@ -81,10 +81,11 @@ def main(preset: str = "smollm2-135m", items: int = 400, tokens: int = 48, batch
 
     from reflectevo.backends.hf import TransformersBackend
     from reflectevo.config import load_preset, load_section, read_params
-    from reflectevo.generation.run import generate, load_episodes
+    from reflectevo.generation.run import generate
+    from reflectevo.episodes.shards import load_episodes
     from reflectevo.generation.keys import make_spec
     from reflectevo.models.fingerprint import model_fingerprint
-    from reflectevo.stage import load_items
+    from reflectevo.tasks.items import load_items
 
     from reflectevo.generation.keys import SAMPLER
 

@@ -61,7 +61,7 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
     from reflectevo.training.data import rl_rows
     from reflectevo.config import EvaluateConfig, load_preset, load_section, read_params
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.generation.run import load_episodes
+    from reflectevo.episodes.shards import load_episodes
     from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.stats import paired_test
     from reflectevo.tasks import Item

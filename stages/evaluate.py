@@ -18,7 +18,9 @@ from pathlib import Path
 
 import typer
 
-from reflectevo.stage import friendly_errors, load_items, stage_params
+from reflectevo.stage import friendly_errors, stage_params
+
+from reflectevo.tasks.items import load_items
 
 app = typer.Typer(add_completion=False)
 

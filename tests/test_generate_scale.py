@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reflectevo.generation.run import load_episodes
+from reflectevo.episodes.shards import load_episodes
 
 from reflectevo.generation.keys import shard_slice
 from reflectevo.tasks import Item

@@ -4,7 +4,8 @@ import pytest
 from helpers import ScriptedBackend, arithmetic_responder
 
 from reflectevo.config import GenerateConfig
-from reflectevo.generation.run import JOURNAL, generate, load_episodes, write_shards
+from reflectevo.generation.run import JOURNAL, generate, write_shards
+from reflectevo.episodes.shards import load_episodes
 from reflectevo.generation.keys import make_spec
 from reflectevo.tasks import Item
 from reflectevo.tasks.registry import get_task

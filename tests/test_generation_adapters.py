@@ -13,14 +13,9 @@ import fake_vllm as fake
 import pytest
 from helpers import ScriptedBackend, arithmetic_responder
 
-from reflectevo.adapters import (
-    GenerationAdapters,
-    PhaseBackends,
-    adapter_hash,
-    build_phase_backends,
-    generation_adapters,
-    served_name,
-)
+from reflectevo.adapters import GenerationAdapters, adapter_hash, generation_adapters, served_name
+from reflectevo.generation.backends import build_phase_backends
+from reflectevo.protocol.rounds import PhaseBackends
 from reflectevo.sampling import Sampling
 from reflectevo.config import DPOHyper, GenerateConfig, SFTHyper, TrainConfig
 from reflectevo.errors import ReflectEvoError

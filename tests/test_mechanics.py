@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from helpers import ScriptedBackend
 
-from reflectevo.sampling import Generation, Sampling, finish_text, stop_position
+from reflectevo.backends.registry import make_backend
 from reflectevo.errors import ReflectEvoError
 from reflectevo.protocol.mechanics import REFLECTION_STOPS, attempt_text, render_trial, trial_sampling, trials
+from reflectevo.sampling import Generation, Sampling, finish_text, stop_position
 from reflectevo.tasks import Item, check_prompting
 from reflectevo.tasks.registry import get_task
 
@@ -72,7 +73,8 @@ def test_decode_loop_matches_model_generate_row_by_row(tiny_preset):
     text cut at its own first stop while the other rows go on."""
     from transformers import LogitsProcessorList
 
-    from reflectevo.backends.hf import SeededSampler, make_backend
+    from reflectevo.backends.hf import SeededSampler
+
 
     b = make_backend("tiny-random", tiny_preset)
     prompts = [b.render([{"role": "user", "content": c}]) for c in ("hello there", "what is 2 + 2 ?",
@@ -96,7 +98,7 @@ def test_decode_loop_matches_model_generate_row_by_row(tiny_preset):
 
 
 def test_transformers_backend_records_stop_reasons(tiny_preset):
-    from reflectevo.backends.registry import make_backend
+
 
     b = make_backend("tiny-random", tiny_preset)
     prompt = b.render([{"role": "user", "content": "hi"}])
@@ -215,7 +217,7 @@ def test_shared_prompt_prefix_is_computed_once_with_the_same_tokens(tiny_preset,
     its cache per row gives the tokens of the full per-row prefill."""
     import reflectevo.backends.hf as hf
 
-    b = hf.make_backend("tiny-random", tiny_preset)
+    b = make_backend("tiny-random", tiny_preset)
     head = "Solve the task. Think step by step, then answer. " * 4
     prompts = [b.render([{"role": "user", "content": head + q}]) for q in ("one", "two and three", "four five six seven")]
     s = Sampling(12, temperature=1.0)
@@ -232,9 +234,8 @@ def test_shared_prefix_attention_gives_the_tokens_and_scores_of_per_row_copies(t
     """The shared head kept once (batch 1, merged into every row's attention) and the head's cache copied
     into every row are the same attention: same greedy and sampled tokens, same likelihood scores, rows
     of different lengths and rows finishing early included."""
-    import reflectevo.backends.hf as hf
 
-    b = hf.make_backend("tiny-random", tiny_preset)
+    b = make_backend("tiny-random", tiny_preset)
     assert b.cascade, "tiny-random runs SDPA through AttentionInterface: the shared-prefix path must engage"
     head = "Worked examples first. Question: 1 + 1 = ? Thought: 1 + 1 = 2. Action: Finish[2] " * 3
     prompts = [b.render([{"role": "user", "content": head + q}]) for q in

@@ -262,7 +262,8 @@ def test_presets_for_endpoints_validate(tiny_preset):
 
 def test_make_backend_dispatches_on_the_preset(tiny_server, tiny_preset):
     from reflectevo.backends.registry import BACKENDS
-    from reflectevo.backends.hf import TransformersBackend, make_backend
+    from reflectevo.backends.hf import TransformersBackend
+    from reflectevo.backends.registry import make_backend
 
     assert {"transformers", "vllm", "openai"} <= set(BACKENDS.names())
     api = ModelPreset(source="api", backend="openai", api_model="tiny-random", api_base_url=tiny_server.url)

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from reflectevo.backends.registry import make_backend
 from reflectevo.config import GenerateConfig, from_dict, load_section, read_params
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation.run import JOURNAL, generate, load_episodes, write_shards
+from reflectevo.generation.run import JOURNAL, generate, write_shards
+from reflectevo.episodes.shards import load_episodes
 from reflectevo.generation.keys import make_spec
 from reflectevo.models.fingerprint import model_fingerprint
 from reflectevo.tasks.registry import get_task

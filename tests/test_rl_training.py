@@ -275,8 +275,11 @@ class _ScriptedPolicy:
     """Stands in for the transformers backend on the live model: a fixed reflection, a retry that rambles
     without an answer (or answers), and the answer step's completion; records the calls."""
 
-    def __init__(self, retry_text):
-        self.retry_text, self.calls = retry_text, []
+    def __init__(self, retry_text, tokenizer):
+        self.retry_text, self.tok, self.calls = retry_text, tokenizer, []
+
+    def render(self, messages):                            # as TransformersBackend.render: the chat template
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts, sampling, seeds=None):
         from reflectevo.sampling import Generation
@@ -316,7 +319,7 @@ def test_the_rollout_retry_gets_the_trial_mechanics_answer_step(tiny_preset, mon
     from reflectevo.training.rollout import ReflectRetryRollout
 
     tok = load_tokenizer("tiny-random", tiny_preset)
-    policy = _ScriptedPolicy(" 2 + 1 = 3 so the sum is three")
+    policy = _ScriptedPolicy(" 2 + 1 = 3 so the sum is three", tok)
     monkeypatch.setattr(TransformersBackend, "around", classmethod(lambda cls, *a, **k: policy))
     ex = examples("grpo_reflect_retry", rl_rows(episodes(2), "oracle"))["reflector"]
     hp = dataclasses.replace(RL, train_retry=train_retry)
@@ -360,7 +363,7 @@ def test_a_retry_that_answers_is_judged_without_the_answer_step(tiny_preset, mon
     import torch
 
     tok = load_tokenizer("tiny-random", tiny_preset)
-    policy = _ScriptedPolicy(" 1 + 1 = 2.\nAction: Finish[2]")
+    policy = _ScriptedPolicy(" 1 + 1 = 2.\nAction: Finish[2]", tok)
     monkeypatch.setattr(TransformersBackend, "around", classmethod(lambda cls, *a, **k: policy))
     ex = examples("grpo_reflect_retry", rl_rows(episodes(2), "oracle"))["reflector"]
     trainer = _Trainer(torch.nn.Linear(1, 1), tok.eos_token_id)

@@ -108,7 +108,7 @@ def test_reading_and_writing_shards_takes_memory_bounded_by_a_chunk_not_the_data
     def peaks(n: int) -> tuple[float, float]:
         raw = tmp_path / str(n)
         setup = (f"import os, sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-                 "from test_streaming import _ep\nfrom reflectevo.generation.run import write_shards, load_episodes\n"
+                 "from test_streaming import _ep\nfrom reflectevo.generation.run import write_shards\nfrom reflectevo.episodes.shards import load_episodes\n"
                  f"from reflectevo.episodes.shards import iter_episodes\nfrom pathlib import Path\nraw = Path({str(raw)!r})\n")
         _peak_rss_mb(setup + f"write_shards(raw, ({{**_ep(i), 'pad': os.urandom(15_000).hex()}} for i in range({n})), 50000)")
         stream = _peak_rss_mb(setup + f"assert sum(1 for _ in iter_episodes(raw)) == {n}\n"     # one large shard

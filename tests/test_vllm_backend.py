@@ -43,7 +43,8 @@ def fake_vllm(monkeypatch):
 
 
 def test_fake_module_requests_carry_lora_and_per_prompt_seeds(fake_vllm, tiny_preset, tmp_path):
-    from reflectevo.backends.hf import TransformersBackend, make_backend
+    from reflectevo.backends.hf import TransformersBackend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.backends.vllm_backend import VLLMBackend
 
     adapter = tmp_path / "reflector"
@@ -232,7 +233,7 @@ def test_generate_stage_with_vllm_records_vllms_sampler_and_dtype(fake_vllm, tmp
 
     from reflectevo.backends.vllm_backend import SAMPLER
     from reflectevo.generation.keys import SAMPLER as HF_SAMPLER
-    from reflectevo.generation.run import load_episodes
+    from reflectevo.episodes.shards import load_episodes
 
     params, _ = _vllm_params(tmp_path)
     runner = CliRunner()

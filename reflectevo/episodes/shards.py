@@ -119,6 +119,12 @@ def iter_episodes(path: str | Path, where: bool = False, journals: bool = True) 
             yield (w, ep) if where else ep
 
 
+def load_episodes(raw_dir: Path) -> dict[str, dict]:
+    """Every episode already on disk (finished shards, then the journal of an interrupted run), by key.
+    Holds them all in memory: for small sets and tests; stages stream with `iter_episodes`."""
+    return {ep["episode_id"]: ep for ep in iter_episodes(raw_dir)}
+
+
 def episode_keys(raw_dir: str | Path) -> set[str]:
     """The keys of every episode in `raw_dir` (shards and journals), reading only the key column of
     Parquet shards."""

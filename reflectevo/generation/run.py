@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.episodes.shards import ShardWriter, episode_keys, iter_episodes
+from reflectevo.episodes.shards import ShardWriter, episode_keys, iter_episodes, load_episodes
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation.episodes import Stats, run_chunk
 from reflectevo.generation.keys import GenSpec
@@ -21,12 +21,6 @@ JOURNAL = "journal.jsonl"          # single-process runs; journal-<i>-of-<n>.jso
 
 def journal_name(shard: tuple[int, int] | None) -> str:
     return JOURNAL if shard is None or shard[1] == 1 else f"journal-{shard[0]}-of-{shard[1]}.jsonl"
-
-
-def load_episodes(raw_dir: Path) -> dict[str, dict]:
-    """Every episode already on disk (finished shards, then the journal of an interrupted run), by key.
-    Holds them all in memory: for small sets and tests; stages stream with `iter_episodes`."""
-    return {ep["episode_id"]: ep for ep in iter_episodes(raw_dir)}
 
 
 def plan(items: Sequence[Item], tasks: dict[str, Task], spec: GenSpec,

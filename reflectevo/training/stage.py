@@ -61,7 +61,7 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
 def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
     """RL prompts from the episodes in `raw_dir` (generate's output): failed trial-1 attempts (oracle) or every
     item (intrinsic). Episodes but no failed attempt -> one line, exit 2; no episodes -> "no training data"."""
-    from reflectevo.generation.run import load_episodes
+    from reflectevo.episodes.shards import load_episodes
     from reflectevo.training.data import rl_rows
 
     if not raw_dir.is_dir():
