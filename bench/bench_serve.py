@@ -57,6 +57,13 @@ class Watch(threading.Thread):
             time.sleep(0.02)
 
 
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def _post(url: str, data: bytes, timeout: float) -> tuple[int | str, str]:
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
@@ -71,7 +78,7 @@ def _post(url: str, data: bytes, timeout: float) -> tuple[int | str, str]:
 def main(model: str = "tiny-random", rss_cap_gb: float = 4.0, timeout: float = 600.0,
          out: Path = ROOT / "bench/results/serve.json") -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "reflectevo.cli", "serve", "--model", model, "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "reflectevo.cli", "serve", "--model", model, "--served-model-name", model, "--port", "0",
                              "--params", str(ROOT / "params.yaml")], stderr=subprocess.PIPE, text=True, env=env)
     line = ""
     while "serving" not in line:
@@ -113,7 +120,7 @@ def main(model: str = "tiny-random", rss_cap_gb: float = 4.0, timeout: float = 6
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()
     doc = {"model": model, "commit": commit, "date": time.strftime("%Y-%m-%d"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "rss_cap_gb": rss_cap_gb, "results": results}
+           "machine": f"{_cpu()}, {os.cpu_count()} cores", "rss_cap_gb": rss_cap_gb, "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
 

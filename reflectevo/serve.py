@@ -195,18 +195,14 @@ class CompletionServer(ThreadingHTTPServer):
         if _number(body, "n", 1, 1, 1, integer=True) != 1 or _number(body, "best_of", 1, 1, 1, integer=True) != 1:
             raise RequestError(400, "only n=1 is supported", param="n")
         hi = self.context - 1 if self.context else 1 << 20
-        given = max_key if body.get(max_key) is not None else ("max_tokens" if body.get("max_tokens") is not None
-                                                               else None)
+        given = next((k for k in (max_key, "max_tokens") if body.get(k) is not None), None)
         max_tokens = default_max
         if given is not None:
-            try:
-                max_tokens = _number(body, given, None, 1, hi, integer=True)
-            except RequestError as e:
-                if self.context and isinstance(body[given], int) and not isinstance(body[given], bool) \
-                        and body[given] > hi:
-                    raise RequestError(400, f"{given} is {body[given]}, but this model's context is {self.context} "
-                                       f"tokens (prompt + completion): at most {hi}", param=given) from None
-                raise e from None
+            value = body[given]
+            if self.context and type(value) is int and value > hi:
+                raise RequestError(400, f"{given} is {value}, but this model's context is {self.context} tokens "
+                                   f"(prompt + completion): at most {hi}", param=given)
+            max_tokens = _number(body, given, None, 1, hi, integer=True)
         temperature = float(_number(body, "temperature", 1.0, 0.0, 2.0))
         top_p = float(_number(body, "top_p", 1.0, 1e-9, 1.0))
         seed = _number(body, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True)
