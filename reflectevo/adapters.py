@@ -1,7 +1,7 @@
 """Trained adapters as generation inputs: which adapter writes which phase, and their content hashes.
 
 A trained setting's folder (`models/<setting>/`, written by the train stage) holds a `model_card.json`
-naming its adapter sub-folders per role. Generation with a setting's adapters (self-evolution, issue #16)
+naming its adapter sub-folders per role. Generation with a setting's adapters (self-evolution)
 uses them per phase, as evaluation does:
 
 | setting           | trial 1 | reflection           | retry (trial 2)  |
