@@ -1,4 +1,4 @@
-"""On-disk format of data/raw, chosen by measurement (issue #17): size, write and read speed, loading.
+"""On-disk format of data/raw, chosen by measurement: size, write and read speed, loading.
 
     .venv/bin/python bench/bench_formats.py [--episodes 4600]
 

@@ -1,4 +1,4 @@
-"""Generate-stage benchmarks (issue: reflection generation at scale), all measured in one run.
+"""Generate-stage benchmarks (reflection generation at scale), all measured in one run.
 
     .venv/bin/python bench/bench_generate.py [--preset smollm2-135m] [--items 400] [--batch 64] [--tokens 48]
     .venv/bin/python bench/bench_generate.py --no-stage-runs --merge   # throughput + batching only

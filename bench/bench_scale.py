@@ -1,4 +1,4 @@
-"""Scale benchmark (issue #17): the data path from 4.6K to 460K episodes on one machine, in one run.
+"""Scale benchmark: the data path from 4.6K to 460K episodes on one machine, in one run.
 
     .venv/bin/python bench/bench_scale.py                       # 4.6K, 46K, 460K (disk: ~60 GB free)
     .venv/bin/python bench/bench_scale.py --sizes 4600,46000     # the smaller sizes only
@@ -319,7 +319,7 @@ def main(sizes: str = "4600,46000,460000", eval_items: int = 2000, workdir: Path
 
 
 def targets(r: dict) -> dict:
-    """The issue's figures side by side (a size cut short shows what it measured)."""
+    """The scale targets side by side (a size cut short shows what it measured)."""
     s = r["sizes"]
     ns = sorted(s, key=int)
     if not ns:

@@ -1,6 +1,6 @@
 """The grpo_reflect_retry training curve: fix rate on held-out failed trial-1 attempts before vs after, McNemar p.
 
-    .venv/bin/python bench/rl_curve.py --minutes 60                      # the issue's measurement (~1 h of CPU)
+    .venv/bin/python bench/rl_curve.py --minutes 60                      # the measurement in docs/results.md (~1 h of CPU)
     .venv/bin/python bench/rl_curve.py --minutes 1 --held-out 8 --max-items 16 \\
         --out bench/results/rl_curve-smoke.json                         # a few minutes: shows it works
 

@@ -324,7 +324,7 @@ def test_serve_command_starts_a_server(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# judging Dpref pairs through the endpoint (issue 6)
+# judging Dpref pairs through the endpoint
 
 
 def test_curate_judges_through_an_endpoint_and_records_the_judge(tiny_server, tmp_path, monkeypatch):
