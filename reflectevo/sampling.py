@@ -54,7 +54,7 @@ class Generation:
     n_prompt_tokens: int
     n_new_tokens: int
     stop_reason: str = "length"    # eos | stop (a stop string or the answer pattern) | length (budget spent)
-    forced: bool = False           # the answer came from the answer step (reflectevo.mechanics)
+    forced: bool = False           # the answer came from the answer step (reflectevo.protocol.mechanics)
 
 
 def stop_position(text: str, sampling: Sampling) -> int | None:

@@ -10,7 +10,7 @@ interrupted run from its journal(s), and writes a summary to metrics/generate.js
 models/<setting>` a trained setting's adapters write the reflections and retries (trial 1 stays the base
 model's; reflectevo/adapters.py), and the episode keys hold their content hashes. With
 `generate.workers: N` it runs N worker processes on disjoint, balanced slices (each on one of the GPUs
-this process sees, `reflectevo.devices`; a vllm preset needs a GPU per worker) and merges their
+this process sees, `reflectevo.generation.devices`; a vllm preset needs a GPU per worker) and merges their
 journals. Reads `generate` and `models.<model>` in params.yaml.
 """
 

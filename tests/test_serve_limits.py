@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from reflectevo.backends import Generation, Sampling
+from reflectevo.sampling import Generation, Sampling
 from reflectevo.serve import MIB, CompletionServer, Limits, PromptGauge, make_server, start_in_thread
 
 CONTEXT = 512
