@@ -31,7 +31,8 @@ def _episodes(n: int, work: Path, base_items: Path) -> list[dict]:
     import dataclasses
 
     from reflectevo.backends import backend_sampler, make_backend
-    from reflectevo.config import load_preset, load_section, read_params
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.config.presets import load_preset
     from reflectevo.generation import generate, make_spec
     from reflectevo.models import model_fingerprint
     from reflectevo.stage import load_items

@@ -58,16 +58,19 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
     """`max_completion_length` / `max_new_tokens_retry`: 0 = train.rl's (the reflection's budget in evaluation
     follows max_completion_length too)."""
     import reflectevo.training as T
-    from reflectevo.config import EvaluateConfig, load_preset, load_section, read_params
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.sections import EvaluateConfig
     from reflectevo.errors import ReflectEvoError
     from reflectevo.generation import load_episodes
     from reflectevo.models import model_fingerprint
+    from reflectevo.training.config import TrainConfig
     from reflectevo.stats import paired_test
     from reflectevo.tasks import Item, TaskCache
 
     params = read_params(ROOT / "params.yaml")
     name, p = load_preset(params, preset or None)
-    cfg = load_section(params, "train")
+    cfg = load_section(params, "train", TrainConfig)
     gen = load_section(params, "generate")
     rows = T.rl_rows(load_episodes(raw), "oracle")
     if not rows:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from reflectevo.config import EvaluateConfig
+from reflectevo.config.sections import EvaluateConfig
 from reflectevo.mechanics import (answer_step, attempt_text, generate_per_task, one_stage_sampling,
                                   reflection_sampling, run_trials)
 from reflectevo.metrics import by_task

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from reflectevo.backends import Sampling
-from reflectevo.config import GenerateConfig, to_dict
+from reflectevo.config.loader import to_dict
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.jsonio import Journal
 from reflectevo.mechanics import attempt_text, reflection_sampling, run_trials, trial_sampling
 from reflectevo.prompts import (

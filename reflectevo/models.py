@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectevo.cache import build_once, cache_root
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 TINY_RECIPE = "tiny-llama-v1"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from reflectevo import compat
 from reflectevo.cli import app
-from reflectevo.config import CurateConfig
+from reflectevo.config.sections import CurateConfig
 from reflectevo.curation import curate
 from reflectevo.errors import ReflectEvoError
 from reflectevo.jsonio import read_jsonl, write_jsonl

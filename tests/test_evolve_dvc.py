@@ -53,7 +53,8 @@ def write_json(path: Path, obj) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from reflectevo.config import load_preset, load_section, read_params
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.config.presets import load_preset
     from reflectevo.models import model_fingerprint
     from reflectevo.training import train_setting
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import ScriptedBackend
 
 from reflectevo.backends import Sampling
-from reflectevo.config import GenerateConfig
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation import generate, make_spec, sample_seed
 from reflectevo.prompts import FAILURE_NOTICE

@@ -3,7 +3,7 @@
 import pytest
 from helpers import ScriptedBackend, arithmetic_responder
 
-from reflectevo.config import GenerateConfig
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.generation import JOURNAL, generate, load_episodes, make_spec, write_shards
 from reflectevo.tasks import Item, get_task
 

@@ -22,7 +22,8 @@ from reflectevo.adapters import (
     served_name,
 )
 from reflectevo.backends import Sampling
-from reflectevo.config import DPOHyper, GenerateConfig, SFTHyper, TrainConfig
+from reflectevo.config.sections import GenerateConfig
+from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation import Stats, generate, make_spec, run_chunk
 from reflectevo.tasks import Item, get_task
@@ -54,7 +55,7 @@ def trained(tmp_path_factory):
     """models/one_stage and models/two_stage: real LoRA adapters of tiny-random (2 steps each, lr 1e-2)."""
     import torch
 
-    from reflectevo.config import LoraConfig, ModelPreset
+    from reflectevo.config.presets import LoraConfig, ModelPreset
     from reflectevo.training import train_setting
 
     torch.set_num_threads(1)

@@ -18,7 +18,9 @@ from helpers import tiny_params_dict
 from typer.testing import CliRunner
 
 from reflectevo.backends.hf import make_backend
-from reflectevo.config import GenerateConfig, from_dict, load_section, read_params
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import load_section, read_params
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation import JOURNAL, generate, load_episodes, make_spec, write_shards
 from reflectevo.models import model_fingerprint

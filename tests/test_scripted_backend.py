@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from reflectevo.backends import backend_sampler, make_backend
-from reflectevo.config import GenerateConfig, ModelPreset, ScriptRecipe, from_dict, load_preset, read_params
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import read_params
+from reflectevo.config.presets import ModelPreset, ScriptRecipe, load_preset
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation import generate, make_spec
 from reflectevo.models import check_available, model_fingerprint

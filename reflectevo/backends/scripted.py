@@ -3,7 +3,7 @@
 It runs the real generate stage (prompts, verifiers, keys, journal, shards) at CPU speed: 460K episodes
 in minutes, for tests, benchmarks, and a dry run of a new task's pipeline before any model is loaded.
 
-The recipe (`models.<preset>.script`, `reflectevo.config.ScriptRecipe`):
+The recipe (`models.<preset>.script`, `reflectevo.config.presets.ScriptRecipe`):
 
 - **trial 1** is right with probability `trial1_correct`, a **retry** with probability `retry_correct`
   (ReflectEvo-460K: 13.93% of reflection samples led to a right second answer). A right answer is the
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reflectevo.backends import Generation, Sampling, finish_text
-from reflectevo.config import ModelPreset, ScriptRecipe
+from reflectevo.config.presets import ModelPreset, ScriptRecipe
 
 SCRIPT_VERSION = "scripted-v1"
 

@@ -21,7 +21,8 @@ def serve_cmd(model: str = typer.Option("", "--model", help="preset to serve (de
                                           help="require this bearer key (default: none)"),
               verbose: bool = typer.Option(False, "--verbose", help="log every request")) -> None:
     """Serve a preset over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models)."""
-    from reflectevo.config import load_preset, read_params
+    from reflectevo.config.params import read_params
+    from reflectevo.config.presets import load_preset
     from reflectevo.serve import make_server
 
     name, preset = load_preset(read_params(params), model or None, where="--model")

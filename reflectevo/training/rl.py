@@ -24,7 +24,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, RLHyper, TrainConfig
+from reflectevo.config.presets import ModelPreset
+from reflectevo.training.config import RLHyper, TrainConfig
 from reflectevo.settings import registry
 from reflectevo.tasks import Item, Task, TaskCache
 from reflectevo.training.masking import join_rollout, retry_turn_text
