@@ -213,6 +213,8 @@ CHECK_CASES = [
     ("evaluate.name_rejected", "yes", "evaluate.name_rejected: expected true/false, got 'yes'"),
     ("curate.eval_fracton", 0.1, "curate.eval_fracton: unknown key. Did you mean 'eval_fraction'?"),
     ("generate.k", _DELETE, "generate.k: required key is missing"),
+    ("curate.max_reflection_words", 2, "curate.max_reflection_words: 2 is below min_reflection_words (3)"),
+    ("train.rl.batch_size", 6, "train.rl.batch_size: 6 completions per step must be a multiple of num_generations (4)"),
     ("curate.judge", "tiny-randm", "curate.judge: unknown model preset 'tiny-randm'. Did you mean 'tiny-random'?"),
 ]
 

@@ -57,6 +57,7 @@ def project(tmp_path_factory):
     from reflectevo.config.presets import load_preset
     from reflectevo.models import model_fingerprint
     from reflectevo.training import train_setting
+    from reflectevo.training.config import TrainConfig
 
     dst = tmp_path_factory.mktemp("evolve") / "proj"
     shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
@@ -78,7 +79,7 @@ def project(tmp_path_factory):
     params = read_params(dst / "params.yaml")
     name, preset = load_preset(params)
     res = train_setting("one_stage", name, preset, model_fingerprint(name, preset), dplus_rows(), [],
-                        load_section(params, "train"), dst / "models" / "one_stage")
+                        load_section(params, "train", TrainConfig), dst / "models" / "one_stage")
     assert res["trained"]
     (dst / "data/curated").mkdir(parents=True)
     (dst / "data/curated/dplus_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dplus_rows()))

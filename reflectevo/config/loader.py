@@ -40,7 +40,7 @@ def _yaml_number(value: Any) -> Any:
     return value
 
 
-# Strict scalars: every leaf field of a params class uses one of these (tests/test_config_ranges.py checks it).
+# Strict scalars: every leaf field of a params class uses one of these (tests/test_config_ranges.py checks).
 Int = Annotated[int, Strict()]
 Float = Annotated[float, BeforeValidator(_yaml_number), Strict(), AllowInfNan(False)]
 Bool = Annotated[bool, Strict()]

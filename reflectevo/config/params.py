@@ -10,14 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from reflectevo.config.loader import from_dict
-from reflectevo.config.sections import (
-    CurateConfig,
-    DemoConfig,
-    EvaluateConfig,
-    EvolveConfig,
-    GenerateConfig,
-    PrepareConfig,
-)
+from reflectevo.config.sections import (CurateConfig, DemoConfig, EvaluateConfig, EvolveConfig,
+                                        GenerateConfig, PrepareConfig)
 from reflectevo.errors import ReflectEvoError, did_you_mean, unknown
 
 T = TypeVar("T")

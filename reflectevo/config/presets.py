@@ -7,23 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from reflectevo.config.loader import (
-    Fraction,
-    Gt,
-    Int,
-    MinLen,
-    Named,
-    NonNegFloat,
-    NonNegInt,
-    PosFloat,
-    PosInt,
-    Probability,
-    Schema,
-    Seed,
-    Str,
-    choices,
-    from_dict,
-)
+from reflectevo.config.loader import (Fraction, Gt, Int, MinLen, Named, NonNegFloat, NonNegInt, PosFloat,
+                                      PosInt, Probability, Schema, Seed, Str, choices, from_dict)
 from reflectevo.errors import ReflectEvoError, unknown
 
 Source = Literal["tiny-random", "gguf-package", "hub", "api", "scripted"]  # api: weights only behind an endpoint

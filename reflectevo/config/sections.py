@@ -6,21 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from reflectevo.config.loader import (
-    Bool,
-    Float,
-    Fraction,
-    Int,
-    Interval,
-    MinLen,
-    Named,
-    NonNegInt,
-    PosInt,
-    Schema,
-    Seed,
-    Str,
-    choices,
-)
+from reflectevo.config.loader import (Bool, Float, Fraction, Int, Interval, MinLen, Named, NonNegInt, PosInt,
+                                      Schema, Seed, Str, choices)
 from reflectevo.errors import ReflectEvoError, unknown
 
 Protocol = Literal["oracle", "intrinsic"]  # oracle: reflect on failures, told so; intrinsic: on every item, not told

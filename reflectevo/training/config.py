@@ -7,20 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from reflectevo.config.loader import (
-    Bool,
-    Ge,
-    Int,
-    Named,
-    NonNegFloat,
-    NonNegInt,
-    PosFloat,
-    PosInt,
-    Probability,
-    Schema,
-    Seed,
-    choices,
-)
+from reflectevo.config.loader import (Bool, Ge, Int, Named, NonNegFloat, NonNegInt, PosFloat, PosInt,
+                                      Probability, Schema, Seed, choices)
 from reflectevo.config.sections import Protocol
 from reflectevo.errors import ReflectEvoError
 
