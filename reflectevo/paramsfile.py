@@ -18,9 +18,9 @@ def validate_all(params: dict[str, Any]) -> None:
     one ReflectEvoError line naming its key."""
     from reflectevo.judge import JUDGES
 
-    for name in params.get("models") or {}:
+    load_preset(params)  # first: the `models:` map itself, and the `model:` selector (an old name: "did you mean")
+    for name in params["models"]:
         load_preset(params, name)
-    load_preset(params)
     for name, cls in SECTIONS.items():
         if name in OPTIONAL_SECTIONS and name not in params:
             continue

@@ -165,6 +165,24 @@ def test_unknown_and_missing_keys_at_every_depth():
         from_dict(SECTIONS["generate"], gen, "generate", require_all=True)
 
 
+def test_keys_that_are_not_names_and_maps_that_are_not_maps():
+    from reflectevo.paramsfile import validate_all
+
+    with pytest.raises(ReflectEvoError, match=r"^models\.x\.lora\.1: unknown key\. Valid keys: r, alpha"):
+        from_dict(ModelPreset, {"source": "tiny-random", "lora": {1: 2}}, "models.x")
+    with pytest.raises(ReflectEvoError, match=r"^models\.x\.api_extra: key: expected a string, got 1"):
+        from_dict(ModelPreset, {"source": "tiny-random", "api_extra": {1: 2}}, "models.x")
+    for models in (3, [], {}):
+        with pytest.raises(ReflectEvoError, match=r"^models: params\.yaml needs a non-empty `models:` map"):
+            validate_all({**PARAMS, "models": models})
+    with pytest.raises(ReflectEvoError, match=r"^models\.7: expected a preset name \(a string\), got 7"):
+        validate_all({**PARAMS, "models": {**PARAMS["models"], 7: {"source": "tiny-random"}}})
+    with pytest.raises(ReflectEvoError, match=r"^model: expected a preset name \(a string\), got \['a'\]"):
+        validate_all({**PARAMS, "model": ["a"]})
+    with pytest.raises(ReflectEvoError, match=r"^generate: expected a mapping, got 5"):
+        validate_all({**PARAMS, "generate": 5})
+
+
 def test_numbers_keep_yaml_forms_and_refuse_look_alikes():
     preset = {"source": "tiny-random"}
     assert from_dict(ModelPreset, {**preset, "lr_sft": "1e-05"}, "m").lr_sft == 1e-05   # PyYAML's form
@@ -290,3 +308,22 @@ def test_stages_check_params_before_reading_inputs(tmp_path, name, args, change,
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), r.output
     assert not (tmp_path / output).exists()
+
+
+def test_config_imports_nothing_above_it():
+    """reflectevo.config sits under prompts, backends, generation and training: not even a function-level
+    import or a "reflectevo.x:Name" registry string may reach up (the train section's class is passed in)."""
+    import ast
+
+    allowed = ("reflectevo.config", "reflectevo.errors", "reflectevo.tasks", "reflectevo.demands",
+               "reflectevo.settings")
+    found = []
+    for path in sorted((ROOT / "reflectevo" / "config").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [node.value.split(":")[0]] if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                     and re.fullmatch(r"reflectevo(\.\w+)+:\w+", node.value) else [])
+            found += [f"{path.name}: {n}" for n in names
+                      if n.startswith("reflectevo") and not n.startswith(allowed)]
+    assert not found, found

@@ -104,7 +104,11 @@ def from_dict(cls: type[T], data: Any, where: str, require_all: bool = False) ->
     except ValidationError as e:
         errors = e.errors()
         first = next((x for x in errors if x["type"] in _UNKNOWN_KEY), errors[0])  # a typo explains the rest
-        raise ReflectEvoError(_one_line(cls, first, where)) from None
+        try:
+            line = _one_line(cls, first, where)
+        except Exception:  # noqa: BLE001 (an error shape not translated here: pydantic's words, still one line)
+            line = f"{_path(where, tuple(first['loc']))}: {first['msg']}"
+        raise ReflectEvoError(line) from None
     if require_all:
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name not in data:
@@ -151,7 +155,7 @@ def describe_range(b: dict[str, float]) -> str:
 # --------------------------------------------------------------------------------------------------
 # pydantic's error -> our line
 
-_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")   # dataclasses / mappings
+_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")   # a name, or not even a string
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true/false", "string": "a string",
              "tuple": "a list", "list": "a list", "dict": "a mapping", "dataclass": "a mapping"}
 
@@ -160,9 +164,10 @@ def _one_line(cls: type, err: Any, where: str) -> str:
     loc = tuple(err["loc"])
     kind, value = err["type"], err.get("input")
     if kind in _UNKNOWN_KEY:
-        keys = [f.name for f in dataclasses.fields(_bare(_type_at(cls, loc[:-1])))]
+        parent = _bare(_type_at(cls, loc[:-1]))
+        keys = [f.name for f in dataclasses.fields(parent)] if dataclasses.is_dataclass(parent) else []
         key = str(loc[-1])
-        return f"{_path(where, loc)}: unknown key.{did_you_mean(key, keys)} Valid keys: {', '.join(keys)}"
+        return f"{_path(where, loc[:-1])}.{key}: unknown key.{did_you_mean(key, keys)} Valid keys: {', '.join(keys)}"
     if kind == "missing":
         return f"{_path(where, loc)}: required key is missing"
     tp = _type_at(cls, loc)
@@ -209,14 +214,14 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _type_at(cls: type, loc: tuple) -> Any:
-    """The declared annotation at pydantic's error location `loc` inside `cls`."""
+    """The declared annotation at pydantic's error location `loc` inside `cls` (Any where none is declared)."""
     tp: Any = cls
     parts = list(loc)
     while parts:
         part, base = parts.pop(0), _bare(tp)
         origin = typing.get_origin(base)
         if dataclasses.is_dataclass(base):
-            tp = _hints(base)[part]  # type: ignore[arg-type]
+            tp = _hints(base).get(part, Any)  # type: ignore[arg-type]
         elif origin is dict:
             key_type, value_type = typing.get_args(base)
             if parts[:1] == ["[key]"]:

@@ -127,8 +127,9 @@ def load_preset(params: dict[str, Any], name: str | None = None, where: str = "m
     name = name or params.get("model")
     if not name:
         raise ReflectEvoError(f"model: required key is missing. Valid presets: {', '.join(sorted(map(str, models)))}")
-    if not isinstance(name, str):
-        raise ReflectEvoError(f"{where}: expected a preset name, got {name!r}")
+    if not isinstance(name, str):  # `model: [a]`, or a key such as `1:` under models
+        key = f"models.{name}" if isinstance(name, (int, float)) and name in models else where
+        raise ReflectEvoError(f"{key}: expected a preset name (a string), got {name!r}")
     if name not in models:
         new = PRESET_ALIASES.get(str(name))
         if new in models:
