@@ -31,7 +31,8 @@ def _episodes(n: int, work: Path, base_items: Path) -> list[dict]:
     import dataclasses
 
     from reflectevo.backends.registry import backend_sampler, make_backend
-    from reflectevo.config import load_preset, load_section, read_params
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
     from reflectevo.generation.run import generate
     from reflectevo.generation.keys import make_spec
     from reflectevo.models.fingerprint import model_fingerprint

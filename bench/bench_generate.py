@@ -80,7 +80,8 @@ def main(preset: str = "smollm2-135m", items: int = 400, tokens: int = 48, batch
     import torch
 
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.config import load_preset, load_section, read_params
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
     from reflectevo.generation.run import generate
     from reflectevo.episodes.shards import load_episodes
     from reflectevo.generation.keys import make_spec

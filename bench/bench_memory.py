@@ -27,7 +27,8 @@ CHILD = r"""
 import dataclasses, json, resource, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from reflectevo.config import ModelPreset, LoraConfig, RLHyper, SFTHyper, DPOHyper, TrainConfig
+from reflectevo.config.presets import ModelPreset, LoraConfig
+from reflectevo.training.config import RLHyper, SFTHyper, DPOHyper, TrainConfig
 from reflectevo.training.data import rl_rows
 from reflectevo.training.run import train_setting
 sys.path.insert(0, sys.argv[1] + "/bench")
@@ -60,7 +61,8 @@ print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF)
 
 def main(steps: int = 1, cases: str = ",".join(ALL), out: Path = ROOT / "bench/results/memory.json") -> None:
     """`cases`: setting:method:beta, comma-separated."""
-    from reflectevo.config import load_preset, read_params
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import read_params
     from reflectevo.models.build import convert_gguf_package
 
     _, p = load_preset(read_params(ROOT / "params.yaml"), "smollm2-135m")

@@ -40,7 +40,11 @@ def main(preset: str = "smollm2-135m", steps: int = 8, batch_size: int = 4, repe
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from reflectevo.config import DPOHyper, SFTHyper, TrainConfig, load_preset, read_params
+    from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
+
+    from reflectevo.config.presets import load_preset
+
+    from reflectevo.config.params import read_params
     from reflectevo.models.load import load_tokenizer
     from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.training.model import _base_model, _common_args, _lora

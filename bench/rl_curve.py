@@ -59,7 +59,10 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
     follows max_completion_length too)."""
     import reflectevo.training.run as T
     from reflectevo.training.data import rl_rows
-    from reflectevo.config import EvaluateConfig, load_preset, load_section, read_params
+    from reflectevo.config.sections import EvaluateConfig
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.training.config import TrainConfig
     from reflectevo.errors import ReflectEvoError
     from reflectevo.episodes.shards import load_episodes
     from reflectevo.models.fingerprint import model_fingerprint
@@ -69,7 +72,7 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
 
     params = read_params(ROOT / "params.yaml")
     name, p = load_preset(params, preset or None)
-    cfg = load_section(params, "train")
+    cfg = load_section(params, "train", TrainConfig)
     gen = load_section(params, "generate")
     rows = rl_rows(load_episodes(raw), "oracle")
     if not rows:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from reflectevo.config import CurateConfig
+from reflectevo.config.sections import CurateConfig
 from reflectevo.episodes.record import attempt
 
 _STATES_ANSWER = re.compile(r"Finish\s*(\[|<<<)")

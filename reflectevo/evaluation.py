@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from reflectevo.config import EvaluateConfig
+from reflectevo.config.sections import EvaluateConfig
 from reflectevo.metrics import by_task
 from reflectevo.protocol.rounds import (Attempt, Job, RoundSpec, Step, StepFn, first_trials, one_stage_step,
                                         reflect_retry_step, run_rounds)

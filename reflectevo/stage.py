@@ -32,7 +32,8 @@ def friendly_errors(fn: F) -> F:
 
 def stage_params(params_file: Path, section: str, with_model: bool = True):
     """(preset name, preset, section config) for a stage, all validated."""
-    from reflectevo.config import load_preset, load_section, read_params
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.config.presets import load_preset
 
     params = read_params(params_file)
     cfg = load_section(params, section)

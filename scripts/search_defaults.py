@@ -43,7 +43,9 @@ CANDIDATES = {
 def main(out: Path = Path("bench/results/default_search.json"), n: int = 48, dtype: str = "auto",
          only: str = "", max_new_trial: int = 96, max_new_reflection: int = 96) -> None:
     from reflectevo.backends.registry import make_backend
-    from reflectevo.config import GenerateConfig, load_preset, read_params
+    from reflectevo.config.sections import GenerateConfig
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import read_params
     from reflectevo.diagnostics import episode_diagnostics
     from reflectevo.generation.run import generate
     from reflectevo.generation.keys import make_spec

@@ -31,7 +31,7 @@ app = typer.Typer(add_completion=False)
 def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: Path = Path("data/curated"),
          metrics: Path = Path("metrics/curate.json"),
          headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
-    from reflectevo.config import to_dict
+    from reflectevo.config.loader import to_dict
     from reflectevo.curation import curate_stream
     from reflectevo.episodes.record import check_episode
     from reflectevo.datacard import curated_card
@@ -40,7 +40,9 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     from reflectevo.jsonio import JsonlWriter, write_json, write_text
     from reflectevo.episodes.shards import SHARD_GLOB, iter_episodes, shard_files
 
-    from reflectevo.config import load_preset, read_params
+    from reflectevo.config.presets import load_preset
+
+    from reflectevo.config.params import read_params
 
     _, _, cfg = stage_params(params, "curate", with_model=False)
     judge_fn, judge_info = None, None

@@ -29,7 +29,8 @@ app = typer.Typer(add_completion=False)
 @friendly_errors
 def prepare(params: Path = Path("params.yaml"), exclude: Path = Path("data/sources"),
             out: Path = Path("data/demo/sources")) -> None:
-    from reflectevo.config import load_section, read_params, to_dict
+    from reflectevo.config.loader import to_dict
+    from reflectevo.config.params import load_section, read_params
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import iter_jsonl, write_json, write_jsonl
     from reflectevo.tasks.registry import get_task
@@ -80,7 +81,7 @@ def evaluate(params: Path = Path("params.yaml"), protocol: str = typer.Option(..
              headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     import dataclasses
 
-    from reflectevo.config import load_section, read_params
+    from reflectevo.config.params import load_section, read_params
     from reflectevo.errors import ReflectEvoError, unknown
     from reflectevo.models.load import check_available
     from reflectevo.systems import run_evaluation, write_evaluation

@@ -33,7 +33,7 @@ def _stage_main(name: str):
 
 
 def _cfg(params: Path):
-    from reflectevo.config import load_section, read_params
+    from reflectevo.config.params import load_section, read_params
 
     return load_section(read_params(params), "evolve")
 
@@ -87,7 +87,8 @@ def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = 
 
     from ruamel.yaml import YAML
 
-    from reflectevo.config import EvolveConfig, evolve_chain, from_dict
+    from reflectevo.config.loader import from_dict
+    from reflectevo.config.sections import EvolveConfig, evolve_chain
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_text
 
@@ -145,7 +146,7 @@ def generate(iteration: str = typer.Option(...), previous: Path = typer.Option(.
 @friendly_errors
 def curate(iteration: str = typer.Option(...), previous_data: Path = typer.Option(..., help="iteration i-1's data"),
            out: Path = typer.Option(...), params: Path = Path("params.yaml")) -> None:
-    from reflectevo.config import load_section, read_params
+    from reflectevo.config.params import load_section, read_params
     from reflectevo.evolve import KINDS, data_kind, union_rows
     from reflectevo.jsonio import read_jsonl, write_json, write_jsonl
 

@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @friendly_errors
 def main(params: Path = Path("params.yaml"), out: Path = Path("data/sources")) -> None:
-    from reflectevo.config import to_dict
+    from reflectevo.config.loader import to_dict
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
     from reflectevo.tasks import check_prompting

@@ -34,7 +34,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_preset():
-    from reflectevo.config import ModelPreset, LoraConfig
+    from reflectevo.config.presets import LoraConfig, ModelPreset
 
     return ModelPreset(source="tiny-random", dtype="float32", gen_batch_size=16, max_length=2048,
                        lora=LoraConfig(r=4, alpha=8), lr_sft=1e-2)

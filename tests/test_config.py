@@ -2,8 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from reflectevo.config import (GenerateConfig, ModelPreset, from_dict, load_preset, load_section, read_params,
-                               validate_all)
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import load_section, read_params
+from reflectevo.config.presets import ModelPreset, load_preset
+from reflectevo.config.sections import GenerateConfig
+from reflectevo.paramsfile import validate_all
 from reflectevo.errors import ReflectEvoError
 
 ROOT = Path(__file__).resolve().parents[1]

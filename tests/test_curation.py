@@ -1,4 +1,4 @@
-from reflectevo.config import CurateConfig
+from reflectevo.config.sections import CurateConfig
 from reflectevo.curation import curate, is_eval_item, reflection_problem, statistics
 
 

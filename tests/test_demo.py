@@ -10,7 +10,7 @@ import pytest
 import yaml
 from test_stages import ROOT, run, tiny_params
 
-from reflectevo.config import load_section
+from reflectevo.config.params import load_section
 from reflectevo.errors import ReflectEvoError
 
 

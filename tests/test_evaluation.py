@@ -6,7 +6,7 @@ import pytest
 from helpers import ScriptedBackend
 
 from reflectevo import evaluation as ev
-from reflectevo.config import EvaluateConfig
+from reflectevo.config.sections import EvaluateConfig
 from reflectevo.tasks import Item
 from reflectevo.tasks.registry import get_task
 
@@ -55,7 +55,7 @@ def test_intrinsic_reflects_on_everything_without_feedback_and_counts_c2i():
 
 
 def test_unknown_protocol():
-    from reflectevo.config import from_dict
+    from reflectevo.config.loader import from_dict
     from reflectevo.errors import ReflectEvoError
 
     with pytest.raises(ReflectEvoError, match="unknown protocol 'intrinsc'. Did you mean 'intrinsic'"):

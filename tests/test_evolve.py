@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from reflectevo.config import (
-    DPOHyper,
-    EvolveConfig,
-    SFTHyper,
-    TrainConfig,
-    evolve_chain,
-    from_dict,
-    read_params,
-)
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import read_params
+from reflectevo.config.sections import EvolveConfig, evolve_chain
+from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.evolve import headline, iteration_row, summary, union_rows, versus_first
 

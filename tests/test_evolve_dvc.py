@@ -53,7 +53,9 @@ def write_json(path: Path, obj) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from reflectevo.config import load_preset, load_section, read_params
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.training.config import TrainConfig
     from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.training.run import train_setting
 
@@ -77,7 +79,7 @@ def project(tmp_path_factory):
     params = read_params(dst / "params.yaml")
     name, preset = load_preset(params)
     res = train_setting("one_stage", name, preset, model_fingerprint(name, preset), dplus_rows(), [],
-                        load_section(params, "train"), dst / "models" / "one_stage")
+                        load_section(params, "train", TrainConfig), dst / "models" / "one_stage")
     assert res["trained"]
     (dst / "data/curated").mkdir(parents=True)
     (dst / "data/curated/dplus_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dplus_rows()))

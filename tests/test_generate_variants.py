@@ -9,7 +9,7 @@ import pytest
 from helpers import ScriptedBackend
 
 from reflectevo.sampling import Sampling
-from reflectevo.config import GenerateConfig
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation.run import generate
 from reflectevo.generation.keys import make_spec, sample_seed

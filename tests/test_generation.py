@@ -3,7 +3,7 @@
 import pytest
 from helpers import ScriptedBackend, arithmetic_responder
 
-from reflectevo.config import GenerateConfig
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.generation.run import JOURNAL, generate, write_shards
 from reflectevo.episodes.shards import load_episodes
 from reflectevo.generation.keys import make_spec

@@ -17,7 +17,8 @@ from reflectevo.adapters import GenerationAdapters, adapter_hash, generation_ada
 from reflectevo.generation.backends import build_phase_backends
 from reflectevo.protocol.rounds import PhaseBackends
 from reflectevo.sampling import Sampling
-from reflectevo.config import DPOHyper, GenerateConfig, SFTHyper, TrainConfig
+from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation.episodes import Stats, run_chunk
 from reflectevo.generation.run import generate
@@ -52,7 +53,7 @@ def trained(tmp_path_factory):
     """models/one_stage and models/two_stage: real LoRA adapters of tiny-random (2 steps each, lr 1e-2)."""
     import torch
 
-    from reflectevo.config import LoraConfig, ModelPreset
+    from reflectevo.config.presets import LoraConfig, ModelPreset
     from reflectevo.training.run import train_setting
 
     torch.set_num_threads(1)

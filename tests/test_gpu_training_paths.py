@@ -133,7 +133,7 @@ def test_tokens_per_second_count_every_process():
 
     from datasets import Dataset
 
-    from reflectevo.config import SFTHyper
+    from reflectevo.training.config import SFTHyper
     from reflectevo.training.model import _tokens_per_s
 
     ds = Dataset.from_list([{"input_ids": [1] * 10}, {"input_ids": [1] * 30}])

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from reflectevo.sampling import Sampling
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 
 NOISY = {"repetition_penalty": 5.0, "no_repeat_ngram_size": 2, "num_beams": 3, "min_new_tokens": 6,
          "do_sample": True, "top_k": 2, "top_p": 0.1, "temperature": 0.05}

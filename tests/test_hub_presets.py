@@ -25,7 +25,7 @@ import yaml
 from helpers import ignore_at_root, tiny_params_dict
 
 from reflectevo.models import hub, load
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 ROOT = Path(__file__).resolve().parents[1]

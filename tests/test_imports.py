@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("work", ("reflectevo.generation*", "reflectevo.evaluation", "reflectevo.curation", "reflectevo.judge",
               "reflectevo.training*")),
     ("top", ("reflectevo.systems", "reflectevo.evolve", "reflectevo.report", "reflectevo.publish", "reflectevo.serve",
+             "reflectevo.paramsfile",
              "reflectevo.cli*")),
 ]
 # Packages of one floor that never import each other: each is a stage's own work.

@@ -22,7 +22,8 @@ from helpers import tiny_params_dict
 from typer.testing import CliRunner
 
 from reflectevo.sampling import Generation, Sampling
-from reflectevo.config import ModelPreset, from_dict
+from reflectevo.config.presets import ModelPreset
+from reflectevo.config.loader import from_dict
 from reflectevo.errors import ReflectEvoError
 
 pytest.importorskip("openai")

@@ -11,7 +11,8 @@ import pytest
 from helpers import ScriptedBackend
 
 from reflectevo import evaluation as ev
-from reflectevo.config import EvaluateConfig, GenerateConfig, RLHyper
+from reflectevo.config.sections import EvaluateConfig, GenerateConfig
+from reflectevo.training.config import RLHyper
 from reflectevo.generation.episodes import Stats, run_chunk
 from reflectevo.generation.keys import make_spec
 from reflectevo.protocol.rounds import Job, reflect_retry_step, retry_messages, run_rounds

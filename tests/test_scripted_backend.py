@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from reflectevo.backends.registry import backend_sampler, make_backend
-from reflectevo.config import GenerateConfig, ModelPreset, ScriptRecipe, from_dict, load_preset, read_params
+from reflectevo.config.sections import GenerateConfig
+from reflectevo.config.presets import ModelPreset, ScriptRecipe, load_preset
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import read_params
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation.run import generate
 from reflectevo.generation.keys import make_spec

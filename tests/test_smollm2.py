@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 def test_gguf_converts_once_and_answers():
     from reflectevo.sampling import Sampling
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.config import read_params, load_preset
+    from reflectevo.config.params import read_params
+    from reflectevo.config.presets import load_preset
     from reflectevo.models.load import resolve_model
 
     name, preset = load_preset(read_params("params.yaml"), "smollm2-135m")

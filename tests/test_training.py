@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from reflectevo.config import DPOHyper, SFTHyper, TrainConfig
+from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
 from reflectevo.models.fingerprint import model_fingerprint
 from reflectevo.prompts import one_stage_target
 from reflectevo.training.offline import build_offline_trainer

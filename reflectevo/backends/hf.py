@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectevo.sampling import Generation, Sampling, finish_text, prompt_seeds, stop_position
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 
 # How sampled tokens are drawn (part of every episode key, = reflectevo.generation.SAMPLER): one seed per
 # sample, one random generator per row, inverse-CDF draw (`SeededSampler`; v1 drew with torch.multinomial).

@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from reflectevo.sampling import Generation, Sampling, finish_text, prompt_seeds
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 ENV_BASE_URLS = ("REFLECTEVO_OPENAI_BASE_URL", "OPENAI_BASE_URL")

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reflectevo.sampling import Generation, Sampling, finish_text
-from reflectevo.config import ModelPreset, ScriptRecipe
+from reflectevo.config.presets import ModelPreset, ScriptRecipe
 from reflectevo.models.fingerprint import SCRIPT_VERSION
 
 

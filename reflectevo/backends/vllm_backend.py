@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectevo.sampling import Generation, Sampling, finish_text, prompt_seeds
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 INSTALL_HINT = "backend vllm needs `pip install reflectevo[vllm]` on a GPU machine"

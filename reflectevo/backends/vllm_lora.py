@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks (0.3x)
 VLLM_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -41,7 +41,8 @@ def items_cmd(task: str, split: str = "test", n: int = typer.Option(0, "-n", hel
 @friendly_errors
 def params_check(path: Path = typer.Argument(Path("params.yaml"))) -> None:
     """Validate every preset and stage section; one clear error line on the first problem."""
-    from reflectevo.config import read_params, validate_all
+    from reflectevo.config.params import read_params
+    from reflectevo.paramsfile import validate_all
 
     params = read_params(path)
     validate_all(params)
@@ -51,7 +52,8 @@ def params_check(path: Path = typer.Argument(Path("params.yaml"))) -> None:
 @friendly_errors
 def presets_cmd(path: Path = typer.Argument(Path("params.yaml"))) -> None:
     """List the model presets of a params file."""
-    from reflectevo.config import load_preset, read_params
+    from reflectevo.config.params import read_params
+    from reflectevo.config.presets import load_preset
 
     params = read_params(path)
     load_preset(params)  # the `model:` selector first: an old (renamed) preset name gets "did you mean"

@@ -34,7 +34,8 @@ def serve_cmd(model: str = typer.Option("", "--model", help="preset to serve (de
 
     A prompt must fit the preset's max_length (prompt + completion tokens): a longer one, or a max_tokens
     that leaves it no room, gets 400 before it is tokenized further than that. See docs/serve.md."""
-    from reflectevo.config import load_preset, read_params
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import read_params
     from reflectevo.serve import MIB, Limits, make_server
 
     name, preset = load_preset(read_params(params), model or None, where="--model")

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from reflectevo.config import GenerateConfig
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.demands import demand_pool
 from reflectevo.errors import ReflectEvoError
 from reflectevo.prompts import task_prompt_hash

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation.episodes import Stats, run_chunk
 from reflectevo.generation.keys import GenSpec

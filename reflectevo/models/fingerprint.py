@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 
 TINY_RECIPE = "tiny-llama-v1"     # the tiny random Llama's build recipe (reflectevo.models.build)
 SCRIPT_VERSION = "scripted-v1"    # the scripted backend's drawing rules (reflectevo.backends.scripted)

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 HUB_TIMEOUT_S = 5.0     # the probe's limit unless $HF_HUB_ETAG_TIMEOUT says otherwise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 from reflectevo.models.build import build_tiny_random, convert_gguf_package
 from reflectevo.models.hub import resolve_hub

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, to_dict
+from reflectevo.config.loader import to_dict
+from reflectevo.config.presets import ModelPreset
 from reflectevo.jsonio import write_json
 from reflectevo.training.data import data_hash
 from reflectevo.training.dist import _barrier, is_main_process

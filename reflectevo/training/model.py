@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, TrainConfig
+from reflectevo.config.presets import ModelPreset
+from reflectevo.training.config import TrainConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.jsonio import write_json
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, TrainConfig
+from reflectevo.config.presets import ModelPreset
+from reflectevo.training.config import TrainConfig
 from reflectevo.training.model import (
     _base_model,
     _common_args,

@@ -22,7 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, RLHyper, TrainConfig
+from reflectevo.config.presets import ModelPreset
+from reflectevo.training.config import RLHyper, TrainConfig
 from reflectevo.settings import registry
 from reflectevo.training.model import (
     _base_model,

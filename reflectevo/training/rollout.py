@@ -23,7 +23,7 @@ from reflectevo.protocol.rounds import Job, Reflection, RoundSpec, reflect, retr
 from reflectevo.sampling import Sampling, stop_position
 from reflectevo.tasks import Item, Task
 from reflectevo.tasks.registry import TaskCache
-from reflectevo.config import RLHyper
+from reflectevo.training.config import RLHyper
 from reflectevo.training.masking import join_rollout, retry_turn_text
 
 

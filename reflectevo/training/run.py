@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, TrainConfig, to_dict
+from reflectevo.config.loader import to_dict
+from reflectevo.config.presets import ModelPreset
+from reflectevo.training.config import TrainConfig
 from reflectevo.modelcard import base_model_info
 from reflectevo.settings import setting as setting_of
 from reflectevo.training.card import _live, replay_history, step_logger, write_card

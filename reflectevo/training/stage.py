@@ -16,11 +16,13 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
     `headline`). `checkpoints`: a folder, "auto" (checkpoints/<setting> beside the models folder) or "none".
     `init`: role -> an adapter folder to start from (see `train_setting`). Returns the result on rank 0
     (None on other ranks, which write nothing)."""
-    from reflectevo.config import load_section, load_preset, read_params
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.config.presets import load_preset
     from reflectevo.jsonio import write_json
     from reflectevo.models.load import check_available
     from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.settings import setting as setting_of
+    from reflectevo.training.config import TrainConfig
     from reflectevo.training.dist import is_main_process
     from reflectevo.training.model import train_method
     from reflectevo.training.run import train_setting
@@ -28,7 +30,7 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
     spec = setting_of(setting, "--setting")
     raw_params = read_params(params)
     name, preset = load_preset(raw_params)
-    cfg = load_section(raw_params, "train")
+    cfg = load_section(raw_params, "train", TrainConfig)
     train_method(name, preset, cfg.method)  # a method the preset cannot do: one line before anything is read
     if spec.family == "rl":  # prompts from the raw episodes; nothing is read while RL is disabled
         train_rows = rl_rows_of(train_data, cfg.rl) if cfg.rl.enabled else []
