@@ -28,16 +28,3 @@ def friendly_errors(fn: F) -> F:
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def stage_params(params_file: Path, section: str, with_model: bool = True):
-    """(preset name, preset, section config) for a stage, all validated."""
-    from reflectevo.config.params import load_section, read_params
-    from reflectevo.config.presets import load_preset
-
-    params = read_params(params_file)
-    cfg = load_section(params, section)
-    if not with_model:
-        return None, None, cfg
-    name, preset = load_preset(params)
-    return name, preset, cfg

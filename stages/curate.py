@@ -21,7 +21,8 @@ from pathlib import Path
 
 import typer
 
-from reflectevo.stage import friendly_errors, stage_params
+from reflectevo.config.params import stage_params
+from reflectevo.stage import friendly_errors
 
 app = typer.Typer(add_completion=False)
 

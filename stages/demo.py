@@ -18,7 +18,8 @@ from pathlib import Path
 
 import typer
 
-from reflectevo.stage import friendly_errors, stage_params
+from reflectevo.config.params import stage_params
+from reflectevo.stage import friendly_errors
 
 from reflectevo.tasks.items import load_items
 

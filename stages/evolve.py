@@ -226,7 +226,7 @@ def evaluate(iteration: str = typer.Option(...), out: Path = typer.Option(...), 
     from reflectevo.backends.registry import make_backend
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
-    from reflectevo.stage import stage_params
+    from reflectevo.config.params import stage_params
     from reflectevo.tasks.items import load_items
 
     cfg = _cfg(params)

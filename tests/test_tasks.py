@@ -84,7 +84,7 @@ def test_a_multiple_choice_task_starts_without_importing_reasoning_gym_once_cach
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys, json\nfrom reflectevo.tasks import get_task\nfrom reflectevo.tasks.base import Item\n"
+    code = ("import sys, json\nfrom reflectevo.tasks.registry import get_task\nfrom reflectevo.tasks.base import Item\n"
             "t = get_task('rg/family_relationships', {'choices': 4})\n"
             "shots = t.fewshot()\n"
             "it = Item(id='x', task=t.name, question='q', answer='B', choices=('a', 'b', 'c', 'd'))\n"

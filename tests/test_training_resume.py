@@ -106,9 +106,10 @@ def test_a_killed_two_stage_run_resumes_each_role(tmp_path):
     assert not ckpts.exists()  # removed after success (train.keep_checkpoints: false)
 
     # 3. the same as one uninterrupted run: global steps, loss history, final adapters
-    from reflectevo.stage import stage_params
+    from reflectevo.config.params import stage_params
+    from reflectevo.training.config import TrainConfig
 
-    name, preset, cfg = stage_params(params, "train")
+    name, preset, cfg = stage_params(params, "train", cls=TrainConfig)
     ref = train_setting("two_stage", name, preset, _fp(preset), dplus_rows(6), dplus_rows(2), cfg, tmp_path / "ref",
                         curves_dir=tmp_path / "ref_curves")
     import torch

@@ -65,3 +65,17 @@ def load_section(params: dict[str, Any], section: str, cls: type[T] | None = Non
     if section not in params:
         raise ReflectEvoError(f"{section}: section missing from params.yaml")
     return from_dict(cls, params[section], section, require_all=True)  # type: ignore[arg-type]
+
+
+def stage_params(params_file: str | Path, section: str, with_model: bool = True, cls: type | None = None):
+    """(preset name, preset, section config) for a stage, all validated before the stage reads anything else;
+    `with_model=False`: (None, None, config). `cls`: the section's class when `reflectevo.config` does not
+    know it (the train section: `reflectevo.training.config.TrainConfig`)."""
+    from reflectevo.config.presets import load_preset
+
+    params = read_params(params_file)
+    cfg = load_section(params, section, cls)
+    if not with_model:
+        return None, None, cfg
+    name, preset = load_preset(params)
+    return name, preset, cfg

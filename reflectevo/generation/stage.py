@@ -24,7 +24,7 @@ from reflectevo.generation.summary import Summary
 from reflectevo.jsonio import write_json
 from reflectevo.models.fingerprint import model_fingerprint
 from reflectevo.models.load import check_available
-from reflectevo.stage import stage_params
+from reflectevo.config.params import stage_params
 from reflectevo.tasks.items import count_items, iter_items
 
 
