@@ -10,6 +10,7 @@ line (file:line, the key, did you mean) and nothing runs or is written. `-S` giv
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ def load_recipe(name: str) -> Recipe:
     return Recipe(name=path.stem, path=path, overrides={str(k): _plain(v) for k, v in data.items()}, lines=lines)
 
 
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_/-]*")      # a string Hydra reads back as that string, unquoted
+_HYDRA_WORDS = {"true", "false", "null", "nan", "inf"}
+
+
 def hydra_value(v: Any) -> str:
     """A value in Hydra's override grammar (what `dvc exp run -S key=<value>` parses): strings quoted."""
     if v is None:
@@ -97,6 +102,8 @@ def hydra_value(v: Any) -> str:
         r = repr(v)
         return r if any(c in r for c in ".e") else r + ".0"
     if isinstance(v, str):
+        if _BARE.fullmatch(v) and v.lower() not in _HYDRA_WORDS:
+            return v
         return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(hydra_value(x) for x in v) + "]"
