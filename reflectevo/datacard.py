@@ -98,13 +98,15 @@ def curated_card(info: dict[str, Any]) -> str:
     return str(DatasetCard("---\n" + card_metadata(info["counts"]).to_yaml() + "\n---\n\n" + "\n".join(lines)))
 
 
-def _domain_rows(per_task: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Our per-task statistics summed into the paper's task domains (tasks of no domain: `other`)."""
+def _domain_rows(per_task: dict[str, dict[str, Any]], group=None) -> dict[str, dict[str, Any]]:
+    """Our per-task statistics summed into the paper's task domains (tasks of no domain: `other`), or into the
+    groups `group(task)` names."""
     from reflectevo import paper
 
+    group = group or (lambda task: paper.domain_of(task) or "other")
     sums: dict[str, dict[str, float]] = {}
     for task, r in per_task.items():
-        d = sums.setdefault(paper.domain_of(task) or "other", dict.fromkeys(
+        d = sums.setdefault(group(task), dict.fromkeys(
             ("items", "samples", "qa", "right", "q", "t1", "t2", "refl"), 0.0))
         n, k = r["items"], r["reflection_samples"]
         d["items"] += n
@@ -131,12 +133,7 @@ def domain_table(per_task: dict[str, dict[str, Any]]) -> list[str]:
 
     ours = _domain_rows(per_task)
     order = [d for d in paper.domains() if d in ours] + [d for d in ours if d not in paper.domains()]
-    total: dict[str, Any] = {}
-    if ours:
-        n_s = sum(r["reflection_samples"] for r in ours.values())
-        total = {"reflection_samples": n_s, "qa_reflection_samples": sum(r["qa_reflection_samples"] for r in ours.values()),
-                 "pct_correct_after_reflection": round(sum((r["pct_correct_after_reflection"] or 0) * r["reflection_samples"]
-                                                            for r in ours.values()) / n_s, 2) if n_s else None}
+    total = _domain_rows(per_task, lambda task: "total").get("total", {})
     cols = [("reflection samples", "reflection_samples"), ("Q&A-reflection samples", "qa_reflection_samples"),
             ("% correct after reflection", "pct_correct_after_reflection"), ("avg question", "avg_question"),
             ("avg answer, turn 1", "avg_trial1"), ("avg answer, turn 2", "avg_trial2"), ("avg reflection", "avg_reflection")]

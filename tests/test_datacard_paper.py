@@ -29,7 +29,8 @@ def test_domain_table_sums_tasks_into_the_papers_domains() -> None:
     assert any(ln.startswith("| Mathematics | 20 / 92,967 |") for ln in lines)
     assert any(ln.startswith("| other | 6 / - |") for ln in lines)
     total = next(ln for ln in lines if ln.startswith("| **total** |"))
-    assert "126 / 461,799" in total and "/ 13.93" in total
+    assert "| 126 / 461,799 | 20 / 344,944 | 15.87 / 13.93 |" in total   # (10 + 6 + 1 + 3) / 126 right
+    assert "| 58.6 / 130 |" in total   # questions: (1000 + 200 + 350 + 90) / 28 items
     assert "lengths in words" in "\n".join(lines)
 
 
