@@ -51,13 +51,13 @@ BIGBENCH_TRAIN = {"strategyqa": 1832, "analytic_entailment": 54, "temporal_seque
 
 
 def machine() -> str:
-    from bench_plan import machine as m   # noqa: PLC0415
+    from bench_plan import machine as m
 
     return m()
 
 
 def commit() -> str:
-    from bench_plan import commit as c   # noqa: PLC0415
+    from bench_plan import commit as c
 
     return c()
 

@@ -119,7 +119,7 @@ def _domain_rows(per_task: dict[str, dict[str, Any]], group=None) -> dict[str, d
         d["refl"] += (r["avg_reflection_words"] or 0) * k
     out = {}
     for dom, d in sums.items():
-        per = lambda key, n: round(d[key] / n, 1) if n else None   # noqa: E731
+        per = lambda key, n: round(d[key] / n, 1) if n else None
         out[dom] = {"reflection_samples": int(d["samples"]), "qa_reflection_samples": int(d["qa"]),
                     "pct_correct_after_reflection": round(100 * d["right"] / d["samples"], 2) if d["samples"] else None,
                     "avg_question": per("q", d["items"]), "avg_trial1": per("t1", d["items"]),

@@ -231,7 +231,7 @@ def _choices(task: Any, spec: Any, items: list[Any]) -> int | None:
 
 
 def _filler(words: int) -> str:
-    base = "the council moved the annual report to the north harbor after the winter survey was complete".split()
+    base = ["the", "council", "moved", "the", "annual", "report", "to", "the", "north", "harbor", "after", "the", "winter", "survey", "was", "complete"]
     return " ".join(base[i % len(base)] for i in range(max(1, words)))
 
 
@@ -346,7 +346,7 @@ def task_plan(name: str, spec: Any, model: str, preset: Any, gen: Any, ev: Any, 
             msgs = trial_messages(task, it, reflection="" if gen.reflect else None, previous="" if prev else None,
                                   retry=True, oracle=oracle, rejected="A" if rej and oracle else None)
             out.append(renderer.count(render_trial(renderer, task, msgs)))
-    mean = lambda xs: sum(xs) / len(xs)   # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     why = f"{renderer.why}, {item_why}"
     quoted = l1.value + (renderer.count(task.trial_prefix()) if task.trial_prefix() else 0)
     prompt = {"trial1": Est(mean(p1), why),
@@ -402,13 +402,12 @@ def build_plan(params: dict[str, Any], label: str = "params.yaml", run: dict | N
         if left is not None:
             left -= n
         failed = n * (1 - t.acc_t1.value) if oracle else n
-        samples, refl, retries, fixes, live = 0.0, 0.0, 0.0, 0.0, failed * k
+        refl, retries, fixes, live = 0.0, 0.0, 0.0, failed * k
         for _ in range(gen.rounds):
             refl += live if gen.reflect else 0
             retries += live
             fixes += live * t.acc_retry.value
             live = live * (1 - t.acc_retry.value) if oracle else live
-        samples = failed * k
         p = t.acc_retry.value
         if oracle:
             dpm += failed * (1 - cur.eval_fraction) * _binom_expect(k, p, lambda j: min(cur.max_pairs_per_item, j * (k - j)))
@@ -491,7 +490,7 @@ def build_plan(params: dict[str, Any], label: str = "params.yaml", run: dict | N
         ev_tok["prompt"] += calls * prompt_per
         ev_tok["new"] += calls * new_per
 
-    tw = lambda f: _wavg(tasks, f, by="test")   # noqa: E731
+    tw = lambda f: _wavg(tasks, f, by="test")
     add(n_test, tw(lambda t: t.prompt["trial1"].value), tw(lambda t: t.len_trial1.value))
     t1 = Est(n_test, "trial 1 by the base model (computed once, shared by every system)").json()
     for system in (*reg.baselines, *trained):
@@ -696,4 +695,4 @@ def render_text(plan: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["Est", "THROUGHPUT", "TOLERANCE", "build_plan", "compare_run", "default_tokens_per_s", "model_size_b", "render_text"]
+__all__ = ["THROUGHPUT", "TOLERANCE", "Est", "build_plan", "compare_run", "default_tokens_per_s", "model_size_b", "render_text"]

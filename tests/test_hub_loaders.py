@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hub_fixtures import write_snapshot
+
 from reflectevo.errors import ReflectEvoError
 from reflectevo.tasks import get_task, task_group
 from reflectevo.tasks.reflectevo_tasks import HUB_REVISIONS, HubSource
@@ -139,7 +139,7 @@ def test_unreachable_hub_dataset_is_one_line(hub: Path) -> None:
     msg = str(err.value)
     assert "\n" not in msg
     for part in ("hf:google-research-datasets/mbpp@4bb6404fdc6cacfda99d4ac4205087b89d32030c config full split train",
-                 f"$REFLECTEVO_HUB_DIR/google-research-datasets/mbpp absent", "Hugging Face cache",
+                 "$REFLECTEVO_HUB_DIR/google-research-datasets/mbpp absent", "Hugging Face cache",
                  "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set", "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1",
                  "hf download --repo-type dataset google-research-datasets/mbpp --revision 4bb6404"):
         assert part in msg, (part, msg)
@@ -152,3 +152,36 @@ def test_unreachable_dataset_from_the_cli_exits_2(hub: Path) -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "hf:tasksource/bigbench@main config social_iqa split train" in lines[0], proc.stderr
+
+
+def test_prepare_takes_train_only_and_test_only_tasks(hub: Path, tmp_path: Path) -> None:
+    """The paper recipe's shape: BIG-bench training sources (no test split), ReflectEvo's BIG-bench test set (no train
+    split), LogiQA with both; a train row that is a test item is dropped across tasks."""
+    import random
+
+    import yaml
+    from hub_fixtures import bigbench_row
+
+    leaked = "A teacher carried the silver candle to the library before every winter council meeting began"
+    data = bigbench_test_set(tmp_path / "data", leaked)
+    src = data / "reflectevo" / "data_source"
+    (src / "logiqa_test.jsonl").write_text("".join(json.dumps(
+        {"id": i, "question": f"Passage {i}.\nA. a\nB. b\nC. c\nD. d", "answer": "b"}) + "\n" for i in range(1, 4)))
+    extra = dict(bigbench_row(random.Random(0), 50, "strategyqa", "train"), idx=50,
+                 inputs=f"Q: {leaked}\n  choice: yes\n  choice: no\nA:")
+    write_snapshot(hub, "lucasmccabe/logiqa", {("default", "train"): 4})
+    write_snapshot(hub, "tasksource/bigbench", {("strategyqa", "train"): 3}, extra_rows={("strategyqa", "train"): [extra]})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"]["tasks"] = [{"name": "logiqa", "n_train": 0, "n_test": 0, "options": {"data_dir": str(data)}},
+                                  {"name": "bigbench/strategyqa", "n_train": 0, "options": {"data_dir": str(data)}},
+                                  {"name": "bigbench", "n_test": 0, "options": {"data_dir": str(data)}}]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py"), "--params", str(tmp_path / "params.yaml"),
+                           "--out", str(tmp_path / "sources")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    counts = json.loads((tmp_path / "sources/card.json").read_text())["counts"]
+    assert counts == {"logiqa": {"train": 4, "test": 3}, "bigbench/strategyqa": {"train": 3, "test": 0},
+                      "bigbench": {"train": 0, "test": 1}}
+    train = [json.loads(ln) for ln in (tmp_path / "sources/train.jsonl").read_text().splitlines()]
+    assert not any(leaked.lower() in r["question"].lower() for r in train)

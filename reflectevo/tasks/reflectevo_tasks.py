@@ -180,7 +180,7 @@ def fetch_url(url: str, sha256: str | None, timeout: float = 30.0) -> Path:
     if _offline():
         raise ReflectEvoError(f"offline (REFLECTEVO_OFFLINE/HF_HUB_OFFLINE set): cannot download {url}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (fixed https URL)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             data = resp.read()
     except OSError as e:
         raise ReflectEvoError(f"cannot download {url}: {e}") from None
