@@ -41,8 +41,8 @@ TIME = shutil.which("time") or "/usr/bin/time"
 COPY_EXCLUDE = ("metrics/", "plots/", "report/", "bench/", "tests/", "docs/", "demo/", "dvc.lock", "models/",
                 "scripts/", ".ci/")
 
-# rows per split of each hub stand-in: the real split sizes where the recipe uses the whole split (LogiQA, MATH,
-# MBPP, the small BIG-bench tasks), else the real size capped at CAP (the recipe draws n_train of them)
+# rows per split of each hub stand-in: the real split sizes where the recipe uses the whole split (LogiQA 7,376,
+# MATH 7,500, MBPP 374, the small BIG-bench tasks), else the real size capped at CAP (the recipe draws n_train)
 CAP = 5000
 BIGBENCH_TRAIN = {"strategyqa": 1832, "analytic_entailment": 54, "temporal_sequences": 800, "timedial": 2040,
                   "winowhy": 2290, "social_iqa": 1548, "social_support": 718, "causal_judgment": 152,
@@ -68,20 +68,21 @@ def write_hub(root: Path, scale: float) -> dict[str, int]:
 
     from reflectevo import paper
 
-    def n(x: int) -> int:
-        return max(1, round(min(x, CAP) * scale))
+    def n(x: int, cap: int = CAP) -> int:
+        return max(1, round(min(x, cap) * scale))
 
     def words(task: str) -> int:
         return int(paper.domains()[paper.domain_of(task)]["avg_question"])
 
     rows: dict[str, int] = {}
-    write_snapshot(root, "lucasmccabe/logiqa", {("default", "train"): n(7376)}, q_words={"default": words("logiqa")})
-    rows["lucasmccabe/logiqa"] = n(7376)
+    write_snapshot(root, "lucasmccabe/logiqa", {("default", "train"): n(7376, 7376)},   # all 7,376, uncapped
+                   q_words={"default": words("logiqa")})
+    rows["lucasmccabe/logiqa"] = n(7376, 7376)
     sizes = {(c, "train"): max(1, round(v * scale)) for c, v in MATH_SIZES.items()}   # all 7,500, uncapped
     write_snapshot(root, "EleutherAI/hendrycks_math", sizes, q_words=dict.fromkeys(MATH_SIZES, words("math")))
     rows["EleutherAI/hendrycks_math"] = sum(sizes.values())
     write_snapshot(root, "google-research-datasets/mbpp", {("full", "train"): n(374)}, q_words={"full": words("mbpp")})
-    rows["google-research-datasets/mbpp"] = n(374)
+    rows["google-research-datasets/mbpp"] = n(374)   # all 374
     bb = {(t, "train"): n(v) for t, v in BIGBENCH_TRAIN.items()}
     write_snapshot(root, "tasksource/bigbench", bb, q_words={t: words(f"bigbench/{t}") for t in BIGBENCH_TRAIN})
     rows["tasksource/bigbench"] = sum(bb.values())

@@ -128,10 +128,12 @@ BIGBENCH_MC = ("vitaminc_fact_verification", "strategyqa", "social_iqa", "timedi
 BIGBENCH_FREE = {"squad_shifts": "bigbench_squad_shifts.jsonl", "coqa": "bigbench_coqa.jsonl"}
 # Split sizes (train, validation) of tasksource/bigbench, from the catalog of the Hugging Face `bigbench`
 # dataset it was converted from (tensorflow/docs-l10n@353467c:site/zh-cn/datasets/community_catalog/huggingface/
-# bigbench.md); tasks missing here have no size known offline.
+# bigbench.md). The last three are estimates: BIG-bench 1.0.0's example counts (shared/docs/data.md: 2,550, 81,
+# 54,668) split as that catalog shows the builder splits (validation = max(16, 20%)). winowhy: not known offline.
 BIGBENCH_SIZES = {"analytic_entailment": (54, 16), "causal_judgment": (152, 38), "cause_and_effect": (123, 30),
                   "social_iqa": (1548, 387), "social_support": (718, 179), "sports_understanding": (789, 197),
-                  "strategyqa": (1832, 457), "temporal_sequences": (800, 200)}
+                  "strategyqa": (1832, 457), "temporal_sequences": (800, 200),
+                  "timedial": (2040, 510), "physical_intuition": (65, 16), "vitaminc_fact_verification": (43735, 10933)}
 # BIG-bench's coqa and squad_shifts are programmatic tasks (not in tasksource/bigbench): their hub sources are
 # the datasets BIG-bench built them from. CoQA: questions of the train stories (108,647); SQuADShifts: the four
 # new test sets (new_wiki 7,938, nyt 10,065, reddit 9,803, amazon 9,885; its paper's Table 1).
