@@ -120,9 +120,20 @@ def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
             "peak_rss_mb": round(int(rss_kb) / 1024, 1), "tail": (proc.stdout + proc.stderr).strip().splitlines()[-3:]}
 
 
+def plan_vs_run(plan: dict, gen: dict, cur: dict) -> dict:
+    return {"episodes": [plan["generate"]["episodes"]["value"], gen["items"]],
+            "reflections": [plan["generate"]["phases"]["reflection"]["calls"]["value"], gen["reflections"]],
+            "fixes": [round(plan["generate"]["expected_fixes"]["value"]), gen["trial2_correct"]],
+            "dplus_train": [plan["curate"]["dplus_train"]["value"], cur["dplus_train"]],
+            "dpm_train": [plan["curate"]["dpm_train"]["value"], cur["dpm_train"]],
+            "dpref_train": [plan["curate"]["dpref_train"]["value"], cur["dpref_train"]]}
+
+
 def main(scale: float = typer.Option(1.0, help="fraction of the paper's item counts (1 = full scale)"),
          workdir: Path = typer.Option(Path("/tmp/reflectevo-paper-dryrun")),
-         out: Path = typer.Option(OUT), card: Path = typer.Option(CARD), keep: bool = False) -> None:
+         out: Path = typer.Option(OUT), card: Path = typer.Option(CARD), keep: bool = False,
+         plan_only: bool = typer.Option(False, help="recompute only the plan's prediction for the run in `out` "
+                                                    "(same fixtures and params; the stages are not run)")) -> None:
     from reflectevo.datacard import domain_table
     from reflectevo.plan import build_plan
     from reflectevo.recipes import apply, load_recipe
@@ -144,14 +155,24 @@ def main(scale: float = typer.Option(1.0, help="fraction of the paper's item cou
                  for t in recipe.overrides["prepare.tasks"]]
         recipe = type(recipe)(recipe.name, recipe.path, {**recipe.overrides, "prepare.tasks": tasks}, recipe.lines)
     params = apply(proj / "params.yaml", recipe, on_top)          # validated, as `reflectevo recipe run` does
+    sources_env = {"REFLECTEVO_HUB_DIR": str(hub), "REFLECTEVO_DATA": str(SHARED_DATA), "HF_HUB_OFFLINE": "1",
+                   "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(workdir / "hf-datasets")}
+    if plan_only:
+        os.environ.update(sources_env)
+        saved = json.loads(out.read_text())
+        plan = build_plan(params, "params.yaml + recipe paper " + " ".join(f"-S {o}" for o in on_top))
+        saved["plan_vs_run"] = plan_vs_run(plan, saved["generate"], saved["curate"])
+        saved["plan_commit"] = commit()
+        out.write_text(json.dumps(saved, indent=1) + "\n")
+        print(json.dumps(saved["plan_vs_run"]))
+        shutil.rmtree(workdir)
+        return
     from dvc.utils.hydra import apply_overrides
 
     from reflectevo.recipes import overrides
 
     apply_overrides(proj / "params.yaml", overrides(recipe, on_top) + on_top)   # DVC's own -S code, as exp run
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "REFLECTEVO_HUB_DIR": str(hub), "REFLECTEVO_DATA": str(SHARED_DATA),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(workdir / "hf-datasets"),
-           "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "dryrun",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **sources_env, "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "dryrun",
            "GIT_AUTHOR_EMAIL": "dryrun@example.com", "GIT_COMMITTER_NAME": "dryrun",
            "GIT_COMMITTER_EMAIL": "dryrun@example.com", "TOKENIZERS_PARALLELISM": "false"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "dry run"]):
@@ -174,8 +195,7 @@ def main(scale: float = typer.Option(1.0, help="fraction of the paper's item cou
     ev = json.loads((proj / "metrics/eval.json").read_text())
     trains = {s.split("@", 1)[1]: json.loads((proj / f"metrics/train/{s.split('@', 1)[1]}.json").read_text())
               for s in order if s.startswith("train@")}
-    os.environ.update({k: env[k] for k in ("REFLECTEVO_HUB_DIR", "REFLECTEVO_DATA", "HF_HUB_OFFLINE",
-                                           "HF_DATASETS_OFFLINE", "HF_DATASETS_CACHE")})   # the plan sees the same sources
+    os.environ.update(sources_env)   # the plan sees the same sources
     plan = build_plan(params, "params.yaml + recipe paper " + " ".join(f"-S {o}" for o in on_top))
     shutil.copyfile(proj / "data/curated/README.md", card)
     result = {
@@ -195,12 +215,8 @@ def main(scale: float = typer.Option(1.0, help="fraction of the paper's item cou
         "evaluate": {"items": ev["overall"]["n"], "systems": sorted(ev["systems"]), "skipped": ev["skipped"],
                      "acc_t1": ev["overall"]["acc_t1"], "acc_t2": ev["overall"]["acc_t2"]},
         "data_card_domain_table": domain_table(stats["stats"]["per_task"]),
-        "plan_vs_run": {
-            "episodes": [plan["generate"]["episodes"]["value"], gen["items"]],
-            "reflections": [plan["generate"]["phases"]["reflection"]["calls"]["value"], gen["reflections"]],
-            "fixes": [round(plan["generate"]["expected_fixes"]["value"]), gen["trial2_correct"]],
-            "dplus_train": [plan["curate"]["dplus_train"]["value"], cur["counts"]["dplus_train"]],
-        },
+        "plan_vs_run": plan_vs_run(plan, gen, cur["counts"]),
+        "plan_commit": commit(),
     }
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{out}: {result['total_seconds']} s in stages, peak {result['peak_rss_mb']} MB; "

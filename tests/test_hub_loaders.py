@@ -185,3 +185,12 @@ def test_prepare_takes_train_only_and_test_only_tasks(hub: Path, tmp_path: Path)
                       "bigbench": {"train": 0, "test": 1}}
     train = [json.loads(ln) for ln in (tmp_path / "sources/train.jsonl").read_text().splitlines()]
     assert not any(leaked.lower() in r["question"].lower() for r in train)
+
+
+def test_describe_reports_an_unreadable_split_instead_of_raising(hub: Path) -> None:
+    """`reflectevo tasks` / `reflectevo plan` describe every split; a snapshot without one split is said, not raised."""
+    write_snapshot(hub, "lucasmccabe/logiqa", {("default", "train"): 2})
+    info = get_task("logiqa").describe()
+    assert info["sizes"]["train"] == 2 and info["source"]["train"].startswith("local snapshot")
+    assert info["source"]["upstream_test"].startswith("unreadable: cannot load hf:lucasmccabe/logiqa")
+    assert info["sizes"]["upstream_test"] == 651

@@ -351,29 +351,34 @@ class SourcedTask(TypedTask):
         return f"looked for {paths}; data folder {self.data_dir} from {self.data_dir_origin}"
 
     def describe(self) -> dict[str, Any]:
-        """Source and size of each split (local line counts where a local copy exists)."""
+        """Source and size of each split (local line counts where a local copy exists). A split whose local copy
+        cannot be read is reported as such (with the source's metadata size), not raised."""
         sizes: dict[str, Any] = {}
         sources: dict[str, str] = {}
-        for split, spec in self.split_sources.items():
-            local = [p for p in self.local_paths(split) if p.exists()]
-            snapshot = hub_snapshot(spec.hub.dataset, self.hub_dir) if spec.hub is not None else None
-            if snapshot is not None and not (spec.data_source and local and local[0].name == spec.data_source):
-                sizes[split] = len(self.all_items(split))
-                sources[split] = f"local snapshot {snapshot} of {spec.hub.describe()}"
-            elif local and split in self._cache:
-                sizes[split] = len(self._cache[split])
-                sources[split] = f"local {local[0]}"
-            elif local and not self._needs_filter(split):
-                sizes[split] = _count_lines(local[0]) if spec.data_source and local[0].name == spec.data_source \
-                    else sum(_count_lines(p) for p in local)
-                sources[split] = f"local {local[0]}" + (f" (+{len(local) - 1} files)" if len(local) > 1 else "")
-            elif local:
-                sizes[split] = len(self.all_items(split))
-                sources[split] = f"local {local[0]}" + (f" (+{len(local) - 1} files)" if len(local) > 1 else "")
-            else:
-                sizes[split] = spec.size
-                sources[split] = f"online {spec.online()}"
+        for split in self.split_sources:
+            try:
+                sizes[split], sources[split] = self._describe_split(split)
+            except ReflectEvoError as e:
+                sizes[split] = self.split_sources[split].size
+                sources[split] = f"unreadable: {e}"
         return {"source": sources, "sizes": sizes}
+
+    def _describe_split(self, split: str) -> tuple[Any, str]:
+        spec = self.split_sources[split]
+        local = [p for p in self.local_paths(split) if p.exists()]
+        more = f" (+{len(local) - 1} files)" if len(local) > 1 else ""
+        snapshot = hub_snapshot(spec.hub.dataset, self.hub_dir) if spec.hub is not None else None
+        if snapshot is not None and not (spec.data_source and local and local[0].name == spec.data_source):
+            return len(self.all_items(split)), f"local snapshot {snapshot} of {spec.hub.describe()}"
+        if local and split in self._cache:
+            return len(self._cache[split]), f"local {local[0]}"
+        if local and not self._needs_filter(split):
+            n = _count_lines(local[0]) if spec.data_source and local[0].name == spec.data_source \
+                else sum(_count_lines(p) for p in local)
+            return n, f"local {local[0]}{more}"
+        if local:
+            return len(self.all_items(split)), f"local {local[0]}{more}"
+        return spec.size, f"online {spec.online()}"
 
     def _needs_filter(self, split: str) -> bool:
         """True when a local file holds more than the split (rows are filtered on load)."""
