@@ -108,3 +108,22 @@ def test_model_size_from_preset(name: str, hub_id: str, size: float) -> None:
     from reflectevo.config import ModelPreset
 
     assert model_size_b(name, ModelPreset(source="hub", hub_id=hub_id)) == pytest.approx(size)
+
+
+def test_committed_paper_dry_run() -> None:
+    """bench/results/paper-dryrun.json: the paper recipe through dvc repro at ReflectEvo-460K scale, every stage timed,
+    the plan's prediction for the same params within 15% of what the run produced, the card's paper table."""
+    d = json.loads((ROOT / "bench/results/paper-dryrun.json").read_text())
+    assert d["commit"] and d["date"] and d["machine"] and d["scale"] == 1.0
+    for stage in ("prepare", "generate", "curate", "train@one_stage", "evaluate", "report"):
+        assert d["stages"][stage]["seconds"] > 0 and d["stages"][stage]["peak_rss_mb"] > 0
+    assert 430_000 < d["generate"]["reflections"] < 520_000 and d["prepare"]["test_items"] == 2000
+    assert len(d["prepare"]["per_task"]) == 19
+    assert all(t["status"] in ("skipped", "disabled") and t["reason"] for t in d["train"].values())
+    assert {"base_noreflect", "base_reflect"} == set(d["evaluate"]["systems"])
+    for what, (predicted, measured) in d["plan_vs_run"].items():
+        assert abs(predicted - measured) <= TOLERANCE * measured, (what, predicted, measured)
+    table = "\n".join(d["data_card_domain_table"])
+    assert "/ 461,799" in table and "/ 253,405" in table and "Physics reasoning" in table
+    card = (ROOT / "bench/results/paper-dryrun-card.md").read_text()
+    assert "## Per domain, next to ReflectEvo-460K" in card and "## Sources: licences and citations" in card
