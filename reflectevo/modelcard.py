@@ -11,7 +11,7 @@ from reflectevo.config.presets import ModelPreset
 from reflectevo.settings import registry
 
 NO_DATA = "no training data"
-UNTRAINED = (NO_DATA, "disabled")
+UNTRAINED = (NO_DATA, "disabled", "skipped")   # skipped: a scripted preset (no weights)
 
 
 def base_model_info(preset_name: str, preset: ModelPreset) -> dict[str, Any]:

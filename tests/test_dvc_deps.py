@@ -19,6 +19,7 @@ RESOURCES = {
     "reflectevo.tasks.fewshot": ("reflectevo/resources/fewshot",),
     "reflectevo.sandbox": ("reflectevo/resources/sandbox_child.py",),
     "reflectevo.report": ("reflectevo/resources/report", "reflectevo/resources/vega"),
+    "reflectevo.paper": ("reflectevo/resources/paper.yaml",),
 }
 PIPELINES = (ROOT / "dvc.yaml", ROOT / "demo" / "dvc.yaml")
 

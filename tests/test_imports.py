@@ -14,6 +14,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("reflectevo", "reflectevo.errors", "reflectevo.registry", "reflectevo.jsonio", "reflectevo.cache",
                     "reflectevo.settings", "reflectevo.demands", "reflectevo.sampling", "reflectevo.stats",
                     "reflectevo.metrics", "reflectevo.metrics_summary", "reflectevo.diagnostics", "reflectevo.adapters",
+                    "reflectevo.paper",
                     "reflectevo.episodes*")),
     ("tasks", ("reflectevo.tasks*", "reflectevo.sandbox")),
     ("config", ("reflectevo.config*", "reflectevo.stage")),
@@ -23,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("work", ("reflectevo.generation*", "reflectevo.evaluation", "reflectevo.curation", "reflectevo.judge",
               "reflectevo.training*")),
     ("top", ("reflectevo.systems", "reflectevo.evolve", "reflectevo.report", "reflectevo.publish", "reflectevo.serve",
-             "reflectevo.paramsfile",
+             "reflectevo.paramsfile", "reflectevo.plan", "reflectevo.recipes",
              "reflectevo.cli*")),
 ]
 # Packages of one floor that never import each other: each is a stage's own work.

@@ -66,6 +66,11 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         card.update(status="disabled", reason=reason)
         write_card(out_dir, card)
         return {**result, "trained": False, "status": "disabled", "reason": reason}
+    if preset.source == "scripted":   # a dry run of the data path: no weights to train
+        reason = f"preset {preset_name!r} is scripted (no weights): nothing to train"
+        card.update(status="skipped", reason=reason)
+        write_card(out_dir, card)
+        return {**result, "trained": False, "status": "skipped", "reason": reason}
     if not train_rows:
         data = {"dpm": "D±", "dpref": "Dpref", "sources": "the train split", "raw": "data/raw's trial-1 attempts"}.get(
             spec.data, "D+")
