@@ -110,11 +110,28 @@ def answer_split(completion: str) -> tuple[str, str] | None:
     return completion[:m.end()], completion[m.end():end + len(close)]
 
 
+def check_judge_backend(kind: str, preset_name: str, preset: Any) -> None:
+    """Before any model loads: `curate.judge: likelihood` needs a backend that scores continuations (`score`:
+    transformers, vllm, scripted); an endpoint (`backend: openai`) cannot, and would otherwise fail only after
+    its client (or a vLLM engine) started. Checked on the backend's class."""
+    if kind != "likelihood":
+        return
+    from reflectevo.backends import BACKENDS
+    from reflectevo.errors import ReflectEvoError
+
+    cls = BACKENDS.get(preset.backend, where=f"models.{preset_name}.backend")
+    if not callable(getattr(cls, "score", None)):
+        able = [n for n in BACKENDS.names() if callable(getattr(BACKENDS.get(n), "score", None))]
+        raise ReflectEvoError(f"curate.judge: likelihood scores continuations, which backend {preset.backend!r} of "
+                              f"models.{preset_name} cannot ({', '.join(able)} can); use curate.judge: self or a "
+                              "generating judge preset")
+
+
 def likelihood_judge(comparisons: Sequence[Comparison], backend, margin: float = 1e-3) -> list[dict[str, Any]]:
     """Prefer the reflection under which the model gives the right answer the higher probability: for
     each fixing reflection, the log-probability of its retry's (correct) answer tokens given the retry
     prompt and the retry's own reasoning up to the answer. No generation, no position bias; a pair whose
-    scores differ by less than `margin` nats has no winner. Needs a backend with `score` (transformers)."""
+    scores differ by less than `margin` nats has no winner. Needs a backend with `score` (`check_judge_backend`)."""
     score = getattr(backend, "score", None)
     if score is None:
         from reflectevo.errors import ReflectEvoError

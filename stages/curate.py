@@ -51,11 +51,12 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
         from functools import partial
 
         from reflectevo.backends.registry import make_backend
-        from reflectevo.judge import JUDGES, judge, judge_record, likelihood_judge
+        from reflectevo.judge import JUDGES, check_judge_backend, judge, judge_record, likelihood_judge
 
         # likelihood / self: the generating model (params `model`) judges; any other name is a preset
         jname, jpreset = (load_preset(read_params(params)) if cfg.judge in JUDGES
                           else load_preset(read_params(params), cfg.judge, where="curate.judge"))
+        check_judge_backend(cfg.judge, jname, jpreset)  # before any model or engine loads
         jbackend = make_backend(jname, jpreset)  # any backend: transformers, vllm, openai (an endpoint)
         judge_fn = partial(likelihood_judge if cfg.judge == "likelihood" else judge, backend=jbackend)
         judge_info = judge_record(jname, jpreset, jbackend, kind=cfg.judge if cfg.judge in JUDGES else "preset")

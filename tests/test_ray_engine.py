@@ -219,3 +219,25 @@ def test_generate_ray_asks_for_a_fixed_actor_pool_not_the_deprecated_concurrency
     assert isinstance(call["strategy"], ActorPoolStrategy) and call["strategy"].min_size == call["strategy"].max_size == 2
     assert call["concurrency"] is None and "deprecated" not in caplog.text
     assert stats.computed == 4 and [ep["item_id"] for ep in eps] == [it.id for it in items[:4]]
+
+
+def test_actors_get_a_gpu_each_or_share_the_gpus_there_are():
+    """Ray places an actor asking for `num_gpus: 1` only where a whole GPU is free, so asking for one per actor
+    with fewer GPUs than actors would leave the rest of the pool waiting: transformers actors share the GPUs in
+    equal fractions, vLLM actors (an engine fills its GPU) are refused in one line."""
+    import types
+
+    from reflectevo.ray_engine import _actor_resources
+
+    def cluster(gpus):
+        return types.SimpleNamespace(cluster_resources=lambda: {"CPU": 16.0, "GPU": float(gpus)},
+                                     nodes=lambda: [{"Alive": True, "Resources": {"CPU": 16.0}}])
+
+    assert _actor_resources(cluster(8), 8, "transformers") == {"num_gpus": 1, "num_cpus": 1}
+    assert _actor_resources(cluster(2), 8, "transformers") == {"num_gpus": 0.25, "num_cpus": 1}
+    assert _actor_resources(cluster(3), 8, "transformers") == {"num_gpus": 1 / 3, "num_cpus": 1}
+    assert _actor_resources(cluster(8), 8, "vllm") == {"num_gpus": 1, "num_cpus": 1}
+    with pytest.raises(ReflectEvoError, match=r"generate.workers: 8 Ray actors but the cluster has 2 GPUs; with backend "
+                                              r"vllm .* set generate.workers <= 2"):
+        _actor_resources(cluster(2), 8, "vllm")
+    assert _actor_resources(cluster(0), 8, "transformers") == {"num_cpus": 2}

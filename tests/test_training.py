@@ -222,4 +222,4 @@ def test_accelerate_configs_load():
 
     root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
     kinds = {load_config_from_file(str(p)).distributed_type.value for p in root.glob("*.yaml")}
-    assert kinds == {"DEEPSPEED", "FSDP"}
+    assert kinds == {"DEEPSPEED", "FSDP", "MULTI_GPU"}   # MULTI_GPU: multi_cpu.yaml (two gloo processes)

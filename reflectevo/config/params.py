@@ -26,7 +26,7 @@ SECTIONS: dict[str, type] = {   # the sections this package holds the class of (
     "demo": DemoConfig,
 }
 OPTIONAL_SECTIONS = ("evolve", "demo")                 # params files written before it need not have it
-TOP_LEVEL = ("model", "models", *SECTION_NAMES)
+TOP_LEVEL = ("model", "models", "launcher", *SECTION_NAMES)   # launcher: the train stages' command (dvc.yaml)
 
 
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:

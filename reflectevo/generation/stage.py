@@ -128,7 +128,11 @@ def run_generate(params: Path, sources: Path, out: Path, summary: Path, worker_s
     def make_backend(name, preset):  # the base, or one backend per phase with the setting's adapters
         return build_phase_backends(name, preset, phase_adapters)
 
-    chunk = max(preset.gen_batch_size, 8)
+    # items per chunk (one generate call per phase and chunk): the transformers backend batches gen_batch_size
+    # prompts; a backend that schedules its own batches (vllm: `chunk_items`) gets a phase of thousands
+    from reflectevo.backends.registry import BACKENDS
+
+    chunk = max(preset.gen_batch_size, 8, getattr(BACKENDS.get(preset.backend), "chunk_items", 0))
     part = parse_shard(shard)
     if part is not None:  # worker: its slice into its own journal; the parent merges
         _, stats = generate_keys(items(part), tasks, lambda: make_backend(name, preset), spec, out,
@@ -143,6 +147,8 @@ def run_generate(params: Path, sources: Path, out: Path, summary: Path, worker_s
     if cfg.engine == "ray":  # a Ray Data pipeline of `workers` actors (local Ray or generate.ray_address)
         from reflectevo.generation.ray import generate_ray
 
+        if chunk > preset.gen_batch_size:  # big chunks, but one for every actor
+            chunk = max(preset.gen_batch_size, 8, min(chunk, -(-n_items // max(cfg.workers, 1))))
         episodes, stats = generate_ray(list(items()), tasks, name, preset, spec, out, batch_size=chunk,
                                        concurrency=cfg.workers, address=cfg.ray_address, progress=progress)
     elif cfg.workers > 1:

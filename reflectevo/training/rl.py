@@ -29,6 +29,7 @@ from reflectevo.training.model import (
     _base_model,
     _common_args,
     _qlora_adapter_dtype,
+    frozen_base,
     peft_config_for,
     train_method,
 )
@@ -60,8 +61,27 @@ def fit_prompts(tokenizer, examples: list[dict[str, Any]], max_length: int) -> l
     return keep
 
 
-def check_vllm_rollouts(setting: str, hp: RLHyper) -> None:
-    """`train.rl.use_vllm` needs CUDA and vllm, and applies to TRL's own rollouts (not grpo_reflect_retry's)."""
+def trl_vllm_range() -> str:
+    """The vLLM versions this TRL samples rollouts with: its `vllm` extra's specifier (TRL 1.16: ">=0.22.0,<=0.31.0",
+    also checked in trl/import_utils.py `is_vllm_available`), read from TRL's installed metadata."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    for line in requires("trl") or []:
+        req = Requirement(line)
+        if req.name == "vllm" and req.marker is not None and req.marker.evaluate({"extra": "vllm"}):
+            return str(req.specifier)
+    return ""
+
+
+def check_vllm_rollouts(setting: str, hp: RLHyper, preset: ModelPreset | None = None,
+                        vllm_version: str | None = None) -> None:
+    """`train.rl.use_vllm` needs CUDA and a vllm within TRL's range, and applies to TRL's own rollouts (not
+    grpo_reflect_retry's). TRL drives vLLM's engine internals (trl/generation/vllm_generation.py: weights pushed
+    through `llm_engine.model_executor`; a 4-bit policy makes it ask vLLM for `quantization="bitsandbytes"`),
+    so a vllm outside its extra's range (the project's `vllm` extra for generation is newer) stops here, in
+    one line, instead of failing inside the first training step."""
     import importlib.util
 
     import torch
@@ -73,9 +93,25 @@ def check_vllm_rollouts(setting: str, hp: RLHyper) -> None:
     if setting == "grpo_reflect_retry":
         raise ReflectEvoError("train.rl.use_vllm: grpo_reflect_retry samples its two turns itself with transformers "
                               "(ReflectRetryRollout); set use_vllm: false for it")
-    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
-        raise ReflectEvoError("train.rl.use_vllm: needs a CUDA GPU and vllm (pip install '.[vllm]'); set it to false "
-                              "on this machine")
+    if vllm_version is None:
+        if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+            raise ReflectEvoError("train.rl.use_vllm: needs a CUDA GPU and vllm (pip install '.[vllm]'); set it to false "
+                                  "on this machine")
+        from importlib.metadata import version
+
+        vllm_version = version("vllm")
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    import trl
+
+    supported = trl_vllm_range()
+    if supported and Version(Version(vllm_version).base_version) not in SpecifierSet(supported):
+        four_bit = " (and its 4-bit path needs vLLM's bitsandbytes method)" if preset and preset.quantization == "4bit" else ""
+        raise ReflectEvoError(
+            f"train.rl.use_vllm: TRL {trl.__version__} samples rollouts with vllm {supported}{four_bit}, this environment "
+            f"has vllm {vllm_version} (the generation backend's extra); set train.rl.use_vllm: false (TRL then samples "
+            f"with transformers), or train in an environment with pip install 'trl[vllm]=={trl.__version__}'")
 
 
 def build_rl_trainer(setting: str, preset_name: str, preset: ModelPreset, train_examples: list[dict[str, Any]],
@@ -91,35 +127,40 @@ def build_rl_trainer(setting: str, preset_name: str, preset: ModelPreset, train_
 
     hp = cfg.rl
     method = train_method(preset_name, preset, cfg.method)
-    check_vllm_rollouts(setting, hp)
+    check_vllm_rollouts(setting, hp, preset)
     tok = load_tokenizer(preset_name, preset)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     kept = fit_prompts(tok, train_examples, hp.max_length)
     funcs, weights = reward_functions(registry().settings[setting].reward, dict(hp.reward_weights))
-    torch.manual_seed(cfg.seed)
-    model = _base_model(preset_name, preset)
-    common = {"model": model, "reward_funcs": funcs, "processing_class": tok, "train_dataset": Dataset.from_list(kept),
+    retry_base = None
+    if setting == "grpo_reflect_retry" and hp.retry_by == "base" and method == "full":
+        retry_base = frozen_base(preset_name, preset)   # before the arguments: a whole replica, never partitioned
+    common = {"reward_funcs": funcs, "processing_class": tok, "train_dataset": Dataset.from_list(kept),
               "peft_config": peft_config_for(preset, method)}
+    # the arguments before the model, as the offline trainers do: under DeepSpeed ZeRO-3 they switch on the
+    # partitioned loading of the `from_pretrained` that follows (transformers/training_args.py)
     if setting == "rloo":
-        from trl import RLOOConfig, RLOOTrainer
+        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
 
-        args = RLOOConfig(**_rl_args(RLOOConfig, cfg, output_dir, preset, save_checkpoints, weights))
-        trainer = RLOOTrainer(args=args, **common)
+        args = Config(**_rl_args(Config, cfg, output_dir, preset, save_checkpoints, weights))
+    else:
+        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+
+        args = Config(**_rl_args(Config, cfg, output_dir, preset, save_checkpoints, weights), loss_type=hp.loss_type)
+    torch.manual_seed(cfg.seed)
+    model = _base_model(preset_name, preset, method)
+    if setting == "rloo":
+        trainer = Trainer(model=model, args=args, **common)
     else:
         import os
 
-        from trl import GRPOConfig, GRPOTrainer
-
-        args = GRPOConfig(**_rl_args(GRPOConfig, cfg, output_dir, preset, save_checkpoints, weights),
-                          loss_type=hp.loss_type)
         rollout = None
         if setting == "grpo_reflect_retry":
-            base = None
-            if hp.retry_by == "base" and method == "full":
-                base = _base_model(preset_name, preset).eval().requires_grad_(False)
-            rollout = ReflectRetryRollout(tok, kept, hp, base_model=base, seed=cfg.seed)
+            rollout = ReflectRetryRollout(tok, kept, hp, base_model=retry_base, seed=cfg.seed)
             os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental
-        trainer = GRPOTrainer(args=args, rollout_func=rollout, **common)
+        trainer = Trainer(model=model, args=args, rollout_func=rollout, **common)
+    if retry_base is not None:
+        retry_base.to(trainer.accelerator.device)   # in place: the rollout holds this module
     trainer.dropped_prompts = len(train_examples) - len(kept)
     return _qlora_adapter_dtype(preset, trainer)

@@ -23,10 +23,11 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
     from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.settings import setting as setting_of
     from reflectevo.training.config import TrainConfig
-    from reflectevo.training.dist import is_main_process
+    from reflectevo.training.dist import is_main_process, one_gpu_without_launcher
     from reflectevo.training.model import train_method
     from reflectevo.training.run import train_setting
 
+    one_gpu_without_launcher()  # several GPUs but no launcher: train on the first (TRL refuses nn.DataParallel)
     spec = setting_of(setting, "--setting")
     raw_params = read_params(params)
     name, preset = load_preset(raw_params)
