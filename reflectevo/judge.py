@@ -116,7 +116,7 @@ def check_judge_backend(kind: str, preset_name: str, preset: Any) -> None:
     its client (or a vLLM engine) started. Checked on the backend's class."""
     if kind != "likelihood":
         return
-    from reflectevo.backends import BACKENDS
+    from reflectevo.backends.registry import BACKENDS
     from reflectevo.errors import ReflectEvoError
 
     cls = BACKENDS.get(preset.backend, where=f"models.{preset_name}.backend")

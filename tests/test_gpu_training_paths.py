@@ -248,7 +248,7 @@ def test_rl_builds_its_arguments_before_the_model(tiny_preset, monkeypatch, tmp_
     import trl
     from test_rl_training import RL_CFG, episodes
 
-    from reflectevo.training import examples, rl_rows
+    from reflectevo.training.data import examples, rl_rows
     from reflectevo.training.rl import build_rl_trainer
 
     events = []

@@ -118,7 +118,7 @@ def test_the_shared_prefix_kernel_is_for_the_cpu_only(tiny_model_dir, monkeypatc
     import torch
     from transformers import LlamaForCausalLM
 
-    from reflectevo import models
+    from reflectevo.models import load as models
     from reflectevo.backends import shared_prefix
     from reflectevo.backends.hf import TransformersBackend
 

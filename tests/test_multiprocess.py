@@ -92,7 +92,7 @@ def _files(d: Path) -> None:
     from test_rl_training import episodes
     from test_training import dplus_rows, dpm_rows, item_rows
 
-    from reflectevo.generation import write_shards
+    from reflectevo.generation.run import write_shards
 
     p = tiny_params_dict(ROOT / "params.yaml", steps=2)
     p["train"]["rl"].update(enabled=True, max_steps=2, batch_size=2, num_generations=2, max_completion_length=4,
@@ -129,7 +129,7 @@ def _weights(d: Path, name: str, method: str, preset) -> dict[str, list[float]]:
     from transformers import AutoModelForCausalLM
     from workers.train_many import digest
 
-    from reflectevo.models import resolve_model
+    from reflectevo.models.load import resolve_model
 
     folder = d / "models" / name
     if method == "full":

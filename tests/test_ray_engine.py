@@ -227,7 +227,7 @@ def test_actors_get_a_gpu_each_or_share_the_gpus_there_are():
     equal fractions, vLLM actors (an engine fills its GPU) are refused in one line."""
     import types
 
-    from reflectevo.ray_engine import _actor_resources
+    from reflectevo.generation.ray import _actor_resources
 
     def cluster(gpus):
         return types.SimpleNamespace(cluster_resources=lambda: {"CPU": 16.0, "GPU": float(gpus)},

@@ -306,7 +306,7 @@ def test_a_likelihood_judge_on_an_endpoint_stops_before_anything_loads(tmp_path,
     import yaml
     from typer.testing import CliRunner
 
-    from reflectevo.backends import hf
+    from reflectevo.backends import registry
     from reflectevo.judge import check_judge_backend
 
     params, p = _vllm_params(tmp_path)
@@ -314,7 +314,7 @@ def test_a_likelihood_judge_on_an_endpoint_stops_before_anything_loads(tmp_path,
     p["curate"]["judge"] = "likelihood"
     params.write_text(yaml.safe_dump(p, sort_keys=False))
     built = []
-    monkeypatch.setattr(hf, "make_backend", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(registry, "make_backend", lambda *a, **k: built.append(a))
     r = CliRunner().invoke(_stage("curate"), ["--params", str(params), "--raw", str(tmp_path / "raw"),
                                               "--out", str(tmp_path / "cur"), "--metrics", str(tmp_path / "m.json")])
     assert r.exit_code == 2 and built == []
@@ -329,7 +329,7 @@ def test_a_cut_at_the_answer_pattern_counts_the_tokens_up_to_the_cut(tiny_preset
     import types
 
     from reflectevo.backends.vllm_backend import _generation
-    from reflectevo.models import load_tokenizer
+    from reflectevo.models.load import load_tokenizer
 
     tok = load_tokenizer("tiny-random", tiny_preset)
     text = "Thought: 3 + 4 = 7.\nAction: Finish[7] and then more words after the answer"

@@ -275,19 +275,19 @@ class ForwardSync:
 
 
 def needs_synced_forwards(model: Any) -> bool:
-    """True when a forward of `model` is a collective: more than one process, and the model sharded by FSDP
-    (1 or 2) or DeepSpeed ZeRO-3 (transformers' own test for `synced_gpus`, generation/utils.py)."""
+    """True when a forward of `model` is a collective: more than one process, and the model's weights sharded
+    by FSDP (1 or 2: an FSDP module in it) or partitioned by DeepSpeed ZeRO-3 (its parameters carry `ds_id`),
+    transformers' own test for `synced_gpus` (generation/utils.py) made per model, so a whole replica beside a
+    sharded policy (`reflectevo.training.model.frozen_base`) is not synced."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return False
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-    if is_deepspeed_zero3_enabled():
-        return True
     from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
-    return any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules())
+    if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
+        return True
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 @contextlib.contextmanager

@@ -282,7 +282,7 @@ def _generation(out: Any, sampling: Sampling, tokenizer: Any = None) -> Generati
 def tokens_to_cut(ids: list[int], sampling: Sampling, tokenizer: Any) -> int:
     """The fewest leading tokens of `ids` whose decoded text already reaches a stop of `sampling` (a stop
     found in a prefix stays in every longer one): where the transformers backend stops generating."""
-    from reflectevo.backends import stop_position
+    from reflectevo.sampling import stop_position
 
     lo, hi = 1, len(ids)
     while lo < hi:

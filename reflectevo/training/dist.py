@@ -54,10 +54,11 @@ def one_gpu_without_launcher(env: dict[str, str] | None = None, out=None) -> str
     count = torch.cuda.device_count()
     if count <= 1:
         return None
-    from reflectevo.devices import visible_gpus
     from reflectevo.errors import ReflectEvoError
 
-    first = visible_gpus(env.get("CUDA_VISIBLE_DEVICES"), count)[0]
+    # the first of the parent's own GPU ids (indices, GPU-<uuid> or MIG-<uuid>), as CUDA numbers them
+    listed = [e.strip() for e in (env.get("CUDA_VISIBLE_DEVICES") or "").split(",") if e.strip()]
+    first = listed[0] if env.get("CUDA_VISIBLE_DEVICES") is not None and listed else "0"
     hint = LAUNCHER_HINT.format(n=count)
     if torch.cuda.is_initialized():
         raise ReflectEvoError(f"{count} GPUs visible to one training process without a launcher (TRL trains on one "

@@ -96,7 +96,7 @@ def train_dtype(preset: ModelPreset, method: str = "lora"):
     (the CPU runs bf16 through autocast where it is fast)."""
     import torch
 
-    from reflectevo.models import resolve_dtype
+    from reflectevo.models.load import resolve_dtype
 
     if method == "lora" and torch.cuda.is_available():
         return resolve_dtype(preset.dtype)
@@ -117,7 +117,7 @@ def frozen_base(preset_name: str, preset: ModelPreset):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from reflectevo.models import hub_revision, resolve_dtype, resolve_model
+    from reflectevo.models.load import hub_revision, resolve_dtype, resolve_model
 
     dtype = resolve_dtype(preset.dtype) if torch.cuda.is_available() else torch.float32
     key = "FSDP_CPU_RAM_EFFICIENT_LOADING"

@@ -23,7 +23,7 @@ def main(model_dir: str, out: str, modes: list[str]) -> None:
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reflectevo.backends import Sampling
+    from reflectevo.sampling import Sampling
     from reflectevo.backends.hf import TransformersBackend, needs_synced_forwards, synced_forwards
 
     torch.set_num_threads(1)
