@@ -147,7 +147,7 @@ def _rows():
 
 
 def _config(method: str, steps: int, save_steps: int = 0):
-    from reflectevo.config import DPOHyper, RLHyper, SFTHyper, TrainConfig
+    from reflectevo.training.config import DPOHyper, RLHyper, SFTHyper, TrainConfig
 
     hp = dict(max_steps=steps, batch_size=2, max_length=1024, save_steps=save_steps, save_total_limit=3)
     return TrainConfig(seed=0, method=method, sft=SFTHyper(**hp), dpo=DPOHyper(**hp, beta=0.1),
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_smoke: no CUDA device visible; run with --device cpu for the CPU check", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    from reflectevo.config import LoraConfig, ModelPreset
+    from reflectevo.config.presets import LoraConfig, ModelPreset
     from reflectevo.models.load import resolve_dtype
 
     dtype = args.dtype or ("auto" if args.device == "cuda" else "float32")

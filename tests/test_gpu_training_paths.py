@@ -298,3 +298,32 @@ def test_vllm_rollouts_outside_trls_vllm_range_are_refused(tiny_preset):
             check_vllm_rollouts("grpo_one_stage", hp, vllm_version=version)
     with pytest.raises(ReflectEvoError, match=r"4-bit path needs vLLM's bitsandbytes method"):
         check_vllm_rollouts("rloo", hp, dataclasses.replace(tiny_preset, quantization="4bit"), vllm_version="0.33.0")
+
+
+def test_the_launcher_is_a_params_key_of_every_train_stage(tmp_path):
+    """`launcher` lives in params.yaml (so `dvc exp run -S 'launcher=...'` works and dvc.lock / `dvc exp show`
+    record it): each train@<setting> stage's command starts with it and its params list it, as DVC itself
+    resolves dvc.yaml (DVC reads params.yaml as template vars)."""
+    import shutil
+
+    import yaml
+    from dvc.repo import Repo
+
+    for f in ("dvc.yaml", "params.yaml", "reflectevo/resources/settings.yaml"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / f, tmp_path / f)
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert p["launcher"] == "python" and "launcher" not in (yaml.safe_load((ROOT / "dvc.yaml").read_text()).get("vars")
+                                                            or [{}])[0]
+    p["launcher"] = "accelerate launch --config_file configs/accelerate/fsdp.yaml"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    Repo.init(str(tmp_path), no_scm=True)
+    train = [s for s in Repo(str(tmp_path)).index.stages if s.name.startswith("train@")]
+    assert len(train) >= 8
+    for stage in train:
+        assert stage.cmd.startswith("accelerate launch --config_file configs/accelerate/fsdp.yaml stages/train.py ")
+        params = {k for d in stage.deps if type(d).__name__ == "ParamsDependency" for k in d.params}
+        assert "launcher" in params, stage.name
+    from reflectevo.config.params import read_params
+
+    assert read_params(tmp_path / "params.yaml")["launcher"].startswith("accelerate launch")

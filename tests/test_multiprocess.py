@@ -173,6 +173,10 @@ def test_every_setting_trains_under_two_processes_and_a_killed_rank_resumes(tiny
     assert proc.returncode == 0, err[-4000:]
     print(f"{len(groups)} trainings in one two-process launch: {time.monotonic() - t0:.1f} s")
 
+    # before any trainer exists, the ranks already know their roles (accelerate's state made with cpu=True on a
+    # CPU-only machine; made without it, every rank would call itself the main one of one process)
+    assert [json.loads((d / f"rec/roles-rank{r}.json").read_text()) for r in (0, 1)] == \
+        [{"main": True, "processes": 2}, {"main": False, "processes": 2}]
     res = json.loads((d / "metrics/resumed.json").read_text())["one_stage"]
     ref = json.loads((d / "metrics/reference.json").read_text())["one_stage"]
     assert 0 < res["resumed_from_step"] < RESUME_STEPS and res["steps"] == ref["steps"] == RESUME_STEPS

@@ -4,7 +4,8 @@ would) once per argument group, in one process of a multi-process launch, so one
     accelerate launch --config_file configs/accelerate/multi_cpu.yaml train_many.py <record dir> \\
         <stages/train.py arguments> [--next <stages/train.py arguments> ...]
 
-Test-only additions, nothing else changed: each rank writes its pid (`pid-rank<r>`), and after every
+Test-only additions, nothing else changed: each rank writes its pid (`pid-rank<r>`) and the process roles
+`reflectevo.training.dist` reports before any trainer exists (`roles-rank<r>.json`), and after every
 `save_model` (every rank calls it) a digest of the weights it trained (per tensor: count, sum, sum of
 squares; the LoRA tensors, or every tensor for a full fine-tune) with its loss history into
 `<record dir>/<out folder name>[-<role>]-rank<r>.json`. `SLOW_STEP` seconds of sleep after each optimizer step
@@ -47,6 +48,10 @@ def main() -> None:
     rank = int(os.environ.get("RANK", "0"))   # set by the launcher (torchrun)
     record.mkdir(parents=True, exist_ok=True)
     (record / f"pid-rank{rank}").write_text(str(os.getpid()))
+    from reflectevo.training.dist import is_main_process, num_processes
+
+    # the process roles as the train stage sees them first, before any trainer exists
+    (record / f"roles-rank{rank}.json").write_text(json.dumps({"main": is_main_process(), "processes": num_processes()}))
 
     save = Trainer.save_model
 
