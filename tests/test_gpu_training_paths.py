@@ -277,6 +277,19 @@ def test_rl_builds_its_arguments_before_the_model(tiny_preset, monkeypatch, tmp_
     assert {p.device for p in base.parameters()} == {trainer.accelerator.device}
 
 
+def test_the_frozen_retry_model_never_loads_partitioned(tiny_preset, monkeypatch):
+    """While DeepSpeed ZeRO-3's partitioned loading is on (transformers' `is_deepspeed_zero3_enabled`, set by a
+    trainer's arguments), the frozen replica would load as empty shards: one line instead."""
+    import transformers.integrations.deepspeed as hfds
+
+    from reflectevo.training.model import frozen_base
+
+    assert not frozen_base("tiny-random", tiny_preset).training
+    monkeypatch.setattr(hfds, "is_deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(ReflectEvoError, match=r"models\.tiny-random: the frozen retry model must load whole"):
+        frozen_base("tiny-random", tiny_preset)
+
+
 # --- vLLM rollouts ------------------------------------------------------------------------------------------
 
 

@@ -119,6 +119,16 @@ def frozen_base(preset_name: str, preset: ModelPreset):
 
     from reflectevo.models.load import hub_revision, resolve_dtype, resolve_model
 
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():   # an earlier trainer's arguments in this process may still hold it
+        import gc
+
+        gc.collect()
+        if is_deepspeed_zero3_enabled():
+            raise ReflectEvoError(f"models.{preset_name}: the frozen retry model must load whole, but DeepSpeed ZeRO-3's "
+                                  "partitioned loading is on in this process (a trainer's arguments are alive); build "
+                                  "it before the trainer's arguments")
     dtype = resolve_dtype(preset.dtype) if torch.cuda.is_available() else torch.float32
     key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
     before = os.environ.get(key)
