@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import platform
@@ -131,7 +130,7 @@ def _rows():
               "trial2": f"Thought: the sum is {it.answer}.\nAction: Finish[{it.answer}]"} for i, it in enumerate(items)]
     dpm = []
     for r in dplus:
-        def side(text, ok):
+        def side(text, ok, r=r):
             return {"sample_id": "x", "demand_id": "1-1-1", "reflection": text, "trial2": r["trial2"],
                     "trial2_answer": r["answer"], "trial2_correct": ok}
         dpm.append({**{k: r[k] for k in ("id", "item_id", "task", "question", "choices", "answer", "trial1")},
@@ -149,7 +148,7 @@ def _rows():
 def _config(method: str, steps: int, save_steps: int = 0):
     from reflectevo.training.config import DPOHyper, RLHyper, SFTHyper, TrainConfig
 
-    hp = dict(max_steps=steps, batch_size=2, max_length=1024, save_steps=save_steps, save_total_limit=3)
+    hp = {"max_steps": steps, "batch_size": 2, "max_length": 1024, "save_steps": save_steps, "save_total_limit": 3}
     return TrainConfig(seed=0, method=method, sft=SFTHyper(**hp), dpo=DPOHyper(**hp, beta=0.1),
                        rl=RLHyper(**hp, enabled=True, num_generations=2, max_completion_length=8,
                                   max_new_tokens_retry=8, lr=1e-3))
@@ -187,8 +186,8 @@ def check_training(name: str, preset, work: Path) -> dict[str, Any]:
 def check_resume(name: str, preset, work: Path) -> dict[str, Any]:
     """Stop an SFT run as step 3 begins (checkpoints after each step; nothing saved at the end), run it again:
     it resumes from step 2 and ends with the uninterrupted run's loss."""
-    import reflectevo.training.run as run
     from reflectevo.models.fingerprint import model_fingerprint
+    from reflectevo.training import run
 
     fp, rows = model_fingerprint(name, preset), _rows()["one_stage"]
     cfg = _config("lora", 3, save_steps=1)

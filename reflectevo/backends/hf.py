@@ -59,7 +59,7 @@ class TransformersBackend:
 
     @classmethod
     def around(cls, model: Any, tokenizer: Any, stop_ids: Sequence[int], batch_size: int = 8, *,
-               sync: ForwardSync | None = None) -> "TransformersBackend":
+               sync: ForwardSync | None = None) -> TransformersBackend:
         """A backend on a model that is already loaded (the live policy inside an RL rollout): nothing is
         loaded or installed (no shared-prefix attention: the model trains between calls), generation stops at
         `stop_ids`. The caller puts the model in eval mode.

@@ -10,7 +10,6 @@ makes one more `generate` call. Mode `synced`: the backend gets a `ForwardSync` 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ def main(model_dir: str, out: str, modes: list[str]) -> None:
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reflectevo.sampling import Sampling
     from reflectevo.backends.hf import TransformersBackend, needs_synced_forwards, synced_forwards
+    from reflectevo.sampling import Sampling
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

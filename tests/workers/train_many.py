@@ -67,7 +67,7 @@ def main() -> None:
     Trainer.save_model = save_model
     slow = float(os.environ.get("SLOW_STEP", "0"))
     if slow:
-        import reflectevo.training.run as T   # train_setting's module: its `step_logger` makes each role's callback
+        import reflectevo.training.run as T  # train_setting's module: its `step_logger` makes each role's callback
 
         orig = T.step_logger
 
