@@ -374,3 +374,38 @@ def test_a_retry_that_answers_is_judged_without_the_answer_step(tiny_preset, mon
     assert retry_pieces("x\nAction: Finish[3]", task, True) == [("x", False), ("\nAction: Finish[", True), ("3]", False)]
     assert retry_pieces("x\nAction: Finish[3]", task, False) == [("x\nAction: Finish[3]", False)]
     assert out["retry"][0].endswith("Finish[2]")
+
+
+def test_the_rollout_decodes_each_phase_in_lockstep_when_the_model_is_sharded(tiny_preset, monkeypatch):
+    """Under FSDP / ZeRO-3 every forward is a collective: the rollout generates each phase (the reflections, then
+    the retries) inside `synced_forwards` and hands its sync to the backend, so ranks whose rows stop at different
+    steps keep stepping together (the backend's lockstep is tested on two gloo processes in test_multiprocess)."""
+    import contextlib
+
+    import torch
+
+    import reflectevo.backends.hf as hf
+    from reflectevo.models.load import load_tokenizer
+    from reflectevo.training.rollout import ReflectRetryRollout
+
+    tok = load_tokenizer("tiny-random", tiny_preset)
+    policy = _ScriptedPolicy(" 1 + 1 = 2.\nAction: Finish[2]", tok)
+    entered, built = [], []
+
+    @contextlib.contextmanager
+    def synced(model, pad_id):
+        sync = object()
+        entered.append((model, sync))
+        yield sync
+
+    def around(cls, model, tokenizer, stop_ids, batch_size=8, *, sync=None):
+        built.append((model, sync))
+        return policy
+
+    monkeypatch.setattr(hf, "synced_forwards", synced)
+    monkeypatch.setattr(hf.TransformersBackend, "around", classmethod(around))
+    ex = examples("grpo_reflect_retry", rl_rows(episodes(2), "oracle"))["reflector"]
+    model = torch.nn.Linear(1, 1)
+    ReflectRetryRollout(tok, ex, RL)([ex[0]["prompt"], ex[1]["prompt"]], _Trainer(model, tok.eos_token_id))
+    assert [m for m, _ in entered] == [model, model]                    # one block per phase, on the live model
+    assert [s for _, s in built] == [s for _, s in entered]             # each phase's backend got its block's sync

@@ -81,7 +81,7 @@ class ReflectRetryRollout:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
     def __call__(self, prompts: list[Any], trainer) -> dict[str, Any]:
-        from reflectevo.backends.hf import TransformersBackend
+        from reflectevo.backends.hf import TransformersBackend, synced_forwards
 
         tok, hp = self.tok, self.hp
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -98,8 +98,9 @@ class ReflectRetryRollout:
                             seed=lambda rnd, phase, i=i: rollout_seed(self.seed, call, i, phase)))
         texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
         prompt_ids = [self._ids(t) for t in texts]
-        policy = TransformersBackend.around(model, tok, eos_ids, batch_size=len(prompts))
-        with _eval_mode(model):
+        # under FSDP / ZeRO-3 every forward is a collective: all ranks step until every rank is done
+        with _eval_mode(model), synced_forwards(model, tok.pad_token_id) as sync:
+            policy = TransformersBackend.around(model, tok, eos_ids, batch_size=len(prompts), sync=sync)
             refl = reflect(jobs, policy, spec)
 
         def retry_prompt(job: Job, r: Reflection | None, messages: list[dict[str, str]]) -> str:
@@ -114,8 +115,8 @@ class ReflectRetryRollout:
                 retry_model = self.base_model
             elif hasattr(model, "disable_adapter"):
                 guard = model.disable_adapter()
-        retry_backend = TransformersBackend.around(retry_model, tok, eos_ids, batch_size=len(prompts))
-        with _eval_mode(retry_model), guard:
+        with _eval_mode(retry_model), guard, synced_forwards(retry_model, tok.pad_token_id) as sync:
+            retry_backend = TransformersBackend.around(retry_model, tok, eos_ids, batch_size=len(prompts), sync=sync)
             retries = retry(jobs, retry_backend, spec, refl, retry_prompt=retry_prompt)
         completion_ids, masks, repeats = [], [], []
         for job, r, a in zip(jobs, refl, retries):
