@@ -1,10 +1,10 @@
-"""On-disk format of data/raw, chosen by measurement (issue #17): size, write and read speed, loading.
+"""On-disk format of data/raw, chosen by measurement: size, write and read speed, loading.
 
     .venv/bin/python bench/bench_formats.py [--episodes 4600]
 
 The same episodes (the scripted backend, the paper's budgets: 512-token trials and reflections, k = 3)
 written as: today's JSONL, gzip JSONL, zstd JSONL (pyarrow's codec), Parquet + zstd with the record as
-JSON text (what `reflectevo.shards` writes), and Parquet + zstd with the nested schema pyarrow infers.
+JSON text (what `reflectevo.episodes.shards` writes), and Parquet + zstd with the nested schema pyarrow infers.
 Read = every record back as a dict. Also: pandas and `datasets` loading each file. Writes
 bench/results/formats.json.
 """
@@ -30,11 +30,13 @@ app = typer.Typer(add_completion=False)
 def _episodes(n: int, work: Path, base_items: Path) -> list[dict]:
     import dataclasses
 
-    from reflectevo.backends import backend_sampler, make_backend
-    from reflectevo.config import load_preset, load_section, read_params
-    from reflectevo.generation import generate, make_spec
-    from reflectevo.models import model_fingerprint
-    from reflectevo.stage import load_items
+    from reflectevo.backends.registry import backend_sampler, make_backend
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.generation.run import generate
+    from reflectevo.generation.keys import make_spec
+    from reflectevo.models.fingerprint import model_fingerprint
+    from reflectevo.tasks.items import load_items
 
     params = read_params(ROOT / "params.yaml")
     name, preset = load_preset(params, "scripted")
@@ -62,7 +64,7 @@ def main(episodes: int = 4600, out: Path = ROOT / "bench/results/formats.json",
     import pyarrow.parquet as pq
 
     from reflectevo.jsonio import dumps
-    from reflectevo.shards import ShardWriter, iter_episodes
+    from reflectevo.episodes.shards import ShardWriter, iter_episodes
 
     work = Path(tempfile.mkdtemp(prefix="bench-formats-"))
     eps = _episodes(episodes, work, base_items)

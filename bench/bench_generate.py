@@ -1,4 +1,4 @@
-"""Generate-stage benchmarks (issue: reflection generation at scale), all measured in one run.
+"""Generate-stage benchmarks (reflection generation at scale), all measured in one run.
 
     .venv/bin/python bench/bench_generate.py [--preset smollm2-135m] [--items 400] [--batch 64] [--tokens 48]
     .venv/bin/python bench/bench_generate.py --no-stage-runs --merge   # throughput + batching only
@@ -80,12 +80,15 @@ def main(preset: str = "smollm2-135m", items: int = 400, tokens: int = 48, batch
     import torch
 
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.config import load_preset, load_section, read_params
-    from reflectevo.generation import generate, load_episodes, make_spec
-    from reflectevo.models import model_fingerprint
-    from reflectevo.stage import load_items
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.generation.run import generate
+    from reflectevo.episodes.shards import load_episodes
+    from reflectevo.generation.keys import make_spec
+    from reflectevo.models.fingerprint import model_fingerprint
+    from reflectevo.tasks.items import load_items
 
-    from reflectevo.generation import SAMPLER
+    from reflectevo.generation.keys import SAMPLER
 
     report: dict = {"sampler": SAMPLER, "preset": preset, "items": items, "max_new_tokens": tokens, "batch_size": batch,
                     "cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}

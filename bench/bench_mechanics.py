@@ -65,7 +65,7 @@ def _run(tree: Path, params: Path, sources: Path, raw: Path, summary: Path) -> f
 
 def _side(raw: Path, summary: Path, wall: float) -> dict:
     from reflectevo.diagnostics import episode_diagnostics
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     eps = list(iter_episodes(raw, journals=False))   # Parquet shards (or the .jsonl ones of earlier versions)
     s = json.loads(summary.read_text())

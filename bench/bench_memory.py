@@ -27,8 +27,10 @@ CHILD = r"""
 import dataclasses, json, resource, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from reflectevo.config import ModelPreset, LoraConfig, RLHyper, SFTHyper, DPOHyper, TrainConfig
-from reflectevo.training import rl_rows, train_setting
+from reflectevo.config.presets import ModelPreset, LoraConfig
+from reflectevo.training.config import RLHyper, SFTHyper, DPOHyper, TrainConfig
+from reflectevo.training.data import rl_rows
+from reflectevo.training.run import train_setting
 sys.path.insert(0, sys.argv[1] + "/bench")
 sys.path.insert(0, sys.argv[1] + "/tests")
 from bench_rl import failed_attempts
@@ -49,7 +51,7 @@ elif setting.startswith("grpo"):
 else:
     data = dplus(4 * steps)
 with tempfile.TemporaryDirectory() as d:
-    from reflectevo.models import model_fingerprint
+    from reflectevo.models.fingerprint import model_fingerprint
     res = train_setting(setting, "smollm2-135m", preset, model_fingerprint("smollm2-135m", preset), data, [], cfg,
                         Path(d) / "m")
 assert res["trained"], res
@@ -59,8 +61,9 @@ print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF)
 
 def main(steps: int = 1, cases: str = ",".join(ALL), out: Path = ROOT / "bench/results/memory.json") -> None:
     """`cases`: setting:method:beta, comma-separated."""
-    from reflectevo.config import load_preset, read_params
-    from reflectevo.models import convert_gguf_package
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import read_params
+    from reflectevo.models.build import convert_gguf_package
 
     _, p = load_preset(read_params(ROOT / "params.yaml"), "smollm2-135m")
     folder = convert_gguf_package(p.package, p.file, p.package_version)

@@ -46,10 +46,16 @@ def main(preset: str = "smollm2-135m", steps: int = 3, num_generations: int = 4,
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from reflectevo.config import RLHyper, TrainConfig, load_preset, read_params
-    from reflectevo.models import load_tokenizer, model_fingerprint, resolve_dtype, resolve_model
+    from reflectevo.training.config import RLHyper, TrainConfig
+
+    from reflectevo.config.presets import load_preset
+
+    from reflectevo.config.params import read_params
+    from reflectevo.models.load import load_tokenizer, resolve_dtype, resolve_model
+    from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.training.model import _lora
-    from reflectevo.training import examples, train_setting
+    from reflectevo.training.data import examples
+    from reflectevo.training.run import train_setting
 
     name, p = load_preset(read_params(ROOT / "params.yaml"), preset)
     hp = RLHyper(enabled=True, max_steps=steps, batch_size=num_generations, num_generations=num_generations,

@@ -1,4 +1,4 @@
-"""Scale benchmark (issue #17): the data path from 4.6K to 460K episodes on one machine, in one run.
+"""Scale benchmark: the data path from 4.6K to 460K episodes on one machine, in one run.
 
     .venv/bin/python bench/bench_scale.py                       # 4.6K, 46K, 460K (disk: ~60 GB free)
     .venv/bin/python bench/bench_scale.py --sizes 4600,46000     # the smaller sizes only
@@ -119,15 +119,15 @@ def make_params(dst: Path, n_eval: int = 0) -> None:
 
 def jsonl_bytes(raw: Path) -> int:
     from reflectevo.jsonio import dumps
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     return sum(len(dumps(ep).encode("utf-8")) + 1 for ep in iter_episodes(raw))
 
 
 def export_theirs(raw: Path, dst: Path) -> int:
-    from reflectevo.compat import episode_to_raw
+    from reflectevo.compat.raw import episode_to_raw
     from reflectevo.jsonio import write_jsonl
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     return write_jsonl(dst, (episode_to_raw(ep, w) for w, ep in iter_episodes(raw, where=True)))
 
@@ -319,7 +319,7 @@ def main(sizes: str = "4600,46000,460000", eval_items: int = 2000, workdir: Path
 
 
 def targets(r: dict) -> dict:
-    """The issue's figures side by side (a size cut short shows what it measured)."""
+    """The scale targets side by side (a size cut short shows what it measured)."""
     s = r["sizes"]
     ns = sorted(s, key=int)
     if not ns:

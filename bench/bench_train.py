@@ -40,10 +40,16 @@ def main(preset: str = "smollm2-135m", steps: int = 8, batch_size: int = 4, repe
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from reflectevo.config import DPOHyper, SFTHyper, TrainConfig, load_preset, read_params
-    from reflectevo.models import load_tokenizer, model_fingerprint
+    from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
+
+    from reflectevo.config.presets import load_preset
+
+    from reflectevo.config.params import read_params
+    from reflectevo.models.load import load_tokenizer
+    from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.training.model import _base_model, _common_args, _lora
-    from reflectevo.training import examples, train_setting
+    from reflectevo.training.data import examples
+    from reflectevo.training.run import train_setting
 
     name, p = load_preset(read_params(ROOT / "params.yaml"), preset)
     hp = SFTHyper(epochs=1.0, max_steps=steps, batch_size=batch_size, grad_accum=1, max_length=768, warmup_ratio=0.0)

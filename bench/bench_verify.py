@@ -72,7 +72,8 @@ MATH_SETS = ("all_correct", "all_wrong", "mixed")
 
 def math_once(label: str) -> dict:
     """One MATH set, in this (fresh) process: the parser caches and math_verify's parser start cold."""
-    from reflectevo.tasks import answers, get_task
+    from reflectevo.tasks import answers
+    from reflectevo.tasks.registry import get_task
 
     t0 = time.perf_counter()
     answers.math_verify_equal("x+1", "1+x")  # imports math_verify, sympy, latex2sympy (one-time cost)
@@ -115,7 +116,7 @@ def bench_math(repeat: int) -> dict:
 
 
 def bench_mbpp(workers: int) -> dict:
-    from reflectevo.tasks import get_task
+    from reflectevo.tasks.registry import get_task
 
     mbpp = get_task("mbpp")
     items = mbpp.load("test")

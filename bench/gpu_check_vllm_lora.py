@@ -106,8 +106,8 @@ def _strip_eos(tokens: list[int], eos: set[int]) -> list[int]:
 def evaluate_flow(base, reflector, n_items: int, max_tokens: int) -> dict:
     """The evaluate stage's trial 1 (base) -> reflection (adapter) -> retry (base), on a few test items."""
     from reflectevo import evaluation as ev
-    from reflectevo.config import EvaluateConfig
-    from reflectevo.tasks import get_task
+    from reflectevo.config.sections import EvaluateConfig
+    from reflectevo.tasks.registry import get_task
 
     task = get_task("rg/chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
     items, tasks = task.load("test", n_items), {task.name: task}
@@ -144,10 +144,11 @@ def main() -> int:
     import vllm
     from transformers import AutoConfig
 
-    from reflectevo.backends import Sampling
+    from reflectevo.sampling import Sampling
     from reflectevo.backends import vllm_backend as vb
-    from reflectevo.config import load_preset, read_params
-    from reflectevo.models import hub_revision, load_tokenizer, resolve_model
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import read_params
+    from reflectevo.models.load import hub_revision, load_tokenizer, resolve_model
     from reflectevo.backends.vllm_lora import check_vllm_lora_compat
 
     name, preset = load_preset(read_params(args.params), args.model)

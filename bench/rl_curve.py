@@ -1,6 +1,6 @@
 """The grpo_reflect_retry training curve: fix rate on held-out failed trial-1 attempts before vs after, McNemar p.
 
-    .venv/bin/python bench/rl_curve.py --minutes 60                      # the issue's measurement (~1 h of CPU)
+    .venv/bin/python bench/rl_curve.py --minutes 60                      # the measurement in docs/results.md (~1 h of CPU)
     .venv/bin/python bench/rl_curve.py --minutes 1 --held-out 8 --max-items 16 \\
         --out bench/results/rl_curve-smoke.json                         # a few minutes: shows it works
 
@@ -41,7 +41,7 @@ def _curve(tsv: Path) -> list[list[float]]:
 def fix_rate(name, preset, rows, tasks, adapter, ecfg):
     """Per held-out row: is the retry after the reflection right (reflector = corrector = `adapter` or the base)."""
     from reflectevo import evaluation as ev
-    from reflectevo.backends.hf import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.tasks import Item
 
     items = [Item.from_dict(r["item"]) for r in rows]
@@ -57,19 +57,24 @@ def main(minutes: float = 60.0, raw: Path = ROOT / "data/raw", held_out: int = 2
          out: Path = ROOT / "bench/results/rl_curve.json") -> None:
     """`max_completion_length` / `max_new_tokens_retry`: 0 = train.rl's (the reflection's budget in evaluation
     follows max_completion_length too)."""
-    import reflectevo.training as T
-    from reflectevo.config import EvaluateConfig, load_preset, load_section, read_params
+    import reflectevo.training.run as T
+    from reflectevo.training.data import rl_rows
+    from reflectevo.config.sections import EvaluateConfig
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.training.config import TrainConfig
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.generation import load_episodes
-    from reflectevo.models import model_fingerprint
+    from reflectevo.episodes.shards import load_episodes
+    from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.stats import paired_test
-    from reflectevo.tasks import Item, TaskCache
+    from reflectevo.tasks import Item
+    from reflectevo.tasks.registry import TaskCache
 
     params = read_params(ROOT / "params.yaml")
     name, p = load_preset(params, preset or None)
-    cfg = load_section(params, "train")
+    cfg = load_section(params, "train", TrainConfig)
     gen = load_section(params, "generate")
-    rows = T.rl_rows(load_episodes(raw), "oracle")
+    rows = rl_rows(load_episodes(raw), "oracle")
     if not rows:
         raise ReflectEvoError(f"{raw}: no failed trial-1 attempts (run `dvc repro generate` first)")
     random.Random(seed).shuffle(rows)

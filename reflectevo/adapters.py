@@ -1,7 +1,7 @@
 """Trained adapters as generation inputs: which adapter writes which phase, and their content hashes.
 
 A trained setting's folder (`models/<setting>/`, written by the train stage) holds a `model_card.json`
-naming its adapter sub-folders per role. Generation with a setting's adapters (self-evolution, issue #16)
+naming its adapter sub-folders per role. Generation with a setting's adapters (self-evolution)
 uses them per phase, as evaluation does:
 
 | setting           | trial 1 | reflection           | retry (trial 2)  |
@@ -107,48 +107,6 @@ def generation_adapters(setting_dir: str | Path, preset_name: str | None = None)
                               hashes={p: adapter_hash(x) for p, x in paths.items()})
 
 
-class PhaseBackends:
-    """One backend per generation phase: trial 1 (`trial`, the base), `reflector`, `corrector` (the retry).
-    Phases without an adapter share the base backend; two phases with the same adapter share one."""
-
-    def __init__(self, trial: Any, reflector: Any = None, corrector: Any = None) -> None:
-        self.trial = trial
-        self.reflector = reflector if reflector is not None else trial
-        self.corrector = corrector if corrector is not None else trial
-
-    def distinct(self) -> list[Any]:
-        out: list[Any] = []
-        for b in (self.trial, self.reflector, self.corrector):
-            if all(b is not o for o in out):
-                out.append(b)
-        return out
-
-    @property
-    def prefilled_tokens(self) -> int:
-        return sum(getattr(b, "prefilled_tokens", 0) or 0 for b in self.distinct())
-
-    @property
-    def dtype(self) -> Any:
-        return getattr(self.trial, "dtype", None)
-
-
-def build_phase_backends(preset_name: str, preset: Any, adapters: GenerationAdapters | None) -> Any:
-    """The base backend, or with `adapters` a `PhaseBackends` (every backend names all adapter paths, so
-    vLLM starts one engine for the base and its LoRAs; an openai backend asks the server for each
-    adapter by `served_name`)."""
-    from reflectevo.backends import make_backend
-
-    if adapters is None:
-        return make_backend(preset_name, preset)
-    serves = sorted({str(p) for p in adapters.paths.values()})
-    base = make_backend(preset_name, preset, serves=serves)
-    built: dict[str, Any] = {}
-    for path in adapters.paths.values():
-        if str(path) not in built:
-            built[str(path)] = make_backend(preset_name, preset, path, serves=serves)
-    return PhaseBackends(base, **{phase: built[str(path)] for phase, path in adapters.paths.items()})
-
-
 # The only statuses of a setting's card that evaluation and self-evolution skip (with the card's reason).
 SKIPPED_STATUSES = ("no training data", "disabled")
 
@@ -250,17 +208,5 @@ def check_card_weights(setting_dir: str | Path, card: dict[str, Any], roles: Any
         check_weights_folder(Path(setting_dir) / adapters[role], method)
 
 
-__all__ = [
-    "SKIPPED_STATUSES",
-    "GenerationAdapters",
-    "PhaseBackends",
-    "adapter_hash",
-    "build_phase_backends",
-    "check_card_weights",
-    "check_weights_folder",
-    "generation_adapters",
-    "read_card",
-    "served_name",
-    "setting_status",
-    "untrained_reason",
-]
+__all__ = ["SKIPPED_STATUSES", "GenerationAdapters", "adapter_hash", "check_card_weights", "check_weights_folder",
+           "generation_adapters", "read_card", "served_name", "setting_status", "untrained_reason"]

@@ -18,7 +18,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from reflectevo.config import CurateConfig
+from reflectevo.config.sections import CurateConfig
+from reflectevo.episodes.record import attempt
 
 _STATES_ANSWER = re.compile(r"Finish\s*(\[|<<<)")
 
@@ -83,12 +84,6 @@ def near_duplicates(texts: Sequence[str], threshold: float) -> set[int]:
     return dup
 
 
-def attempt(trial: dict) -> str:
-    """A trial's text as later prompts show it: the assistant-side prefix + completion (`attempt`;
-    records written before the prefix existed hold the completion only)."""
-    return trial.get("attempt", trial["completion"])
-
-
 def _common(ep: dict) -> dict[str, Any]:
     it = ep["item"]
     return {"item_id": ep["item_id"], "task": ep["task"], "question": it["question"], "choices": it.get("choices"),
@@ -107,87 +102,6 @@ def _side(s: dict) -> dict[str, Any]:
             "reflection": s["reflection"]["text"], "trial2_prompt": s["trial2"]["prompt"],
             "trial2": attempt(s["trial2"]), "trial2_answer": s["trial2"]["extracted"],
             "trial2_correct": s["trial2"]["correct"]}
-
-
-# The fields curate reads, as paths into an episode (`samples[].x`: in every sample; a sample's
-# `reflection` may be null: generated with `reflect: false`).
-REQUIRED = ("episode_id", "item_id", "task", "item.question", "item.answer", "trial1.prompt", "trial1.completion",
-            "trial1.extracted", "trial1.correct", "samples", "model.preset", "prompt_version", "gen")
-SAMPLE_REQUIRED = ("sample_id", "demand_id", "reflection", "trial2.prompt", "trial2.completion", "trial2.extracted",
-                   "trial2.correct")
-# Their types (None: null allowed; imported episodes have no prompts, preset, prompt version or demand);
-# optional fields are checked when present.
-_S, _N, _I = (str,), (str, type(None)), (int, type(None))   # _I: token counts (diagnostics sum them)
-TYPES = {"episode_id": _S, "item_id": _S, "task": _S, "item": (dict,), "item.question": _S, "item.answer": _S,
-         "item.choices": (list, type(None)), "item.meta": (dict, type(None)), "trial1": (dict,), "trial1.prompt": _N,
-         "trial1.completion": _S, "trial1.attempt": _S, "trial1.extracted": _N, "trial1.correct": (bool,),
-         "trial1.n_prompt_tokens": _I, "trial1.n_new_tokens": _I,
-         "samples": (list,), "model": (dict,), "model.preset": _N, "prompt_version": _N, "gen": (dict, type(None))}
-SAMPLE_TYPES = {"sample_id": _S, "demand_id": _N, "reflection": (dict, type(None)), "reflection.prompt": _N,
-                "reflection.text": _S, "reflection.n_prompt_tokens": _I, "reflection.n_new_tokens": _I,
-                "trial2": (dict,), "trial2.prompt": _N, "trial2.completion": _S, "trial2.attempt": _S,
-                "trial2.extracted": _N, "trial2.correct": (bool,), "trial2.n_prompt_tokens": _I,
-                "trial2.n_new_tokens": _I}
-_TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "an object", type(None): "null"}
-
-
-def _missing(obj: Any, paths: Sequence[str]) -> str | None:
-    for path in paths:
-        cur = obj
-        parts = path.split(".")
-        for k, part in enumerate(parts):
-            if not isinstance(cur, dict) or part not in cur:
-                return ".".join(parts[: k + 1])   # the outermost missing field: `trial1`, not `trial1.prompt`
-            cur = cur[part]
-    return None
-
-
-def _mistyped(obj: Any, types: dict[str, tuple[type, ...]]) -> str | None:
-    """The first field of `types` present in `obj` with another type: 'field must be X, got Y'."""
-    for path, allowed in types.items():
-        cur = obj
-        for part in path.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                break
-            cur = cur[part]
-        else:
-            if not isinstance(cur, allowed):
-                want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
-                return f"field {path!r} must be {want}, got {type(cur).__name__}"
-    return None
-
-
-def check_episode(ep: dict, where: str) -> None:
-    """Raise one ReflectEvoError naming `where` (file and row) and the first missing or mistyped field."""
-    from reflectevo.errors import ReflectEvoError
-
-    if not isinstance(ep, dict):
-        raise ReflectEvoError(f"{where}: expected an episode object, got {type(ep).__name__}")
-    wrong = _mistyped(ep, {k: TYPES[k] for k in ("item", "trial1", "model", "samples")})   # containers first
-    miss = _missing(ep, REQUIRED) if wrong is None else None
-    wrong = wrong or (_mistyped(ep, TYPES) if miss is None else None)
-    if miss is None and wrong is None:
-        for j, smp in enumerate(ep["samples"]):
-            if not isinstance(smp, dict):
-                wrong = f"field 'samples[{j}]' must be an object, got {type(smp).__name__}"
-                break
-            w = _mistyped(smp, {k: SAMPLE_TYPES[k] for k in ("reflection", "trial2")})
-            m = _missing(smp, SAMPLE_REQUIRED) if w is None else None
-            if m is None and w is None and isinstance(smp["reflection"], dict):
-                m = _missing(smp["reflection"], ("prompt", "text"))
-                m = m and f"reflection.{m}"
-            if m is not None:
-                miss = f"samples[{j}].{m}"
-                break
-            w = w or _mistyped(smp, SAMPLE_TYPES)
-            if w is not None:
-                wrong = w.replace("field '", f"field 'samples[{j}].", 1)
-                break
-    eid = ep.get("episode_id", "?")
-    if miss is not None:
-        raise ReflectEvoError(f"{where}: episode {eid!r} lacks the required field {miss!r}")
-    if wrong is not None:
-        raise ReflectEvoError(f"{where}: episode {eid!r}: {wrong}")
 
 
 def curate(episodes: Sequence[dict], cfg: CurateConfig, judge=None, judge_info: dict | None = None) -> dict[str, Any]:

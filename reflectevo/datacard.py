@@ -92,6 +92,86 @@ def curated_card(info: dict[str, Any]) -> str:
         lines.append(f"| {task} | {r['items']} | {r['trial1_correct']} | {r['reflection_samples']} | "
                      f"{r['qa_reflection_samples']} | {r['pct_correct_after_reflection']} | {r['avg_question_words']} | "
                      f"{r['avg_trial1_words']} | {r['avg_trial2_words']} | {r['avg_reflection_words']} |")
+    lines += ["", *domain_table(info["stats"]["per_task"]), "", *sources_section(list(info["stats"]["per_task"]))]
     lines += ["", "## Parameters", "", "```json", json.dumps({"curate": info["params"], "generate": info["gen_params"]},
                                                           indent=2), "```", ""]
     return str(DatasetCard("---\n" + card_metadata(info["counts"]).to_yaml() + "\n---\n\n" + "\n".join(lines)))
+
+
+def _domain_rows(per_task: dict[str, dict[str, Any]], group=None) -> dict[str, dict[str, Any]]:
+    """Our per-task statistics summed into the paper's task domains (tasks of no domain: `other`), or into the
+    groups `group(task)` names."""
+    from reflectevo import paper
+
+    group = group or (lambda task: paper.domain_of(task) or "other")
+    sums: dict[str, dict[str, float]] = {}
+    for task, r in per_task.items():
+        d = sums.setdefault(group(task), dict.fromkeys(
+            ("items", "samples", "qa", "right", "q", "t1", "t2", "refl"), 0.0))
+        n, k = r["items"], r["reflection_samples"]
+        d["items"] += n
+        d["samples"] += k
+        d["qa"] += r["qa_reflection_samples"]
+        d["right"] += (r["pct_correct_after_reflection"] or 0) * k / 100
+        d["q"] += (r["avg_question_words"] or 0) * n
+        d["t1"] += (r["avg_trial1_words"] or 0) * n
+        d["t2"] += (r["avg_trial2_words"] or 0) * k
+        d["refl"] += (r["avg_reflection_words"] or 0) * k
+    out = {}
+    for dom, d in sums.items():
+        per = lambda key, n: round(d[key] / n, 1) if n else None
+        out[dom] = {"reflection_samples": int(d["samples"]), "qa_reflection_samples": int(d["qa"]),
+                    "pct_correct_after_reflection": round(100 * d["right"] / d["samples"], 2) if d["samples"] else None,
+                    "avg_question": per("q", d["items"]), "avg_trial1": per("t1", d["items"]),
+                    "avg_trial2": per("t2", d["samples"]), "avg_reflection": per("refl", d["samples"])}
+    return out
+
+
+def domain_table(per_task: dict[str, dict[str, Any]]) -> list[str]:
+    """The ReflectEvo-460K statistics table per task domain: ours (this data) next to the paper's published row."""
+    from reflectevo import paper
+
+    ours = _domain_rows(per_task)
+    order = [d for d in paper.domains() if d in ours] + [d for d in ours if d not in paper.domains()]
+    total = _domain_rows(per_task, lambda task: "total").get("total", {})
+    cols = [("reflection samples", "reflection_samples"), ("Q&A-reflection samples", "qa_reflection_samples"),
+            ("% correct after reflection", "pct_correct_after_reflection"), ("avg question", "avg_question"),
+            ("avg answer, turn 1", "avg_trial1"), ("avg answer, turn 2", "avg_trial2"), ("avg reflection", "avg_reflection")]
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:g}")
+
+    lines = ["## Per domain, next to ReflectEvo-460K", "",
+             "Each cell: ours / the paper's (arXiv 2505.16475, its statistics table). Ours: reflection samples = "
+             "reflections generated; Q&A-reflection samples = failed trial-1 items that got a reflection; % correct = "
+             "reflections whose retry was right; lengths in words. The paper does not define its two sample counters "
+             "(for Mathematics the second is the larger) nor the unit of its lengths (tokens, most likely). Domains "
+             "follow `reflectevo/resources/paper.yaml` (`other`: tasks outside the paper's sources).", "",
+             "| domain | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---|" * len(cols)]
+    for dom in order:
+        ref = paper.domains().get(dom, {})
+        lines.append(f"| {ref.get('label', dom)} | " + " | ".join(
+            f"{cell(ours[dom][k])} / {cell(ref.get(k))}" for _, k in cols) + " |")
+    ref = paper.total()
+    lines.append("| **total** | " + " | ".join(f"{cell(total.get(k))} / {cell(ref.get(k))}" for _, k in cols) + " |")
+    return lines
+
+
+def sources_section(tasks: list[str]) -> list[str]:
+    """Licence and citation of every source dataset behind the tasks of this data."""
+    from reflectevo import paper
+
+    known = paper.datasets_of(tasks)
+    lines = ["## Sources: licences and citations", ""]
+    for d in known.values():
+        lines.append(f"- **{d['name']}** (`{d['hub']}` on the Hugging Face Hub): licence {d['license']}. "
+                     f"Cite: {d['citation']}")
+    other = [t for t in tasks if paper.task_info(t) is None]
+    if other:
+        lines.append(f"- {', '.join(f'`{t}`' for t in other)}: outside ReflectEvo's sources; see each task's own "
+                     "source (`reflectevo tasks`).")
+    stand = [t for t in tasks if (paper.task_info(t) or {}).get("role") == "stand-in"]
+    if stand:
+        lines.append(f"- Stand-ins (not identified in the paper; chosen for its unnamed small BIG-bench subtasks): "
+                     f"{', '.join(f'`{t}`' for t in stand)}.")
+    return lines

@@ -10,6 +10,11 @@ class ReflectEvoError(Exception):
     """Bad input (params key, file line, unknown name). The CLI prints it as one line and exits 2."""
 
 
+def one_line(message: str) -> str:
+    """A message as one line (a YAML parser's or a library's message may span several)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean X?' when a close match exists, else ''."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)

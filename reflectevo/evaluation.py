@@ -25,138 +25,100 @@ system. Systems:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from reflectevo.config import EvaluateConfig
-from reflectevo.mechanics import (answer_step, attempt_text, generate_per_task, one_stage_sampling,
-                                  reflection_sampling, run_trials)
+from reflectevo.config.sections import EvaluateConfig
 from reflectevo.metrics import by_task
+from reflectevo.protocol.rounds import (Attempt, Job, RoundSpec, Step, StepFn, first_trials, one_stage_step,
+                                        reflect_retry_step, run_rounds)
 from reflectevo.settings import baseline_names, registry
-from reflectevo.prompts import one_stage_messages, reflection_messages, split_one_stage, trial_messages
 from reflectevo.tasks import Item, Task
 
+
+def _row_tasks(items: Sequence[Item], tasks: dict[str, Task]) -> list[Task]:
+    return [tasks[it.task] for it in items]
+
+
+def round_spec(cfg: EvaluateConfig) -> RoundSpec:
+    """The evaluate params as a protocol round: greedy reflection (the test prompt, no demand), greedy retry
+    that sees the attempt the reflection looked at."""
+    return RoundSpec(oracle=cfg.protocol == "oracle", max_new_tokens_trial=cfg.max_new_tokens_trial,
+                     max_new_tokens_reflection=cfg.max_new_tokens_reflection, name_rejected=cfg.name_rejected)
 
 
 def trial1(items: Sequence[Item], tasks: dict[str, Task], model, cfg: EvaluateConfig,
            prefix: bool = True) -> list[dict[str, Any]]:
-    prompts, gens = run_trials(model, tasks, items, [trial_messages(tasks[it.task], it) for it in items],
-                               cfg.max_new_tokens_trial, prefix=prefix)
-    rows = []
-    for it, p, g in zip(items, prompts, gens):
-        v = tasks[it.task].verify(g.text, it)
-        rows.append({"item_id": it.id, "task": it.task, "t1_prompt": p, "t1": attempt_text(p, g.text, tasks[it.task]),
-                     "t1_answer": v.extracted, "t1_correct": v.correct, "t1_stop": g.stop_reason,
-                     "t1_forced": g.forced, "t1_new_tokens": g.n_new_tokens})
-    return rows
+    attempts = first_trials(model, items, _row_tasks(items, tasks), cfg.max_new_tokens_trial, prefix=prefix)
+    return [{"item_id": it.id, "task": it.task, "t1_prompt": a.prompt, "t1": a.text, "t1_answer": a.verdict.extracted,
+             "t1_correct": a.verdict.correct, "t1_stop": a.gen.stop_reason, "t1_forced": a.gen.forced,
+             "t1_new_tokens": a.gen.n_new_tokens}
+            for it, a in zip(items, attempts)]
 
 
-def _oracle(cfg: EvaluateConfig) -> bool:
-    return cfg.protocol == "oracle"
+def _t2(a: Attempt) -> dict[str, Any]:
+    return {"t2": a.text, "t2_answer": a.verdict.extracted, "t2_correct": a.verdict.correct, "t2_stop": a.gen.stop_reason,
+            "t2_forced": a.gen.forced, "t2_new_tokens": a.gen.n_new_tokens}
 
 
-# One reflect -> retry step for the rows `idx`, each looking at its latest attempt: returns per row the
-# fields to record, including `t2` (the new attempt's text), `t2_answer` and `t2_correct`.
-Step = Callable[[list[int], list[str], list[str | None]], list[dict[str, Any]]]
+def _record(step: Step) -> dict[str, Any]:
+    """One round of one row as predictions.jsonl holds it."""
+    if step.output is not None:   # a one-stage output
+        return {"prompt": step.retry.prompt, "output": step.output, "reflection": step.reflection_part, **_t2(step.retry)}
+    out: dict[str, Any] = {}
+    if step.reflection is not None:
+        r = step.reflection
+        out = {"reflection_prompt": r.prompt, "reflection": r.text, "reflection_stop": r.gen.stop_reason,
+               "reflection_new_tokens": r.gen.n_new_tokens}
+    return {**out, "t2_prompt": step.retry.prompt, **_t2(step.retry)}
 
 
-def _rounds(items: Sequence[Item], t1_rows: list[dict[str, Any]], cfg: EvaluateConfig, step: Step) -> list[dict[str, Any]]:
-    """Run `cfg.rounds` reflect -> retry rounds. Oracle: only rows still wrong go on (a right answer is
-    final); intrinsic: every row goes on, and the last answer counts. Each row gets `correct_by_round`
-    (trial 1, after round 1, ..., after round R), `t2_correct` (after round 1) and `final_correct`."""
-    oracle = _oracle(cfg)
+def _rounds(items: Sequence[Item], tasks: dict[str, Task], t1_rows: list[dict[str, Any]], cfg: EvaluateConfig,
+            step: StepFn) -> list[dict[str, Any]]:
+    """Run `cfg.rounds` reflect -> retry rounds (`reflectevo.protocol.rounds.run_rounds`). Oracle: only rows still
+    wrong go on (a right answer is final); intrinsic: every row goes on, and the last answer counts. Each row gets
+    `correct_by_round` (trial 1, after round 1, ..., after round R), `t2_correct` (after round 1) and
+    `final_correct`."""
+    oracle = cfg.protocol == "oracle"
     out = [{"item_id": r["item_id"], "task": r["task"], "t1_correct": r["t1_correct"],
             **{k: r[k] for k in ("t1_answer", "t1_stop", "t1_forced", "t1_new_tokens") if k in r},
-            "correct_by_round": [r["t1_correct"]]} for r in t1_rows]
-    latest = [r["t1"] for r in t1_rows]
-    rejected = [r.get("t1_answer") for r in t1_rows]
-    active = [i for i, r in enumerate(t1_rows) if not (oracle and r["t1_correct"])]
-    for rnd in range(1, cfg.rounds + 1):
-        records = step(active, [latest[i] for i in active], [rejected[i] for i in active]) if active else []
-        for i, rec in zip(active, records):
+            "correct_by_round": None} for r in t1_rows]
+    jobs = [Job(items[i], tasks[items[i].task], latest=r["t1"], rejected=r.get("t1_answer"), key=i)
+            for i, r in enumerate(t1_rows) if not (oracle and r["t1_correct"])]
+    run_rounds(jobs, cfg.rounds, oracle, step)
+    steps = {job.key: job.steps for job in jobs}
+    for i, row in enumerate(out):
+        done = steps.get(i, [])
+        for rnd, st in enumerate(done, start=1):
             if rnd == 1:
-                out[i].update(rec)
+                row.update(_record(st))
             else:
-                out[i].setdefault("rounds", []).append({"round": rnd, **rec})
-            latest[i] = rec["t2"]
-            if rec.get("t2_answer") is not None:
-                rejected[i] = rec["t2_answer"]
-            out[i]["correct_by_round"].append(bool(rec["t2_correct"]))
-        done = set(active)
-        for i, row in enumerate(out):  # rows that did not reflect this round keep their answer
-            if i not in done:
-                row["correct_by_round"].append(row["correct_by_round"][-1])
-        active = [i for i in active if not (oracle and out[i]["correct_by_round"][-1])]
-    for row in out:
-        row["t2_correct"] = row["correct_by_round"][1]
-        row["final_correct"] = row["correct_by_round"][-1]
+                row.setdefault("rounds", []).append({"round": rnd, **_record(st)})
+        by_round = [bool(row["t1_correct"])] + [bool(st.retry.verdict.correct) for st in done]
+        by_round += [by_round[-1]] * (cfg.rounds + 1 - len(by_round))   # rows that stopped keep their answer
+        row["correct_by_round"] = by_round
+        row["t2_correct"] = by_round[1]
+        row["final_correct"] = by_round[-1]
     return out
-
-
-def _retry_step(items, tasks, model, cfg: EvaluateConfig, idx: list[int], latest: list[str],
-                reflections: list[str] | None, rejected: list[str | None]) -> list[dict[str, Any]]:
-    msgs = [trial_messages(tasks[items[i].task], items[i],
-                           reflection=reflections[n] if reflections is not None else None,
-                           previous=latest[n], retry=True, oracle=_oracle(cfg),
-                           rejected=rejected[n] if cfg.name_rejected and _oracle(cfg) else None)
-            for n, i in enumerate(idx)]
-    if not idx:
-        return []
-    prompts, gens = run_trials(model, tasks, [items[i] for i in idx], msgs, cfg.max_new_tokens_trial)
-    recs = []
-    for i, p, g in zip(idx, prompts, gens):
-        task = tasks[items[i].task]
-        v = task.verify(g.text, items[i])
-        recs.append({"t2_prompt": p, "t2": attempt_text(p, g.text, task), "t2_answer": v.extracted,
-                     "t2_correct": v.correct, "t2_stop": g.stop_reason, "t2_forced": g.forced,
-                     "t2_new_tokens": g.n_new_tokens})
-    return recs
 
 
 def reflect_then_retry(items, tasks, t1_rows, reflector, corrector, cfg: EvaluateConfig) -> list[dict[str, Any]]:
     """Each round: `reflector` reflects (greedy, test prompt, no demand) on the latest attempt and
     `corrector` retries after it."""
-
-    def step(idx: list[int], latest: list[str], rejected: list[str | None]) -> list[dict[str, Any]]:
-        r_prompts = [reflector.render(reflection_messages(items[i], t, None, oracle=_oracle(cfg)))
-                     for i, t in zip(idx, latest)]
-        gens = reflector.generate(r_prompts, reflection_sampling(cfg.max_new_tokens_reflection))
-        refl = [g.text for g in gens]
-        recs = _retry_step(items, tasks, corrector, cfg, idx, latest, refl, rejected)
-        return [{"reflection_prompt": p, "reflection": r, "reflection_stop": g.stop_reason,
-                 "reflection_new_tokens": g.n_new_tokens, **rec}
-                for p, r, g, rec in zip(r_prompts, refl, gens, recs)]
-
-    return _rounds(items, t1_rows, cfg, step)
+    return _rounds(items, tasks, t1_rows, cfg, reflect_retry_step(reflector, corrector, round_spec(cfg)))
 
 
 def retry_without_reflection(items, tasks, t1_rows, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:
     """The "prompt-based w/o reflection" baseline: failure notice (oracle) and previous attempt only."""
-    return _rounds(items, t1_rows, cfg,
-                   lambda idx, latest, rejected: _retry_step(items, tasks, model, cfg, idx, latest, None, rejected))
+    spec = replace(round_spec(cfg), reflect=False)
+    return _rounds(items, tasks, t1_rows, cfg, reflect_retry_step(model, model, spec))
 
 
 def one_stage(items, tasks, model, t1_rows, cfg: EvaluateConfig) -> list[dict[str, Any]]:
     """The one-stage adapter writes the reflection and the new answer in one output; the answer part is
     the attempt the next round looks at."""
-    budget = cfg.max_new_tokens_reflection + cfg.max_new_tokens_trial
-
-    def step(idx: list[int], latest: list[str], rejected: list[str | None]) -> list[dict[str, Any]]:
-        prompts = [model.render(one_stage_messages(tasks[items[i].task], items[i], t, oracle=_oracle(cfg)))
-                   for i, t in zip(idx, latest)]
-        row_tasks = [tasks[items[i].task] for i in idx]
-        gens = generate_per_task(model, prompts, row_tasks, lambda task: one_stage_sampling(task, budget))
-        gens = answer_step(model, prompts, row_tasks, gens)   # an output without an answer gets the answer step
-        recs = []
-        for i, p, g in zip(idx, prompts, gens):
-            reflection, answer = split_one_stage(g.text)
-            v = tasks[items[i].task].verify(answer or g.text, items[i])
-            recs.append({"prompt": p, "output": g.text, "reflection": reflection, "t2": answer or g.text,
-                         "t2_answer": v.extracted, "t2_correct": v.correct, "t2_stop": g.stop_reason,
-                         "t2_forced": g.forced, "t2_new_tokens": g.n_new_tokens})
-        return recs
-
-    return _rounds(items, t1_rows, cfg, step)
+    return _rounds(items, tasks, t1_rows, cfg, one_stage_step(model, round_spec(cfg)))
 
 
 def answers_only(items, tasks, model, cfg: EvaluateConfig) -> list[dict[str, Any]]:

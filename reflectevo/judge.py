@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reflectevo.backends import Sampling
+from reflectevo.sampling import Sampling
 
 JUDGE_PROMPT = """You compare two self-reflections written after a failed attempt at a question. A good \
 reflection finds the actual error, explains why the attempt failed, and gives a concrete plan that \
@@ -57,7 +57,7 @@ def judge_record(preset_name: str, preset: Any, backend: Any, kind: str = "prese
     """Who judged: kind (likelihood | self | preset), preset, backend, base-model fingerprint, prompt
     version; for an endpoint also its URL (scheme, host, port, path: never a key), the served model
     name and the request mode."""
-    from reflectevo.models import model_fingerprint
+    from reflectevo.models.fingerprint import model_fingerprint
 
     version = LIKELIHOOD_VERSION if kind == "likelihood" else JUDGE_PROMPT_VERSION
     record: dict[str, Any] = {"kind": kind, "preset": preset_name, "backend": preset.backend,
@@ -110,11 +110,28 @@ def answer_split(completion: str) -> tuple[str, str] | None:
     return completion[:m.end()], completion[m.end():end + len(close)]
 
 
+def check_judge_backend(kind: str, preset_name: str, preset: Any) -> None:
+    """Before any model loads: `curate.judge: likelihood` needs a backend that scores continuations (`score`:
+    transformers, vllm, scripted); an endpoint (`backend: openai`) cannot, and would otherwise fail only after
+    its client (or a vLLM engine) started. Checked on the backend's class."""
+    if kind != "likelihood":
+        return
+    from reflectevo.backends.registry import BACKENDS
+    from reflectevo.errors import ReflectEvoError
+
+    cls = BACKENDS.get(preset.backend, where=f"models.{preset_name}.backend")
+    if not callable(getattr(cls, "score", None)):
+        able = [n for n in BACKENDS.names() if callable(getattr(BACKENDS.get(n), "score", None))]
+        raise ReflectEvoError(f"curate.judge: likelihood scores continuations, which backend {preset.backend!r} of "
+                              f"models.{preset_name} cannot ({', '.join(able)} can); use curate.judge: self or a "
+                              "generating judge preset")
+
+
 def likelihood_judge(comparisons: Sequence[Comparison], backend, margin: float = 1e-3) -> list[dict[str, Any]]:
     """Prefer the reflection under which the model gives the right answer the higher probability: for
     each fixing reflection, the log-probability of its retry's (correct) answer tokens given the retry
     prompt and the retry's own reasoning up to the answer. No generation, no position bias; a pair whose
-    scores differ by less than `margin` nats has no winner. Needs a backend with `score` (transformers)."""
+    scores differ by less than `margin` nats has no winner. Needs a backend with `score` (`check_judge_backend`)."""
     score = getattr(backend, "score", None)
     if score is None:
         from reflectevo.errors import ReflectEvoError
@@ -147,9 +164,6 @@ def likelihood_judge(comparisons: Sequence[Comparison], backend, margin: float =
     return out
 
 
-SCORING_BACKENDS = ("transformers", "scripted")   # backends with `score` (the likelihood judge needs it)
-
-
 class LazyJudge:
     """A judge whose backend is built at its first call, so a run with no pair to judge never loads a model
     (curate: `judge=LazyJudge(...)`, `judge_info=lazy.info`). `info` is the judge record (kind, preset,
@@ -157,12 +171,7 @@ class LazyJudge:
     the backend is built, before the first verdict is returned."""
 
     def __init__(self, kind: str, preset_name: str, preset: Any, make_backend: Any) -> None:
-        if kind == "likelihood" and preset.backend not in SCORING_BACKENDS:
-            from reflectevo.errors import ReflectEvoError
-
-            raise ReflectEvoError(f"curate.judge likelihood needs a backend that scores continuations "
-                                  f"({', '.join(SCORING_BACKENDS)}); models.{preset_name}.backend is {preset.backend!r}: "
-                                  "use a generating judge (self, or a preset)")
+        check_judge_backend(kind, preset_name, preset)   # likelihood on a backend that cannot score: now
         self.kind, self.preset_name, self.preset = kind, preset_name, preset
         self._make_backend = make_backend
         self.backend: Any = None

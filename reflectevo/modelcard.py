@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.settings import registry
 
 NO_DATA = "no training data"
-UNTRAINED = (NO_DATA, "disabled")
+UNTRAINED = (NO_DATA, "disabled", "skipped")   # skipped: a scripted preset (no weights)
 
 
 def base_model_info(preset_name: str, preset: ModelPreset) -> dict[str, Any]:
@@ -63,8 +63,9 @@ def _usage(card: dict[str, Any], role: str | None, where: str) -> list[str]:
              "from transformers import AutoModelForCausalLM, AutoTokenizer", ""]
     if base.get("source") == "gguf-package" or not base.get("hub_id"):
         lines += ["# the base is the reflectevo preset (see the provenance above); it builds or unpacks it locally",
-                  "from reflectevo.config import load_preset, read_params",
-                  "from reflectevo.models import resolve_model", "",
+                  "from reflectevo.config.params import read_params",
+                  "from reflectevo.config.presets import load_preset",
+                  "from reflectevo.models.load import resolve_model", "",
                   f'base_dir = resolve_model(*load_preset(read_params("params.yaml"), "{preset}"))',
                   "base = AutoModelForCausalLM.from_pretrained(base_dir)",
                   "tokenizer = AutoTokenizer.from_pretrained(base_dir)"]

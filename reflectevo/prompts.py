@@ -10,7 +10,6 @@ an earlier retry.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 
 from reflectevo.demands import demand_pool
@@ -120,20 +119,6 @@ GENERATION_TEMPLATES = (INSTRUCTION, TRIAL, REFLECTION_BLOCK, PREVIOUS_TRIAL, FA
                         RETRY_BLOCK, REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK, REJECTED)  # + variants of generate
 TEMPLATES = (REFLECT_INTRINSIC, REVIEW_BLOCK, RECHECK_BLOCK, INSTRUCTION, TRIAL, REFLECTION_BLOCK, RETRY_BLOCK,
              PREVIOUS_TRIAL, FAILURE_NOTICE, REFLECT, REFLECT_TEST, ONE_STAGE_SUFFIX, ONE_STAGE_SEPARATOR, REJECTED)
-
-
-@functools.lru_cache(maxsize=1)
-def prompt_version() -> str:
-    """'v1-<hash>' over the generation templates and the demand pool: recorded in each generated record.
-
-    Task-specific prompt parts (answer form, few-shot examples) are keyed per task: `task_prompt_hash`."""
-    from reflectevo import mechanics
-
-    h = hashlib.sha256("\x00".join(GENERATION_TEMPLATES).encode())
-    h.update(repr(sorted(demand_pool().items())).encode())
-    h.update(repr((mechanics.MECHANICS_VERSION, mechanics.REFLECTION_STOPS, mechanics.ONE_STAGE_STOPS,
-                   mechanics.ANSWER_STEP_TOKENS)).encode())
-    return f"v2-{h.hexdigest()[:10]}"
 
 
 def task_prompt_hash(task: Task) -> str:

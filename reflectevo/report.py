@@ -27,7 +27,7 @@ import html
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -745,7 +745,17 @@ def _env():
     import jinja2
     from markupsafe import Markup
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, finalize=_escape,
+    class Environment(jinja2.Environment):
+        """`row.items` means the key "items" of a dict, not the dict's method (Jinja prefers attributes,
+        so `{{ r.items }}` would print `<built-in method items ...>`); a key that is absent still falls
+        back to the attribute, so `d.items()` keeps working."""
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            if isinstance(obj, Mapping) and attribute in obj:
+                return obj[attribute]
+            return super().getattr(obj, attribute)
+
+    env = Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True, finalize=_escape,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters.update(pct=_pct, clip=_clip, script_json=lambda obj: Markup(_json_for_script(obj)))

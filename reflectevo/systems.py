@@ -63,7 +63,7 @@ def run_evaluation(name: str, preset: Any, cfg: Any, items: list, tasks: dict, m
     import gc
 
     from reflectevo import evaluation as ev
-    from reflectevo.backends.hf import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.diagnostics import prediction_diagnostics
     wanted = set(only)
     cards, skipped = trained_cards(models, name, tuple(wanted))
@@ -96,7 +96,9 @@ def run_evaluation(name: str, preset: Any, cfg: Any, items: list, tasks: dict, m
             systems[setting] = ev.answers_only(items, tasks, backend(adapter(setting, spec.roles[0])), cfg)
         else:                                  # reflect_retry: the reflector, then the retry by `spec.retry`
             reflector = backend(adapter(setting, spec.roles[0]))
-            retry = card.get("retry_by") if spec.retry == "card" else spec.retry
+            retry = spec.retry
+            if retry == "card":   # the card says who retried in training: the reflector (policy) or the base
+                retry = "policy" if card.get("retry_by") == "policy" else "base"
             corrector = (reflector if retry in ("policy", spec.roles[0]) else base if retry == "base"
                          else backend(adapter(setting, retry)))
             systems[setting] = ev.reflect_then_retry(items, tasks, t1, reflector, corrector, cfg)

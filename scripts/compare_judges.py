@@ -19,10 +19,12 @@ import typer
 
 def main(raw: Path = Path("data/raw"), params: Path = Path("params.yaml"),
          out: Path = Path("bench/results/judges.json")) -> None:
-    from reflectevo.backends.hf import make_backend
-    from reflectevo.config import load_preset, load_section, read_params
-    from reflectevo.curation import attempt, near_duplicates, reflection_problem
-    from reflectevo.shards import iter_episodes, shard_files
+    from reflectevo.backends.registry import make_backend
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.curation import near_duplicates, reflection_problem
+    from reflectevo.episodes.record import attempt
+    from reflectevo.episodes.shards import iter_episodes, shard_files
     from reflectevo.judge import Comparison, judge, likelihood_judge
 
     p = read_params(params)

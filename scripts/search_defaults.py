@@ -42,12 +42,15 @@ CANDIDATES = {
 
 def main(out: Path = Path("bench/results/default_search.json"), n: int = 48, dtype: str = "auto",
          only: str = "", max_new_trial: int = 96, max_new_reflection: int = 96) -> None:
-    from reflectevo.backends.hf import make_backend
-    from reflectevo.config import GenerateConfig, load_preset, read_params
+    from reflectevo.backends.registry import make_backend
+    from reflectevo.config.sections import GenerateConfig
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import read_params
     from reflectevo.diagnostics import episode_diagnostics
-    from reflectevo.generation import generate, make_spec
-    from reflectevo.models import model_fingerprint
-    from reflectevo.tasks import get_task
+    from reflectevo.generation.run import generate
+    from reflectevo.generation.keys import make_spec
+    from reflectevo.models.fingerprint import model_fingerprint
+    from reflectevo.tasks.registry import get_task
 
     _, preset = load_preset(read_params("params.yaml"), "smollm2-135m")
     preset = replace(preset, dtype=dtype)

@@ -1,6 +1,6 @@
 """Stage `curate`: raw episodes -> D+ and D± (train/eval split by item) + statistics + data card.
 
-Streams the shards one episode at a time (`reflectevo.shards.iter_episodes`); peak memory does not grow
+Streams the shards one episode at a time (`reflectevo.episodes.shards.iter_episodes`); peak memory does not grow
 with the number of episodes. An episode lacking a field curate needs stops it with one line naming the
 file, the row and the field (exit 2), before any output is replaced.
 
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import typer
 
-from reflectevo.stage import friendly_errors, stage_params
+from reflectevo.config.params import stage_params
+from reflectevo.stage import friendly_errors
 
 app = typer.Typer(add_completion=False)
 
@@ -31,8 +32,9 @@ def lazy_judge(params: Path, cfg):
     `model`), any other name a preset; any backend (transformers, vllm, openai: an endpoint)."""
     if cfg.judge == "none":
         return None
-    from reflectevo.backends.hf import make_backend
-    from reflectevo.config import load_preset, read_params
+    from reflectevo.backends.registry import make_backend
+    from reflectevo.config.params import read_params
+    from reflectevo.config.presets import load_preset
     from reflectevo.judge import JUDGES, LazyJudge
 
     raw = read_params(params)
@@ -46,19 +48,19 @@ def lazy_judge(params: Path, cfg):
 def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: Path = Path("data/curated"),
          metrics: Path = Path("metrics/curate.json"),
          headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
-    from reflectevo.config import to_dict
-    from reflectevo.curation import check_episode, curate_stream
+    from reflectevo.config.loader import to_dict
+    from reflectevo.curation import curate_stream
+    from reflectevo.episodes.record import check_episode
     from reflectevo.datacard import curated_card
     from reflectevo.diagnostics import EpisodeDiagnostics
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import JsonlWriter, write_json, write_text
-    from reflectevo.shards import iter_episodes
-    from reflectevo.stage import check_episode_shards
+    from reflectevo.episodes.shards import check_shards, iter_episodes
 
     _, _, cfg = stage_params(params, "curate", with_model=False)
     judge_fn = lazy_judge(params, cfg)   # its preset checked now; its model loaded at the first pair to judge
     judge_info = judge_fn.info if judge_fn is not None else None
-    check_episode_shards(raw)            # every shard's columns and first episodes, before any model
+    check_shards(raw)                    # every shard's columns and first episodes, before any model
     # Streams: one episode (and one judge batch) in memory; every output goes to a temporary file that
     # replaces the old one only once all episodes were read, so bad input leaves nothing half-written.
     names = [f"{kind}_{split}" for kind in ("dplus", "dpm", "dpref") for split in ("train", "eval")]

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import typer
 
-from reflectevo.stage import friendly_errors, load_items, stage_params
+from reflectevo.config.params import stage_params
+from reflectevo.stage import friendly_errors
+
+from reflectevo.tasks.items import load_items
 
 app = typer.Typer(add_completion=False)
 
@@ -27,11 +30,12 @@ app = typer.Typer(add_completion=False)
 @friendly_errors
 def prepare(params: Path = Path("params.yaml"), exclude: Path = Path("data/sources"),
             out: Path = Path("data/demo/sources")) -> None:
-    from reflectevo.config import load_section, read_params, to_dict
+    from reflectevo.config.loader import to_dict
+    from reflectevo.config.params import load_section, read_params
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
-    from reflectevo.stage import iter_items
-    from reflectevo.tasks import get_task
+    from reflectevo.tasks.items import iter_items
+    from reflectevo.tasks.registry import get_task
 
     raw = read_params(params)
     if "demo" not in raw:
@@ -82,9 +86,9 @@ def evaluate(params: Path = Path("params.yaml"), protocol: str = typer.Option(..
              headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     import dataclasses
 
-    from reflectevo.config import load_section, read_params
+    from reflectevo.config.params import load_section, read_params
     from reflectevo.errors import ReflectEvoError, unknown
-    from reflectevo.models import check_available
+    from reflectevo.models.load import check_available
     from reflectevo.systems import run_evaluation, write_evaluation
 
     name, preset, cfg = stage_params(params, "evaluate")

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import typer
 
-from reflectevo.stage import friendly_errors, load_items, stage_params
+from reflectevo.config.params import stage_params
+from reflectevo.stage import friendly_errors
+
+from reflectevo.tasks.items import load_items
 
 app = typer.Typer(add_completion=False)
 
@@ -30,7 +33,7 @@ def main(params: Path = Path("params.yaml"), sources: Path = Path("data/sources/
          metrics: Path = Path("metrics/eval.json"), plots: Path = Path("plots/eval"),
          headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.models import check_available
+    from reflectevo.models.load import check_available
     from reflectevo.systems import run_evaluation, write_evaluation
 
     name, preset, cfg = stage_params(params, "evaluate")

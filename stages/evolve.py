@@ -33,7 +33,7 @@ def _stage_main(name: str):
 
 
 def _cfg(params: Path):
-    from reflectevo.config import load_section, read_params
+    from reflectevo.config.params import load_section, read_params
 
     return load_section(read_params(params), "evolve")
 
@@ -111,10 +111,12 @@ def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = 
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
-    from reflectevo.config import EvolveConfig, evolve_chain, from_dict, read_params
+    from reflectevo.config.loader import from_dict
+    from reflectevo.config.params import read_params
+    from reflectevo.config.sections import EvolveConfig, evolve_chain
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import read_input_text, write_text
-    from reflectevo.stage import one_line
+    from reflectevo.errors import one_line
 
     if iterations < 1:
         raise ReflectEvoError(f"evolve.iterations: must be >= 1 (1 = train once, as the paper), got {iterations}")
@@ -154,6 +156,7 @@ def chain(iterations: int = typer.Argument(..., help="N: iterations in all (1 = 
 def generate(iteration: str = typer.Option(...), previous: Path = typer.Option(..., help="iteration i-1's models folder"),
              out: Path = typer.Option(...), params: Path = Path("params.yaml"),
              sources: Path = Path("data/sources/train.jsonl")) -> None:
+    from reflectevo.generation.stage import run_generate
     from reflectevo.jsonio import write_json
 
     cfg = _cfg(params)
@@ -167,15 +170,15 @@ def generate(iteration: str = typer.Option(...), previous: Path = typer.Option(.
         write_json(out / "generate.json", {"iteration": number, "stopped": why})
         typer.echo(f"evolve {iteration}: stopped: {why}")
         return
-    _stage_main("generate")(params=params, sources=sources, out=out / "raw", summary=out / "generate.json",
-                            progress=False, shard=None, adapters=prev)
+    run_generate(params, sources, out / "raw", out / "generate.json", HERE / "generate.py", progress=False,
+                 adapters=prev, echo=typer.echo)
 
 
 @app.command()
 @friendly_errors
 def curate(iteration: str = typer.Option(...), previous_data: Path = typer.Option(..., help="iteration i-1's data"),
            out: Path = typer.Option(...), params: Path = Path("params.yaml")) -> None:
-    from reflectevo.config import load_section, read_params
+    from reflectevo.config.params import load_section, read_params
     from reflectevo.evolve import KINDS, data_kind, union_rows
     from reflectevo.jsonio import read_jsonl, write_json, write_jsonl
     from reflectevo.training.stage import read_rows
@@ -260,10 +263,11 @@ def evaluate(iteration: str = typer.Option(...), out: Path = typer.Option(...), 
              sources: Path = Path("data/sources/test.jsonl")) -> None:
     from reflectevo import evaluation as ev
     from reflectevo.adapters import read_card, untrained_reason
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import write_json, write_jsonl
-    from reflectevo.stage import load_items, stage_params
+    from reflectevo.config.params import stage_params
+    from reflectevo.tasks.items import load_items
 
     cfg = _cfg(params)
     number = _check_iteration(cfg, iteration)

@@ -34,7 +34,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_preset():
-    from reflectevo.config import LoraConfig, ModelPreset
+    from reflectevo.config.presets import LoraConfig, ModelPreset
 
     return ModelPreset(source="tiny-random", dtype="float32", gen_batch_size=16, max_length=2048,
                        lora=LoraConfig(r=4, alpha=8), lr_sft=1e-2)
@@ -42,7 +42,7 @@ def tiny_preset():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from reflectevo.models import build_tiny_random
+    from reflectevo.models.build import build_tiny_random
 
     return build_tiny_random(0)
 

@@ -46,9 +46,17 @@ class FakeLLM:
       `text`, `token_ids`, `finish_reason`, `stop_reason` (vllm/outputs.py:59-94, 137); a completion that
       ends at EOS keeps the EOS as its last token id, finish_reason "stop", stop_reason None
       (vllm/v1/core/sched/utils.py:98-107); one cut at max_tokens has finish_reason "length".
-    The completion is 3 tokens then EOS (or max_tokens tokens), its text names the seed and temperature."""
+    - `prompt_logprobs=k` in the SamplingParams: `RequestOutput.prompt_logprobs` is None for the first prompt
+      position, then per position a dict {token id: Logprob} holding the prompt's own token (vllm/logprobs.py
+      `create_prompt_logprobs`, `append_logprobs_for_next_position`; vllm/v1/engine/logprobs.py
+      `_update_prompt_logprobs`); the values come from `prompt_logprob_fn(ids)` (a test sets it; default: a
+      fixed made-up number per position).
+    The completion is 3 tokens then EOS (or max_tokens tokens), its text names the seed and temperature;
+    `completion_fn(ids, sp)`, when a test sets it, returns (text, token ids, finish_reason, stop_reason) instead."""
 
     instances: ClassVar[list] = []
+    prompt_logprob_fn: ClassVar = None
+    completion_fn: ClassVar = None
     MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
     QUANTIZATION = ("awq", "fp8", "gptq", "gptq_marlin", "awq_marlin", "compressed-tensors", "torchao", "mxfp4")
 
@@ -98,7 +106,16 @@ class FakeLLM:
             tokens = [1] * min(3, sp.max_tokens) + ([EOS] if stop else [])
             comp = types.SimpleNamespace(text=f"seed={sp.seed} T={sp.temperature}", token_ids=tokens,
                                          finish_reason="stop" if stop else "length", stop_reason=None)
-            out.append(types.SimpleNamespace(prompt_token_ids=ids, outputs=[comp]))
+            if FakeLLM.completion_fn is not None:
+                text, tokens, finish, why = FakeLLM.completion_fn(ids, sp)
+                comp = types.SimpleNamespace(text=text, token_ids=tokens, finish_reason=finish, stop_reason=why)
+            plp = None
+            if sp.prompt_logprobs is not None:
+                values = (FakeLLM.prompt_logprob_fn(ids) if FakeLLM.prompt_logprob_fn is not None
+                          else [-0.5 - (i % 5) for i in range(len(ids))])
+                plp = [None] + [{tok: types.SimpleNamespace(logprob=values[i], rank=1, decoded_token=None)}
+                                for i, tok in enumerate(ids) if i > 0]
+            out.append(types.SimpleNamespace(prompt_token_ids=ids, outputs=[comp], prompt_logprobs=plp))
         return out
 
 
@@ -110,7 +127,7 @@ class FakeSamplingParams:
     DEFAULTS: ClassVar[dict] = {"n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
                                 "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": None,
                                 "stop": None, "stop_token_ids": None, "ignore_eos": False, "max_tokens": 16,
-                                "min_tokens": 0, "logprobs": None, "skip_special_tokens": True,
+                                "min_tokens": 0, "logprobs": None, "prompt_logprobs": None, "skip_special_tokens": True,
                                 "include_stop_str_in_output": False}
 
     def __init__(self, **kw) -> None:
@@ -141,4 +158,5 @@ def install(monkeypatch) -> types.ModuleType:
     monkeypatch.setattr(vllm_backend, "_ENGINES", {})
     monkeypatch.setattr(vllm_backend, "_LORA_IDS", {})
     FakeLLM.instances = []
+    FakeLLM.prompt_logprob_fn = FakeLLM.completion_fn = None
     return vllm

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from reflectevo.backends import Generation, Sampling, finish_text
+from reflectevo.sampling import Generation, Sampling, finish_text
 
 
 class ScriptedBackend:
@@ -68,3 +68,19 @@ def tiny_params_dict(params_file, tokens: int = 12, steps: int = 2, n_train: int
     for hp in ("sft", "dpo"):
         p["train"][hp].update(max_steps=steps, batch_size=2, max_length=1024)
     return p
+
+
+def ignore_at_root(root, *names: str):
+    """A `shutil.copytree` ignore that leaves out `names` (glob patterns) directly under `root` only, so a
+    top-level `models/` or `data/` is skipped but the package `reflectevo/models/` is copied."""
+    import fnmatch
+    import os
+
+    root = os.path.abspath(root)
+
+    def ignore(folder, entries):
+        if os.path.abspath(folder) == root:
+            return {e for e in entries if any(fnmatch.fnmatch(e, n) for n in names)}
+        return {e for e in entries if e in ("__pycache__", ".pytest_cache") or e.endswith(".egg-info")}
+
+    return ignore

@@ -12,10 +12,11 @@ import pytest
 from huggingface_hub import DatasetCard, ModelCard
 from test_training import CFG, _fp, dplus_rows
 
-from reflectevo.config import load_preset, read_params
+from reflectevo.config.params import read_params
+from reflectevo.config.presets import load_preset
 from reflectevo.modelcard import base_model_info, model_card_text
-from reflectevo.models import model_fingerprint
-from reflectevo.training import train_setting
+from reflectevo.models.fingerprint import model_fingerprint
+from reflectevo.training.run import train_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from reflectevo import compat
+from reflectevo.compat import convert as conversion
+from reflectevo.compat import fields, jsonstream
+from reflectevo.compat import raw as raw_format
 from reflectevo.cli import app
-from reflectevo.config import CurateConfig
+from reflectevo.config.sections import CurateConfig
 from reflectevo.curation import curate
 from reflectevo.errors import ReflectEvoError
 from reflectevo.jsonio import read_jsonl, write_jsonl
@@ -28,7 +30,7 @@ def examples(shared_data: Path) -> Path:
 
 
 def originals(path: Path) -> list[dict[str, Any]]:
-    return [obj for _, obj in compat.iter_json_objects(path)]
+    return [obj for _, obj in jsonstream.iter_json_objects(path)]
 
 
 def err(result) -> str:
@@ -40,7 +42,7 @@ def err(result) -> str:
 
 
 def test_import_raw_example(examples: Path) -> None:
-    eps = list(compat.import_records(examples / FILES["raw"], "raw", task="logiqa"))
+    eps = list(conversion.import_records(examples / FILES["raw"], "raw", task="logiqa"))
     assert len(eps) == 10
     assert [e["item_id"] for e in eps] == ["2", "4", "5", "6", "10", "13", "16", "20", "25", "26"]
     assert {e["task"] for e in eps} == {"reflectevo/logiqa"}
@@ -63,7 +65,7 @@ def test_import_raw_example(examples: Path) -> None:
 
 
 def test_import_dplus_example_keeps_the_leaky_prompt_out(examples: Path) -> None:
-    rows = list(compat.import_records(examples / FILES["dplus"], "dplus"))
+    rows = list(conversion.import_records(examples / FILES["dplus"], "dplus"))
     raw = originals(examples / FILES["dplus"])
     assert len(rows) == 5 and [r["id"] for r in rows] == ["1", "2", "3", "4", "5"]
     for row, orig in zip(rows, raw):
@@ -73,17 +75,17 @@ def test_import_dplus_example_keeps_the_leaky_prompt_out(examples: Path) -> None
         meta = row["meta"]["reflectevo"]
         assert meta["reason_prompt"][1] == orig["reason_prompt"][1] and "leak" not in meta  # kept, with a note
         assert "(BEGIN)" in meta["prompt_note"] and "Answer is CORRECT" in meta["reason_prompt"][1]
-        assert compat.prompt_leaks(orig["reason_prompt"][1]) and not compat.prompt_leaks(orig["reason_prompt"][0])
+        assert fields.prompt_leaks(orig["reason_prompt"][1]) and not fields.prompt_leaks(orig["reason_prompt"][0])
         assert row["reflection"] == orig["reflections"] and row["reflection_prompt"] == orig["reflect_prompt"]
         assert row["trial1_answer"] == orig["first_trial_answer"]
         assert row["trial2_answer"] == orig["second_trial_answer"] and row["trial2_correct"] is True
         assert orig["first_trial_reasoning"] == row["trial1"] + meta["trial1_observation"]
         assert meta["trial1_observation"].endswith("Answer is INCORRECT")
-        assert row["item_id"] == compat.derive_item_id(orig["question"])
+        assert row["item_id"] == fields.derive_item_id(orig["question"])
 
 
 def test_import_dpm_example(examples: Path) -> None:
-    rows = list(compat.import_records(examples / FILES["dpm"], "dpm"))
+    rows = list(conversion.import_records(examples / FILES["dpm"], "dpm"))
     assert len(rows) == 5
     assert len({r["item_id"] for r in rows}) == 1  # one question
     assert all(r["chosen"]["trial2_correct"] and not r["rejected"]["trial2_correct"] for r in rows)
@@ -94,7 +96,7 @@ def test_import_dpm_example(examples: Path) -> None:
 
 
 def test_import_dpref_example_keeps_mojibake(examples: Path) -> None:
-    rows = list(compat.import_records(examples / FILES["dpref"], "dpref"))
+    rows = list(conversion.import_records(examples / FILES["dpref"], "dpref"))
     assert len(rows) == 5
     assert all(r["judge"] is None for r in rows)
     assert all(r["chosen"]["trial2_correct"] and r["rejected"]["trial2_correct"] for r in rows)
@@ -113,11 +115,11 @@ def test_example_round_trip(kind: str, examples: Path, tmp_path: Path) -> None:
     ours = tmp_path / "ours.jsonl"
     theirs = tmp_path / "theirs.jsonl"
     again = tmp_path / "again.jsonl"
-    compat.convert(src, ours, kind, "from", task="bigbench")
-    compat.convert(ours, theirs, kind, "to")
+    conversion.convert(src, ours, kind, "from", task="bigbench")
+    conversion.convert(ours, theirs, kind, "to")
     # export(import(x)) reproduces their records (names, key order, verdict lines, ids, lowercase golds)
     assert read_jsonl(theirs) == originals(src)
-    compat.convert(theirs, again, kind, "from", task="bigbench")
+    conversion.convert(theirs, again, kind, "from", task="bigbench")
     assert read_jsonl(again) == read_jsonl(ours)
 
 
@@ -178,10 +180,10 @@ def pick(obj: dict, path: tuple[str, ...]) -> Any:
 def test_our_episodes_to_reflectevo_and_back(tmp_path: Path) -> None:
     eps = synthetic_episodes()
     write_jsonl(tmp_path / "episodes.jsonl", eps)
-    compat.convert(tmp_path / "episodes.jsonl", tmp_path / "theirs.jsonl", "raw", "to")
+    conversion.convert(tmp_path / "episodes.jsonl", tmp_path / "theirs.jsonl", "raw", "to")
     theirs = read_jsonl(tmp_path / "theirs.jsonl")
     mc, code, easy = theirs
-    assert list(mc) == ["question", "answer", "id", "output", compat.PRE_GENERATION_MARK]
+    assert list(mc) == ["question", "answer", "id", "output", raw_format.PRE_GENERATION_MARK]
     assert mc["answer"] == "b"  # lowercase gold
     assert mc["output"][0]["reason_prompt"] == "p1" and mc["output"][1]["reflection_prompt"] == "reflect on mc-1"
     assert mc["id"] == "mc-1" and [o["trail"] for o in mc["output"]] == [1, 2, 2]
@@ -197,7 +199,7 @@ def test_our_episodes_to_reflectevo_and_back(tmp_path: Path) -> None:
     for name, idx in (("demo/mc", [0, 2]), ("demo/code", [1])):
         part = tmp_path / f"{name.replace('/', '_')}.jsonl"
         write_jsonl(part, [theirs[i] for i in idx])
-        back = list(compat.import_records(part, "raw", task=name))
+        back = list(conversion.import_records(part, "raw", task=name))
         for b, i in zip(back, idx):
             for f in EPISODE_FIELDS:
                 assert pick(b, f) == pick(eps[i], f), f
@@ -210,11 +212,11 @@ def test_our_episodes_to_reflectevo_and_back(tmp_path: Path) -> None:
 def test_run_py_prompts_go_to_meta(tmp_path: Path) -> None:
     """Their run.py prompts are rebuilt after generation: unmarked records never fill our prompts."""
     write_jsonl(tmp_path / "e.jsonl", synthetic_episodes()[:1])
-    compat.convert(tmp_path / "e.jsonl", tmp_path / "t.jsonl", "raw", "to")
+    conversion.convert(tmp_path / "e.jsonl", tmp_path / "t.jsonl", "raw", "to")
     rec = read_jsonl(tmp_path / "t.jsonl")[0]
-    del rec[compat.PRE_GENERATION_MARK]
+    del rec[raw_format.PRE_GENERATION_MARK]
     write_jsonl(tmp_path / "t.jsonl", [rec])
-    ep = next(compat.import_records(tmp_path / "t.jsonl", "raw"))
+    ep = next(conversion.import_records(tmp_path / "t.jsonl", "raw"))
     assert ep["trial1"]["prompt"] is None and ep["samples"][0]["reflection"]["prompt"] is None
     outs = ep["meta"]["reflectevo"]["outputs"]
     assert outs[0]["reason_prompt"] == "p1" and outs[1]["reflection_prompt"] == "reflect on mc-1"
@@ -240,10 +242,10 @@ def test_our_curated_rows_to_reflectevo_and_back(tmp_path: Path) -> None:
     assert [len(v) for v in rows.values()] == [2, 2, 1]
     for kind, ours in rows.items():
         write_jsonl(tmp_path / f"{kind}.jsonl", ours)
-        compat.convert(tmp_path / f"{kind}.jsonl", tmp_path / f"{kind}_theirs.jsonl", kind, "to")
+        conversion.convert(tmp_path / f"{kind}.jsonl", tmp_path / f"{kind}_theirs.jsonl", kind, "to")
         theirs = read_jsonl(tmp_path / f"{kind}_theirs.jsonl")
         assert all(t["answer"] == "b" and t["first_trial_reasoning"].endswith("Answer is INCORRECT") for t in theirs)
-        back = list(compat.import_records(tmp_path / f"{kind}_theirs.jsonl", kind, task="demo/mc"))
+        back = list(conversion.import_records(tmp_path / f"{kind}_theirs.jsonl", kind, task="demo/mc"))
         for o, b, t in zip(ours, back, theirs):
             for f in ROW_FIELDS:
                 assert b[f] == o[f], (kind, f)
@@ -283,10 +285,10 @@ def test_cli_convert_both_ways(kind: str, examples: Path, tmp_path: Path) -> Non
 
 
 def test_task_from_their_file_name(tmp_path: Path) -> None:
-    assert compat.task_name(None, "data_x/mbpp_COT-generated_0_1_1_True.jsonl") == "reflectevo/mbpp"
-    assert compat.task_name(None, "bigbenchfree_COT-generated_0_test_.jsonl") == "reflectevo/bigbenchfree"
-    assert compat.task_name(None, "example_D+.jsonl") == compat.UNKNOWN_TASK
-    assert compat.task_name("rg/chain_sum") == "rg/chain_sum"
+    assert fields.task_name(None, "data_x/mbpp_COT-generated_0_1_1_True.jsonl") == "reflectevo/mbpp"
+    assert fields.task_name(None, "bigbenchfree_COT-generated_0_test_.jsonl") == "reflectevo/bigbenchfree"
+    assert fields.task_name(None, "example_D+.jsonl") == fields.UNKNOWN_TASK
+    assert fields.task_name("rg/chain_sum") == "rg/chain_sum"
 
 
 @pytest.mark.parametrize("flags", [[], ["--from", "reflectevo", "--to", "reflectevo"]])
@@ -324,7 +326,7 @@ def test_malformed_jsonl_line_names_file_and_line(examples: Path, tmp_path: Path
 def test_broken_object_in_pretty_printed_raw_file(examples: Path, tmp_path: Path) -> None:
     text = (examples / FILES["raw"]).read_text(encoding="utf-8")
     # the 4th object starts on line 121; break a value inside it
-    start = [m for m, _ in compat.iter_json_objects(examples / FILES["raw"])]
+    start = [m for m, _ in jsonstream.iter_json_objects(examples / FILES["raw"])]
     assert start[:4] == [1, 41, 81, 121]
     lines = text.split("\n")
     at = next(i for i in range(120, len(lines)) if '"is_correct": false' in lines[i])  # 0-based
@@ -332,7 +334,7 @@ def test_broken_object_in_pretty_printed_raw_file(examples: Path, tmp_path: Path
     bad = tmp_path / "raw.json"
     bad.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(ReflectEvoError) as e:
-        list(compat.import_records(bad, "raw"))
+        list(conversion.import_records(bad, "raw"))
     msg = str(e.value)
     offset = len("\n".join(text.split("\n")[:120]).encode("utf-8")) + 1
     assert msg.startswith(f"{bad}:121: malformed JSON in the object starting at byte offset {offset}")
@@ -352,11 +354,11 @@ def test_missing_fields_are_named(examples: Path, tmp_path: Path) -> None:
     del raw[1]["output"][1]["is_correct"]
     write_jsonl(bad, raw)
     with pytest.raises(ReflectEvoError, match=r"dpm.jsonl:2: output\[1\]: missing field 'is_correct'"):
-        list(compat.import_records(bad, "raw"))
+        list(conversion.import_records(bad, "raw"))
     del raw[0]["output"][0]["reasoning"]
     write_jsonl(bad, raw)
     with pytest.raises(ReflectEvoError, match=r":1: output\[0\]: missing field 'scratchpad' \(or 'reasoning'\)"):
-        list(compat.import_records(bad, "raw"))
+        list(conversion.import_records(bad, "raw"))
 
     ours = synthetic_episodes()
     del ours[2]["trial1"]
@@ -370,4 +372,4 @@ def test_trial_order_is_checked(examples: Path, tmp_path: Path) -> None:
     raw[0]["output"][0]["trial"] = 2
     write_jsonl(tmp_path / "r.jsonl", raw)
     with pytest.raises(ReflectEvoError, match=r"output\[0\]: trail=2, expected 1"):
-        list(compat.import_records(tmp_path / "r.jsonl", "raw"))
+        list(conversion.import_records(tmp_path / "r.jsonl", "raw"))

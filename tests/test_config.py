@@ -2,8 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from reflectevo.config import (GenerateConfig, ModelPreset, from_dict, load_preset, load_section, read_params,
-                               validate_all)
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import load_section, read_params
+from reflectevo.config.presets import ModelPreset, load_preset
+from reflectevo.config.sections import GenerateConfig
+from reflectevo.paramsfile import validate_all
 from reflectevo.errors import ReflectEvoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,15 +82,16 @@ def test_preset_rejects_unknown_backend_and_source():
 def test_hub_presets_keep_their_real_path_and_pinned_revision(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from reflectevo import models
-    from reflectevo.models import hub_revision, model_fingerprint, resolve_model
+    from reflectevo.models import hub
+    from reflectevo.models.load import hub_revision, resolve_model
+    from reflectevo.models.fingerprint import model_fingerprint
 
     params = read_params(ROOT / "params.yaml")
     name, preset = load_preset(params, "llama3-8b")
     # not in the (empty) local cache, and the hub answers for this id and revision: transformers gets the hub id
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     asked = []
-    monkeypatch.setattr(models, "probe_hub", lambda hub_id, revision: asked.append((hub_id, revision)) or "")
+    monkeypatch.setattr(hub, "probe_hub", lambda hub_id, revision: asked.append((hub_id, revision)) or "")
     assert resolve_model(name, preset) == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert asked == [("meta-llama/Meta-Llama-3-8B-Instruct", preset.revision)]
     assert hub_revision(preset) == preset.revision

@@ -1,4 +1,4 @@
-from reflectevo.config import CurateConfig
+from reflectevo.config.sections import CurateConfig
 from reflectevo.curation import curate, is_eval_item, reflection_problem, statistics
 
 
@@ -79,7 +79,7 @@ def test_dpref_from_judge_verdicts_keeps_only_consistent_ones():
             return messages[0]["content"]
 
         def generate(self, prompts, sampling):
-            from reflectevo.backends import Generation
+            from reflectevo.sampling import Generation
 
             out = []
             for p in prompts:

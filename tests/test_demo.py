@@ -10,7 +10,7 @@ import pytest
 import yaml
 from test_stages import ROOT, run, tiny_params
 
-from reflectevo.config import load_section
+from reflectevo.config.params import load_section
 from reflectevo.errors import ReflectEvoError
 
 
@@ -52,8 +52,8 @@ def test_demo_items_are_fresh_and_as_many_as_asked(tmp_path):
 def test_demo_evaluate_runs_the_protocol_on_the_listed_systems_only(tmp_path, tiny_preset):
     from test_training import CFG, dplus_rows
 
-    from reflectevo.models import model_fingerprint
-    from reflectevo.training import train_setting
+    from reflectevo.models.fingerprint import model_fingerprint
+    from reflectevo.training.run import train_setting
 
     params = demo_params(tmp_path)
     run("prepare", "--params", params, "--out", tmp_path / "sources")

@@ -3,13 +3,12 @@ a vllm preset never puts two engines on one GPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from reflectevo.devices import visible_gpus, worker_devices
+from reflectevo.generation.devices import visible_gpus, worker_devices
 from reflectevo.errors import ReflectEvoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +38,8 @@ class _Proc:
 
 
 def test_the_generate_stage_gives_each_worker_one_of_its_gpus(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("stage_generate_devices", ROOT / "stages" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import reflectevo.generation.stage as mod
+
     seen = []
 
     def popen(cmd, env):   # subprocess.Popen(args, env=...) as run_workers calls it
@@ -54,8 +52,8 @@ def test_the_generate_stage_gives_each_worker_one_of_its_gpus(tmp_path, monkeypa
     monkeypatch.setattr(mod.subprocess, "Popen", popen)
     monkeypatch.setattr(mod, "_gpu_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert mod.run_workers(2, [], tmp_path, backend="vllm") == {"computed": 2}
+    assert mod.run_workers(2, ROOT / "stages" / "generate.py", [], tmp_path, backend="vllm") == {"computed": 2}
     assert seen == [("0/2", "2"), ("1/2", "3")]
     with pytest.raises(ReflectEvoError, match="with backend vllm each worker needs a GPU"):
-        mod.run_workers(3, [], tmp_path, backend="vllm")
+        mod.run_workers(3, ROOT / "stages" / "generate.py", [], tmp_path, backend="vllm")
     assert len(seen) == 2                                              # refused before any worker started

@@ -76,7 +76,7 @@ def test_likelihood_judge_prefers_the_reflection_that_makes_the_answer_likelier(
 
 
 def test_likelihood_judge_scores_with_the_real_backend(tiny_preset):
-    from reflectevo.backends.hf import make_backend
+    from reflectevo.backends.registry import make_backend
 
     b = make_backend("tiny-random", tiny_preset)
     p = b.render([{"role": "user", "content": "What is 3 + 4?"}]) + "Thought:"
@@ -90,7 +90,7 @@ def test_score_equals_a_full_forward_pass(tiny_preset):
     """The left-padded, last-positions-only, shared-head scoring equals log-softmax over a plain forward."""
     import torch
 
-    from reflectevo.backends.hf import make_backend
+    from reflectevo.backends.registry import make_backend
 
     b = make_backend("tiny-random", tiny_preset)
     head = "A shared head of several words, long enough to be computed once. " * 3

@@ -6,8 +6,9 @@ import pytest
 from helpers import ScriptedBackend
 
 from reflectevo import evaluation as ev
-from reflectevo.config import EvaluateConfig
-from reflectevo.tasks import Item, get_task
+from reflectevo.config.sections import EvaluateConfig
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import get_task
 
 TASK = get_task("rg/chain_sum")
 ITEMS = [Item(id=f"q{i}", task=TASK.name, question=f"Question number Q{i}: what is {i} + 1?", answer=str(i + 1))
@@ -54,7 +55,7 @@ def test_intrinsic_reflects_on_everything_without_feedback_and_counts_c2i():
 
 
 def test_unknown_protocol():
-    from reflectevo.config import from_dict
+    from reflectevo.config.loader import from_dict
     from reflectevo.errors import ReflectEvoError
 
     with pytest.raises(ReflectEvoError, match="unknown protocol 'intrinsc'. Did you mean 'intrinsic'"):

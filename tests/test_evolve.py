@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from reflectevo.config import (
-    DPOHyper,
-    EvolveConfig,
-    SFTHyper,
-    TrainConfig,
-    evolve_chain,
-    from_dict,
-    read_params,
-)
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import read_params
+from reflectevo.config.sections import EvolveConfig, evolve_chain
+from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.evolve import headline, iteration_row, summary, union_rows, versus_first
 
@@ -142,7 +137,7 @@ def test_init_continues_from_the_previous_adapter(tiny_preset, tmp_path):
     from safetensors.torch import load_file
     from test_generation_adapters import FP, dplus_rows
 
-    from reflectevo.training import train_setting
+    from reflectevo.training.run import train_setting
 
     hp = SFTHyper(epochs=1.0, max_steps=1, batch_size=2, max_length=1024, save_steps=0)
     cfg = TrainConfig(seed=0, sft=hp, dpo=DPOHyper(**dataclasses.asdict(hp), beta=0.1))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_params_dict
+from helpers import ignore_at_root, tiny_params_dict
 
 from reflectevo.adapters import adapter_hash
 
@@ -53,12 +53,14 @@ def write_json(path: Path, obj) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from reflectevo.config import load_preset, load_section, read_params
-    from reflectevo.models import model_fingerprint
-    from reflectevo.training import train_setting
+    from reflectevo.config.presets import load_preset
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.training.config import TrainConfig
+    from reflectevo.models.fingerprint import model_fingerprint
+    from reflectevo.training.run import train_setting
 
     dst = tmp_path_factory.mktemp("evolve") / "proj"
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
+    shutil.copytree(ROOT, dst, ignore=ignore_at_root(ROOT, 
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "plots", "report", "tests", "bench", "docs",
         "__pycache__", "*.egg-info", "dvc.lock", "checkpoints", "demo"))   # demo/dvc.yaml: the demo's own pipeline
     p = tiny_params_dict(dst / "params.yaml", tokens=6, steps=1, n_train=3, n_test=2)
@@ -77,7 +79,7 @@ def project(tmp_path_factory):
     params = read_params(dst / "params.yaml")
     name, preset = load_preset(params)
     res = train_setting("one_stage", name, preset, model_fingerprint(name, preset), dplus_rows(), [],
-                        load_section(params, "train"), dst / "models" / "one_stage")
+                        load_section(params, "train", TrainConfig), dst / "models" / "one_stage")
     assert res["trained"]
     (dst / "data/curated").mkdir(parents=True)
     (dst / "data/curated/dplus_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dplus_rows()))
@@ -105,7 +107,7 @@ def test_iteration_2_runs_with_iteration_1s_adapter(project):
     dst, out = project
     assert ran(out) == {"evolve_generate@it2", "evolve_curate@it2", "evolve_train@it2", "evolve_evaluate@it2", "evolve"}
     h = adapter_hash(dst / "models/one_stage")
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     it2 = list(iter_episodes(dst / "evolve/it2/raw"))
     it1 = {ep["item_id"]: ep for ep in iter_episodes(dst / "data/raw")}
@@ -133,7 +135,7 @@ def test_adding_an_iteration_runs_only_its_stages_and_removing_it_keeps_the_rest
     evo = json.loads((dst / "metrics/evolve.json").read_text())
     it2_trained = json.loads((dst / "evolve/it2/train.json").read_text())["trained"]
     if it2_trained:   # iteration 3 generated with iteration 2's adapter
-        from reflectevo.shards import iter_episodes
+        from reflectevo.episodes.shards import iter_episodes
 
         ep = next(iter(iter_episodes(dst / "evolve/it3/raw")))
         assert ep["gen"]["adapters"]["reflector"] == adapter_hash(dst / "evolve/it2/models/one_stage")

@@ -12,7 +12,8 @@ from test_rl_training import RL, episodes
 from test_training import CFG, _fp, dplus_rows, dpm_rows, one_thread  # noqa: F401 - one_thread: autouse fixture
 
 from reflectevo.errors import ReflectEvoError
-from reflectevo.training import rl_rows, train_setting
+from reflectevo.training.data import rl_rows
+from reflectevo.training.run import train_setting
 
 FULL = dataclasses.replace(CFG, method="full")
 
@@ -27,9 +28,9 @@ def test_a_full_sft_step_changes_the_base_and_the_folder_loads_and_generates(tin
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reflectevo.backends import Sampling
-    from reflectevo.backends.hf import make_backend
-    from reflectevo.models import resolve_model
+    from reflectevo.sampling import Sampling
+    from reflectevo.backends.registry import make_backend
+    from reflectevo.models.load import resolve_model
 
     preset = dataclasses.replace(tiny_preset, lr_full=1e-2)
     cfg = dataclasses.replace(FULL, sft=dataclasses.replace(CFG.sft, max_steps=1))
@@ -109,7 +110,7 @@ def test_a_full_model_folder_gets_its_own_vllm_engine_without_lora(tiny_preset, 
 
 def test_gradient_checkpointing_reaches_the_trainer(tiny_preset, tmp_path):
     from reflectevo.training.offline import build_offline_trainer
-    from reflectevo.training import examples
+    from reflectevo.training.data import examples
 
     cfg = dataclasses.replace(FULL, gradient_checkpointing=True)
     trainer = build_offline_trainer("sft", "tiny-random", tiny_preset, examples("one_stage", dplus_rows(2))["one_stage"],

@@ -81,7 +81,7 @@ def mutate_params(data, params: dict) -> tuple[dict, tuple, str]:
 def _names(params_file: Path, path: tuple) -> list[str]:
     """What an error about `path` may name: the params file, the section, or a key on the path."""
     if not path:
-        from reflectevo.config import TOP_LEVEL
+        from reflectevo.config.params import TOP_LEVEL
 
         return [str(params_file), *(f"{k}:" for k in TOP_LEVEL), *(f"{k}." for k in TOP_LEVEL)]
     keys = [str(k) for k in path]

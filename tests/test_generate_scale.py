@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reflectevo.generation import load_episodes, shard_slice
+from reflectevo.episodes.shards import load_episodes
+
+from reflectevo.generation.keys import shard_slice
 from reflectevo.tasks import Item
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,12 +8,13 @@ import re
 import pytest
 from helpers import ScriptedBackend
 
-from reflectevo.backends import Sampling
-from reflectevo.config import GenerateConfig
+from reflectevo.sampling import Sampling
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import generate, make_spec, sample_seed
+from reflectevo.generation.run import generate
+from reflectevo.generation.keys import make_spec, sample_seed
 from reflectevo.prompts import FAILURE_NOTICE
-from reflectevo.tasks import get_task
+from reflectevo.tasks.registry import get_task
 
 FP = {"preset": "scripted", "source": "none", "revision": "0"}
 

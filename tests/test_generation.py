@@ -3,9 +3,12 @@
 import pytest
 from helpers import ScriptedBackend, arithmetic_responder
 
-from reflectevo.config import GenerateConfig
-from reflectevo.generation import JOURNAL, generate, load_episodes, make_spec, write_shards
-from reflectevo.tasks import Item, get_task
+from reflectevo.config.sections import GenerateConfig
+from reflectevo.generation.run import JOURNAL, generate, write_shards
+from reflectevo.episodes.shards import load_episodes
+from reflectevo.generation.keys import make_spec
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import get_task
 
 FP = {"preset": "scripted", "source": "none", "revision": "0"}
 
@@ -106,9 +109,9 @@ def test_the_backends_sampler_is_part_of_the_key():
     import subprocess
     import sys
 
-    from reflectevo.backends import backend_sampler
+    from reflectevo.backends.registry import backend_sampler
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.generation import SAMPLER
+    from reflectevo.generation.keys import SAMPLER
 
     items, tasks = _items(1)
     task = tasks["rg/chain_sum"]
@@ -120,10 +123,36 @@ def test_the_backends_sampler_is_part_of_the_key():
     assert backend_sampler("transformers") == TransformersBackend.sampler == SAMPLER == "per-sample-seed-v2"
     spec = make_spec(FP, "float32", cfg, sampler=backend_sampler("vllm"))
     assert spec.params()["sampler"] == backend_sampler("vllm") != SAMPLER
-    code = ("import sys; from reflectevo.backends import backend_sampler; backend_sampler('vllm'); "
+    code = ("import sys; from reflectevo.backends.registry import backend_sampler; backend_sampler('vllm'); "
             "backend_sampler('openai'); assert 'vllm' not in sys.modules and 'openai' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr                 # the tag comes without building (or importing) the backend
+
+
+def test_the_dtype_the_model_runs_in_is_part_of_the_key(monkeypatch):
+    """`dtype: auto` runs in fp32 on a CPU without fast bf16 and in bf16 on a GPU: the episodes differ, so their
+    keys must (a GPU run never reuses CPU episodes from data/raw). A preset with an explicit dtype keeps its key;
+    backends without weights here (scripted, openai) keep the preset's setting."""
+    import torch
+
+    import reflectevo.models.load as load
+    from reflectevo.backends.registry import backend_dtype
+    from reflectevo.config.presets import ModelPreset
+
+    items, tasks = _items(1)
+    task, cfg = tasks["rg/chain_sum"], GenerateConfig(k=1)
+    auto = ModelPreset(source="tiny-random", dtype="auto")
+    resolved = {}
+    for machine, dtype in (("cpu", torch.float32), ("gpu", torch.bfloat16)):
+        monkeypatch.setattr(load, "resolve_dtype", lambda setting, d=dtype: d if setting == "auto" else torch.float32)
+        resolved[machine] = backend_dtype(auto)
+    assert resolved == {"cpu": "float32", "gpu": "bfloat16"}
+    keys = {m: make_spec(FP, "auto", cfg, resolved_dtype=d).episode_id(items[0], task) for m, d in resolved.items()}
+    assert keys["cpu"] != keys["gpu"]
+    # an explicit dtype resolves to itself: the key is the one it always was
+    assert make_spec(FP, "float32", cfg, resolved_dtype="float32").episode_id(items[0], task) == \
+        make_spec(FP, "float32", cfg).episode_id(items[0], task)
+    assert backend_dtype(ModelPreset(source="scripted", backend="scripted")) == "auto"
 
 
 def test_crash_keeps_finished_chunks_and_resume_completes(tmp_path):

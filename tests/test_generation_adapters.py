@@ -13,19 +13,18 @@ import fake_vllm as fake
 import pytest
 from helpers import ScriptedBackend, arithmetic_responder
 
-from reflectevo.adapters import (
-    GenerationAdapters,
-    PhaseBackends,
-    adapter_hash,
-    build_phase_backends,
-    generation_adapters,
-    served_name,
-)
-from reflectevo.backends import Sampling
-from reflectevo.config import DPOHyper, GenerateConfig, SFTHyper, TrainConfig
+from reflectevo.adapters import GenerationAdapters, adapter_hash, generation_adapters, served_name
+from reflectevo.generation.backends import build_phase_backends
+from reflectevo.protocol.rounds import PhaseBackends
+from reflectevo.sampling import Sampling
+from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
+from reflectevo.config.sections import GenerateConfig
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import Stats, generate, make_spec, run_chunk
-from reflectevo.tasks import Item, get_task
+from reflectevo.generation.episodes import Stats, run_chunk
+from reflectevo.generation.run import generate
+from reflectevo.generation.keys import make_spec
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import get_task
 
 HP = SFTHyper(epochs=1.0, max_steps=2, batch_size=2, grad_accum=1, max_length=1024, warmup_ratio=0.0, save_steps=0)
 CFG = TrainConfig(seed=0, sft=HP, dpo=DPOHyper(**dataclasses.asdict(HP), beta=0.1))
@@ -54,8 +53,8 @@ def trained(tmp_path_factory):
     """models/one_stage and models/two_stage: real LoRA adapters of tiny-random (2 steps each, lr 1e-2)."""
     import torch
 
-    from reflectevo.config import LoraConfig, ModelPreset
-    from reflectevo.training import train_setting
+    from reflectevo.config.presets import LoraConfig, ModelPreset
+    from reflectevo.training.run import train_setting
 
     torch.set_num_threads(1)
     preset = ModelPreset(source="tiny-random", dtype="float32", gen_batch_size=16, max_length=2048,
@@ -147,7 +146,7 @@ def test_transformers_backend_generates_with_the_adapter(trained, tmp_path):
     cfg = GenerateConfig(k=2, max_new_tokens_trial=8, max_new_tokens_reflection=8, temperature=0.8)
     plain_spec = make_spec(FP, "float32", cfg)
     spec = make_spec(FP, "float32", cfg, adapters=ad.key())
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
 
     base_eps, _ = generate(items, tasks, lambda: make_backend("tiny-random", preset), plain_spec, tmp_path / "base",
                            progress=False)
@@ -182,7 +181,7 @@ def test_generate_stage_takes_adapters(trained, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "gen.json").read_text())
     assert summary["adapters"]["setting"] == "one_stage"
     assert summary["adapters"]["phases"]["reflector"]["hash"] == adapter_hash(models / "one_stage")
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     ep = next(iter(iter_episodes(tmp_path / "raw")))
     assert ep["gen"]["adapters"]["reflector"] == adapter_hash(models / "one_stage")

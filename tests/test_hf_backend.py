@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from reflectevo.backends import Sampling
-from reflectevo.config import ModelPreset
+from reflectevo.sampling import Sampling
+from reflectevo.config.presets import ModelPreset
 
 NOISY = {"repetition_penalty": 5.0, "no_repeat_ngram_size": 2, "num_beams": 3, "min_new_tokens": 6,
          "do_sample": True, "top_k": 2, "top_p": 0.1, "temperature": 0.05}
@@ -69,3 +69,70 @@ def test_stop_ids_and_token_counts_match_vllms():
     assert cfg.eos_token_id == [7, 8] and cfg.pad_token_id == 9 and cfg.bos_token_id == 1
     assert cfg.repetition_penalty in (None, 1.0) and cfg.num_beams in (None, 1)
     # the decode loop never appends a stop id to a row, so n_new_tokens leaves the EOS out (as vLLM's count)
+
+
+def test_sampling_and_scoring_keep_the_vocabulary_on_the_device(backends, monkeypatch):
+    """On a GPU the [rows, vocab] probabilities never leave it: the seeded draw uses only the rows' uniform
+    numbers from their CPU generators (so a row's stream is the same on every device), and scoring takes each
+    row's target log-probabilities from its own logits ([positions, vocab]) instead of a float32 log_softmax of
+    the whole batch's [rows, positions, vocab]. Same draws and scores as before."""
+    import torch
+
+    from reflectevo.backends.hf import SeededSampler
+
+    plain, _, _ = backends
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(1))
+    # the earlier draw: the cumulative probabilities computed on the CPU
+    gens = [torch.Generator().manual_seed(s) for s in range(6)]
+    cdf = (logits / 0.7).softmax(-1).cpu().cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens]).to(cdf.dtype)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    moved = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: moved.append(tuple(self.shape)) or real_cpu(self, *a, **k))
+    got = SeededSampler(range(6), 0.7)(None, logits).argmax(-1)
+    assert torch.equal(got, want) and not [s for s in moved if len(s) > 1]
+
+    prompts = _prompts(plain)
+    conts = [" Finish[5]", " Yes it is. Finish[Yes]", " Finish[check]"]
+    shapes, vocab = [], plain.model.config.vocab_size
+    real_float = torch.Tensor.float
+    monkeypatch.setattr(torch.Tensor, "float", lambda self: shapes.append(tuple(self.shape)) or real_float(self))
+    scores = plain.score(prompts, conts)
+    monkeypatch.setattr(torch.Tensor, "float", real_float)
+    over_vocab = [s for s in shapes if s[-1] == vocab]
+    assert over_vocab and max(len(s) for s in over_vocab) == 2          # never [rows, positions, vocab]
+    tok = plain.tokenizer
+    for p, c, s in zip(prompts, conts, scores):
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        cs = tok(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = plain.model(input_ids=torch.tensor([ids + cs])).logits[0].float().log_softmax(-1)
+        ref = sum(float(lp[len(ids) - 1 + i, t]) for i, t in enumerate(cs))
+        assert s == pytest.approx(ref, abs=1e-4)
+
+
+def test_the_shared_prefix_kernel_is_for_the_cpu_only(tiny_model_dir, monkeypatch):
+    """The shared-prefix attention (a float32 kernel that saves a CPU's memory traffic) is installed on a CPU
+    model only; on CUDA the model keeps its own (fused SDPA / flash) attention."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from reflectevo.models import load as models
+    from reflectevo.backends import shared_prefix
+    from reflectevo.backends.hf import TransformersBackend
+
+    preset = ModelPreset(source="hub", path=str(tiny_model_dir), dtype="float32")
+    assert TransformersBackend("p", preset).cascade is True
+    installed = []
+    monkeypatch.setattr(shared_prefix, "install", lambda model: installed.append(model) or True)
+    real_load = models.load_model
+
+    def load_on_cuda(*a, **k):   # the loaded model then reports a CUDA device, as `load_model` leaves it on a GPU
+        model = real_load(*a, **k)
+        monkeypatch.setattr(LlamaForCausalLM, "device", property(lambda self: torch.device("cuda", 0)))
+        return model
+
+    monkeypatch.setattr(models, "load_model", load_on_cuda)
+    b = TransformersBackend("p", preset)
+    assert b.cascade is False and installed == [] and b.model.config._attn_implementation == "sdpa"

@@ -22,10 +22,10 @@ from typing import ClassVar
 import huggingface_hub.constants
 import pytest
 import yaml
-from helpers import tiny_params_dict
+from helpers import ignore_at_root, tiny_params_dict
 
-from reflectevo import models
-from reflectevo.config import ModelPreset
+from reflectevo.models import hub, load
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,25 +82,25 @@ def no_probe(*args, **kwargs):
 
 def test_cached_revision_loads_without_the_hub(hf_cache, tiny_model_dir, monkeypatch):
     snap = put_in_cache(hf_cache, tiny_model_dir)
-    monkeypatch.setattr(models, "probe_hub", no_probe)
+    monkeypatch.setattr(hub, "probe_hub", no_probe)
     preset = hub_preset()
-    assert models.resolve_model("p", preset) == str(snap)
-    assert models.resolve_model("p", hub_preset(revision="main")) == str(snap)     # a branch, through refs/
+    assert load.resolve_model("p", preset) == str(snap)
+    assert load.resolve_model("p", hub_preset(revision="main")) == str(snap)     # a branch, through refs/
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    tok = models.load_tokenizer("p", preset)
-    model = models.load_model("p", preset)
+    tok = load.load_tokenizer("p", preset)
+    model = load.load_model("p", preset)
     out = model.generate(**tok("Thought:", return_tensors="pt"), max_new_tokens=3, do_sample=False)
     assert out.shape[1] > 1
 
 
 def test_partial_cache_is_not_used_and_says_so(hf_cache, tiny_model_dir, monkeypatch):
     put_in_cache(hf_cache, tiny_model_dir, skip=("model.safetensors",))     # a download cut short
-    folder, why = models.cached_snapshot("acme/tiny", REV)
+    folder, why = hub.cached_snapshot("acme/tiny", REV)
     assert folder is None and why == "incomplete: no weight files"
-    assert models.cached_snapshot("acme/tiny", REV, weights=False)[0]       # the tokenizer alone is there
+    assert hub.cached_snapshot("acme/tiny", REV, weights=False)[0]       # the tokenizer alone is there
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ReflectEvoError, match=r"local HF cache .*: incomplete: no weight files; hub: skipped"):
-        models.resolve_model("p", hub_preset())
+        load.resolve_model("p", hub_preset())
 
 
 def test_sharded_snapshot_needs_every_shard(tmp_path):
@@ -109,23 +109,23 @@ def test_sharded_snapshot_needs_every_shard(tmp_path):
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     (tmp_path / "model-00001-of-00002.safetensors").write_text("")
-    assert models._missing_files(tmp_path, True) == "lacks model-00002-of-00002.safetensors"
+    assert hub._missing_files(tmp_path, True) == "lacks model-00002-of-00002.safetensors"
     (tmp_path / "model-00002-of-00002.safetensors").write_text("")
-    assert models._missing_files(tmp_path, True) == ""
+    assert hub._missing_files(tmp_path, True) == ""
 
 
 def test_offline_mode_never_asks_the_hub(hf_cache, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(models, "probe_hub", no_probe)
+    monkeypatch.setattr(hub, "probe_hub", no_probe)
     with pytest.raises(ReflectEvoError) as e:
-        models.resolve_model("ghost", hub_preset("reflectevo-tests/no-such-model"))
+        load.resolve_model("ghost", hub_preset("reflectevo-tests/no-such-model"))
     msg = str(e.value)
     assert "hub: skipped (HF_HUB_OFFLINE=1)" in msg and f"local HF cache {hf_cache}: not there" in msg
 
 
 def test_a_bad_hub_id_is_one_line(hf_cache):
     with pytest.raises(ReflectEvoError, match="hub_id 'a/b/c' is not a valid Hugging Face repo id"):
-        models.resolve_model("p", hub_preset("a/b/c"))
+        load.resolve_model("p", hub_preset("a/b/c"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,21 +174,21 @@ def fake_hub(hf_cache, monkeypatch):
 
 
 def test_hub_that_has_the_model_gets_the_hub_id(fake_hub):
-    assert models.probe_hub("acme/tiny", REV) == ""
-    assert models.resolve_model("p", hub_preset()) == "acme/tiny"   # transformers downloads it
+    assert hub.probe_hub("acme/tiny", REV) == ""
+    assert load.resolve_model("p", hub_preset()) == "acme/tiny"   # transformers downloads it
 
 
 def test_hub_answers_are_named(fake_hub):
-    assert models.probe_hub("acme/nothing", REV) == f"{fake_hub}: no repo acme/nothing (or a private one: log in " \
+    assert hub.probe_hub("acme/nothing", REV) == f"{fake_hub}: no repo acme/nothing (or a private one: log in " \
                                                     "with `hf auth login` or HF_TOKEN)"
-    assert models.probe_hub("acme/tiny", "f" * 40) == f"{fake_hub}: acme/tiny has no revision {'f' * 40}"
+    assert hub.probe_hub("acme/tiny", "f" * 40) == f"{fake_hub}: acme/tiny has no revision {'f' * 40}"
 
 
 def test_a_silent_hub_is_given_up_on_at_the_timeout(fake_hub, monkeypatch):
     monkeypatch.setattr(FakeHub, "silent", True)
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
     t0 = time.perf_counter()
-    why = models.probe_hub("acme/tiny", REV)
+    why = hub.probe_hub("acme/tiny", REV)
     assert time.perf_counter() - t0 < 2.5
     assert why.startswith(f"{fake_hub} unreachable (ReadTimeout") or "no answer within 1 s" in why, why
 
@@ -197,10 +197,10 @@ def test_the_deadline_holds_even_where_the_request_hangs(hf_cache, monkeypatch):
     # name resolution is not covered by the HTTP timeout: the probe abandons its thread at the deadline
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: time.sleep(30))
     t0 = time.perf_counter()
-    assert models.probe_hub("acme/tiny", REV, timeout=0.3) == \
+    assert hub.probe_hub("acme/tiny", REV, timeout=0.3) == \
         f"{huggingface_hub.constants.ENDPOINT} gave no answer within 0.3 s"
     assert time.perf_counter() - t0 < 2.0
-    assert models.HUB_TIMEOUT_S == 5.0 and models.hub_timeout() == 5.0     # the default cap
+    assert hub.HUB_TIMEOUT_S == 5.0 and hub.hub_timeout() == 5.0     # the default cap
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_hub_preset_with_a_local_path_generates_offline(tmp_path, tiny_model_dir
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "gen.json").read_text())
     assert summary["model"] == preset and summary["items"] == 2 and summary["run"]["computed"] == 2
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     episodes = list(iter_episodes(tmp_path / "raw"))
     assert len(episodes) == 2
@@ -340,7 +340,7 @@ def test_dvc_exp_run_with_a_local_copy_flag_runs_offline(tmp_path, tiny_model_di
     preset = "qwen2_5-0_5b-instruct"
     copy = save_local_copy(tiny_model_dir, tmp_path / "local-copy")
     dst = tmp_path / "proj"
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
+    shutil.copytree(ROOT, dst, ignore=ignore_at_root(ROOT, 
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "tests", "bench", "__pycache__", "*.egg-info",
         "dvc.lock", "plots", "report", "checkpoints"))
     shutil.copytree(ROOT / "data/imported", dst / "data/imported")   # tracked: generate's import-file folder

@@ -1,122 +1,116 @@
-"""No import cycles among reflectevo's modules (module-level imports, as Python runs them on import)."""
+"""The library's structure: no import cycles and every module in its layer, counted as tests/structure_graph.py
+counts them (imports inside functions and "reflectevo.x:Name" registry strings included)."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+import fnmatch
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+from structure_graph import ROOT, cycles, graph, imports_of, modules
 
-
-def _modules(pkg_dir: Path) -> dict[str, Path]:
-    """Dotted module name -> file, for every .py of the package (resources/ holds data, not modules)."""
-    out = {}
-    for path in sorted(pkg_dir.rglob("*.py")):
-        rel = path.relative_to(pkg_dir.parent).with_suffix("")
-        if "resources" in rel.parts:
-            continue
-        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-        out[".".join(parts)] = path
-    return out
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _top_level(nodes: list[ast.stmt]):
-    """Statements Python runs when the module is imported: not function bodies (lazy imports)."""
-    for node in nodes:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        yield node
-        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
-            inner = getattr(node, field, None)
-            if isinstance(inner, list):
-                yield from _top_level([n for n in inner if isinstance(n, ast.AST)])
-
-
-def import_graph(pkg_dir: Path) -> dict[str, set[str]]:
-    """module -> modules its import runs. `from P import n` needs P (or P.n when that is a module);
-    importing a.b.c also runs a and a.b, except the importer's own parents (already being imported)."""
-    mods = _modules(pkg_dir)
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for name, path in mods.items():
-        is_pkg = path.name == "__init__.py"
-        here = name if is_pkg else name.rpartition(".")[0]
-        own = set(_ancestors(name))
-        targets: set[str] = set()
-        for node in _top_level(ast.parse(path.read_text(encoding="utf-8")).body):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    targets.update(a for a in [*_ancestors(alias.name), alias.name] if a not in own)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base_parts = here.split(".")[: len(here.split(".")) - node.level + 1]
-                    base = ".".join(base_parts + ([node.module] if node.module else []))
-                else:
-                    base = node.module or ""
-                targets.update(a for a in _ancestors(base) if a not in own)
-                for alias in node.names:
-                    sub = f"{base}.{alias.name}"
-                    targets.add(sub if sub in mods else base)
-        graph[name] = {t for t in targets if t in mods and t != name}
-    return graph
+# The house, lowest floor first. A module may import its own floor and the floors below, never above;
+# docs/architecture.md says what each floor is for. A new module must be placed here.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundation", ("reflectevo", "reflectevo.errors", "reflectevo.registry", "reflectevo.jsonio", "reflectevo.cache",
+                    "reflectevo.settings", "reflectevo.demands", "reflectevo.sampling", "reflectevo.stats",
+                    "reflectevo.metrics", "reflectevo.metrics_summary", "reflectevo.diagnostics", "reflectevo.adapters",
+                    "reflectevo.paper",
+                    "reflectevo.episodes*")),
+    ("tasks", ("reflectevo.tasks*", "reflectevo.sandbox")),
+    ("config", ("reflectevo.config*", "reflectevo.stage")),
+    ("prompts", ("reflectevo.prompts", "reflectevo.compat*", "reflectevo.datacard")),
+    ("models", ("reflectevo.models*", "reflectevo.backends*", "reflectevo.modelcard")),
+    ("protocol", ("reflectevo.protocol*",)),
+    ("work", ("reflectevo.generation*", "reflectevo.evaluation", "reflectevo.curation", "reflectevo.judge",
+              "reflectevo.training*")),
+    ("top", ("reflectevo.systems", "reflectevo.evolve", "reflectevo.report", "reflectevo.publish", "reflectevo.serve",
+             "reflectevo.paramsfile", "reflectevo.plan", "reflectevo.recipes",
+             "reflectevo.cli*")),
+]
+# Packages of one floor that never import each other: each is a stage's own work.
+SEPARATE: tuple[tuple[str, ...], ...] = (("reflectevo.generation*",), ("reflectevo.evaluation",),
+                                         ("reflectevo.curation", "reflectevo.judge"), ("reflectevo.training*",))
+# Rules worth saying as pairs too: the low packages never reach the machinery.
+NEVER = {"reflectevo.tasks*": ("reflectevo.backends*", "reflectevo.generation*", "reflectevo.training*",
+                               "reflectevo.config*"),
+         "reflectevo.sandbox": ("reflectevo.backends*", "reflectevo.generation*", "reflectevo.training*"),
+         "reflectevo.config*": ("reflectevo.backends*", "reflectevo.generation*", "reflectevo.training*",
+                                "reflectevo.prompts", "reflectevo.models*")}
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan), each sorted."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
+def _match(module: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(module, p) or (p.endswith("*") and module == p[:-2].rstrip(".")) for p in patterns)
 
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(graph[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                found.append(sorted(comp))
 
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return found
+def layer_of(module: str) -> int:
+    hits = [i for i, (_, pats) in enumerate(LAYERS) if _match(module, pats)]
+    assert len(hits) == 1, f"{module}: placed in {len(hits)} layers of tests/test_imports.py LAYERS (must be one)"
+    return hits[0]
 
 
 def test_reflectevo_has_no_import_cycles():
-    graph = import_graph(ROOT / "reflectevo")
-    assert "reflectevo.cli" in graph and "reflectevo.cli.compat" in graph["reflectevo.cli"]
-    assert cycles(graph) == []
+    edges = graph()
+    assert "reflectevo.protocol.rounds" in edges["reflectevo.generation.episodes"]
+    assert cycles(edges) == []
 
 
-def test_the_check_finds_a_cycle(tmp_path):
-    """The shape cli.py <-> cli_compat.py had: a package and a command module importing each other."""
-    pkg = tmp_path / "pkg"
-    (pkg / "cli").mkdir(parents=True)
+def test_every_module_imports_only_its_layer_and_below():
+    edges = graph()
+    wrong = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+             for m, targets in edges.items() for t in sorted(targets) if layer_of(t) > layer_of(m)]
+    assert wrong == []
+
+
+def test_the_stages_own_packages_stay_apart():
+    edges = graph()
+    wrong = [f"{m} imports {t}" for m, targets in edges.items() for t in targets
+             for group in SEPARATE if _match(m, group)
+             for other in SEPARATE if other is not group and _match(t, other)]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("importer", sorted(NEVER))
+def test_low_packages_never_import_high_ones(importer):
+    edges = graph()
+    wrong = [f"{m} imports {t}" for m, targets in edges.items() if _match(m, (importer,))
+             for t in targets if _match(t, NEVER[importer])]
+    assert wrong == []
+
+
+def test_the_library_never_imports_the_stage_scripts_or_tests():
+    import ast
+
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(t.split(".")[0] in ("stages", "tests", "conftest", "helpers") for t in targets), name
+
+
+def test_the_check_counts_lazy_imports_registry_strings_and_parents(tmp_path):
+    """A cycle only through a function-level import, one only through a registry string, a package whose
+    __init__ imports a module that imports a sibling that imports another: all counted; a package and one of
+    its own modules alone are not."""
+    pkg = tmp_path / "reflectevo"
+    (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "cli" / "__init__.py").write_text("app = object()\nfrom pkg.cli import extra  # noqa\n")
-    (pkg / "cli" / "extra.py").write_text("from pkg.cli import app\n")
-    (pkg / "a.py").write_text("import pkg.b\n\ndef f():\n    import pkg.c\n")
-    (pkg / "b.py").write_text("from . import c\n")
-    (pkg / "c.py").write_text("try:\n    from .a import f\nexcept ImportError:\n    pass\n")
-    (pkg / "d.py").write_text("def g():\n    import pkg.a  # lazy: no cycle\n")
-    graph = import_graph(pkg)
-    assert graph["pkg.cli.extra"] == {"pkg.cli"} and graph["pkg.b"] == {"pkg.c"}
-    assert sorted(cycles(graph)) == [["pkg.a", "pkg.b", "pkg.c"], ["pkg.cli", "pkg.cli.extra"]]
+    (pkg / "a.py").write_text("def f():\n    import reflectevo.b\n")
+    (pkg / "b.py").write_text("from reflectevo.a import f\n")
+    (pkg / "c.py").write_text("REG = {'x': 'reflectevo.d:Thing'}\n")
+    (pkg / "d.py").write_text("import reflectevo.c\n")
+    (pkg / "sub" / "__init__.py").write_text("from reflectevo.sub.one import x\n")
+    (pkg / "sub" / "one.py").write_text("from reflectevo.sub.two import y\nx = 1\n")
+    (pkg / "sub" / "two.py").write_text("from reflectevo.sub.three import z\ny = 2\n")
+    (pkg / "sub" / "three.py").write_text("z = 3\n")
+    (pkg / "e.py").write_text("import reflectevo.f\n")
+    (pkg / "f.py").write_text("")
+    edges = graph(tmp_path)
+    assert imports_of(pkg / "sub" / "one.py", modules(tmp_path), "reflectevo.sub") == {"reflectevo", "reflectevo.sub",
+                                                                                      "reflectevo.sub.two"}
+    assert sorted(cycles(edges)) == [["reflectevo.a", "reflectevo.b"], ["reflectevo.c", "reflectevo.d"],
+                                     ["reflectevo.sub", "reflectevo.sub.one", "reflectevo.sub.two"]]
+
+
+def test_every_module_is_in_one_layer():
+    for m in modules(ROOT):
+        layer_of(m)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reflectevo.tasks import answers, get_task
+from reflectevo.tasks import answers
+
+from reflectevo.tasks.registry import get_task
 from reflectevo.tasks.answers import math_equal, math_verify_equal, normalize_math
 from reflectevo.tasks.math_fast import certainly_different, parse_shape
 

@@ -6,15 +6,23 @@ from __future__ import annotations
 import pytest
 from helpers import ScriptedBackend
 
-from reflectevo.backends import Generation, Sampling, finish_text, stop_position
+from reflectevo.backends.registry import make_backend
 from reflectevo.errors import ReflectEvoError
-from reflectevo.mechanics import REFLECTION_STOPS, attempt_text, run_trials, trial_sampling
-from reflectevo.tasks import Item, check_prompting, get_task
+from reflectevo.protocol.mechanics import REFLECTION_STOPS, attempt_text, render_trial, trial_sampling, trials
+from reflectevo.sampling import Generation, Sampling, finish_text, stop_position
+from reflectevo.tasks import Item, check_prompting
+from reflectevo.tasks.registry import get_task
 
 CHAIN = get_task("rg/chain_sum")
 ITEM = Item(id="x", task="rg/chain_sum", question="State the final answer to the following arithmetic problem: 4 + 3 =",
             answer="7")
 RAMBLE = "Question: State the final answer to the following arithmetic problem: 1 + 1 =\nThought: 1 + 1 = 2.\n"
+
+
+def run_trials(backend, items, messages, max_new_tokens, prefix=True):
+    """Render and generate one chain_sum trial per item, as the protocol's trials are sent."""
+    prompts = [render_trial(backend, CHAIN, m, prefix) for m in messages]
+    return prompts, trials(backend, prompts, [CHAIN] * len(items), max_new_tokens)
 
 
 def test_stop_position_plain_strings_cut_before_and_the_answer_pattern_after():
@@ -65,7 +73,8 @@ def test_decode_loop_matches_model_generate_row_by_row(tiny_preset):
     text cut at its own first stop while the other rows go on."""
     from transformers import LogitsProcessorList
 
-    from reflectevo.backends.hf import SeededSampler, make_backend
+    from reflectevo.backends.hf import SeededSampler
+
 
     b = make_backend("tiny-random", tiny_preset)
     prompts = [b.render([{"role": "user", "content": c}]) for c in ("hello there", "what is 2 + 2 ?",
@@ -89,7 +98,7 @@ def test_decode_loop_matches_model_generate_row_by_row(tiny_preset):
 
 
 def test_transformers_backend_records_stop_reasons(tiny_preset):
-    from reflectevo.backends.hf import make_backend
+
 
     b = make_backend("tiny-random", tiny_preset)
     prompt = b.render([{"role": "user", "content": "hi"}])
@@ -109,19 +118,19 @@ def test_trials_start_with_the_prefix_and_the_attempt_keeps_it():
         return " 4 + 3 = 7.\nAction: Finish[7]\nQuestion: more"
 
     backend = ScriptedBackend(respond)
-    prompts, gens = run_trials(backend, {CHAIN.name: CHAIN}, [ITEM], [[{"role": "user", "content": "q"}]], 32)
+    prompts, gens = run_trials(backend, [ITEM], [[{"role": "user", "content": "q"}]], 32)
     assert prompts[0].endswith("Thought:") and seen[0][1].stop_regex == CHAIN.answer_stop()
     assert seen[0][1].stop == CHAIN.ramble_stops() and "\nQuestion:" in CHAIN.ramble_stops()
     assert seen[0][1].stop_patterns == CHAIN.ramble_patterns() != ()
     assert gens[0].text == " 4 + 3 = 7.\nAction: Finish[7]" and gens[0].stop_reason == "stop"
     assert attempt_text(prompts[0], gens[0].text, CHAIN) == "Thought: 4 + 3 = 7.\nAction: Finish[7]"
     # the SFT-on-answers baseline answers without a thought
-    prompts, _ = run_trials(backend, {CHAIN.name: CHAIN}, [ITEM], [[{"role": "user", "content": "q"}]], 32, prefix=False)
+    prompts, _ = run_trials(backend, [ITEM], [[{"role": "user", "content": "q"}]], 32, prefix=False)
     assert not prompts[0].endswith("Thought:")
 
 
 def test_reflection_stops_before_a_new_block():
-    from reflectevo.mechanics import reflection_sampling
+    from reflectevo.protocol.mechanics import reflection_sampling
 
     s = reflection_sampling(64, 0.8, 1.0, 3)
     assert s.stop == REFLECTION_STOPS and s.stop_regex is None
@@ -208,7 +217,7 @@ def test_shared_prompt_prefix_is_computed_once_with_the_same_tokens(tiny_preset,
     its cache per row gives the tokens of the full per-row prefill."""
     import reflectevo.backends.hf as hf
 
-    b = hf.make_backend("tiny-random", tiny_preset)
+    b = make_backend("tiny-random", tiny_preset)
     head = "Solve the task. Think step by step, then answer. " * 4
     prompts = [b.render([{"role": "user", "content": head + q}]) for q in ("one", "two and three", "four five six seven")]
     s = Sampling(12, temperature=1.0)
@@ -225,9 +234,8 @@ def test_shared_prefix_attention_gives_the_tokens_and_scores_of_per_row_copies(t
     """The shared head kept once (batch 1, merged into every row's attention) and the head's cache copied
     into every row are the same attention: same greedy and sampled tokens, same likelihood scores, rows
     of different lengths and rows finishing early included."""
-    import reflectevo.backends.hf as hf
 
-    b = hf.make_backend("tiny-random", tiny_preset)
+    b = make_backend("tiny-random", tiny_preset)
     assert b.cascade, "tiny-random runs SDPA through AttentionInterface: the shared-prefix path must engage"
     head = "Worked examples first. Question: 1 + 1 = ? Thought: 1 + 1 = 2. Action: Finish[2] " * 3
     prompts = [b.render([{"role": "user", "content": head + q}]) for q in
@@ -259,7 +267,7 @@ def test_answer_step_completes_a_thought_that_stopped_without_an_answer():
 
     backend = ScriptedBackend(respond)
     items = [ITEM, Item(id="y", task=ITEM.task, question="q1", answer="B")]
-    _, gens = run_trials(backend, {CHAIN.name: CHAIN}, items, [[{"role": "user", "content": it.question}] for it in items], 32)
+    _, gens = run_trials(backend, items, [[{"role": "user", "content": it.question}] for it in items], 32)
     assert gens[0].text == " 4 + 3 = 7.\nAction: Finish[7]" and not gens[0].forced
     assert gens[1].text == " it is the second option.\nAction: Finish[B]" and gens[1].forced
     assert gens[1].stop_reason == "stop"                        # the thought's own end (the blank line)
@@ -272,7 +280,7 @@ def test_a_blank_line_ends_a_trial_unless_the_answer_form_follows():
     """A thought is one paragraph: a blank line followed by anything but the answer form ends the trial
     (cut before it); "...option B.\n\nAction: Finish[B]" is an answer, not a ramble. The stop waits
     while the text after the blank line could still become the answer form."""
-    from reflectevo.backends import finish_text, stop_position
+    from reflectevo.sampling import finish_text, stop_position
 
     s = trial_sampling(CHAIN, 64)
     assert finish_text(" so B.\n\nAction: Finish[B] junk", s, "length") == (" so B.\n\nAction: Finish[B]", "stop")

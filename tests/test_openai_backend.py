@@ -21,8 +21,9 @@ import yaml
 from helpers import tiny_params_dict
 from typer.testing import CliRunner
 
-from reflectevo.backends import Generation, Sampling
-from reflectevo.config import ModelPreset, from_dict
+from reflectevo.sampling import Generation, Sampling
+from reflectevo.config.presets import ModelPreset
+from reflectevo.config.loader import from_dict
 from reflectevo.errors import ReflectEvoError
 
 pytest.importorskip("openai")
@@ -246,7 +247,7 @@ def test_base_url_resolution_and_redaction(tiny_preset, monkeypatch):
 
 def test_presets_for_endpoints_validate(tiny_preset):
     ok = from_dict(ModelPreset, {"source": "api", "backend": "openai", "api_model": "gpt-4o-2024-08-06"}, "models.t")
-    from reflectevo.models import model_fingerprint
+    from reflectevo.models.fingerprint import model_fingerprint
 
     assert model_fingerprint("t", ok)["source"] == "api:gpt-4o-2024-08-06"
     for bad, msg in [({"source": "api", "api_model": "m"}, r"models\.t\.backend: a source: api preset runs only"),
@@ -261,8 +262,9 @@ def test_presets_for_endpoints_validate(tiny_preset):
 
 
 def test_make_backend_dispatches_on_the_preset(tiny_server, tiny_preset):
-    from reflectevo.backends import BACKENDS
-    from reflectevo.backends.hf import TransformersBackend, make_backend
+    from reflectevo.backends.registry import BACKENDS
+    from reflectevo.backends.hf import TransformersBackend
+    from reflectevo.backends.registry import make_backend
 
     assert {"transformers", "vllm", "openai"} <= set(BACKENDS.names())
     api = ModelPreset(source="api", backend="openai", api_model="tiny-random", api_base_url=tiny_server.url)
@@ -323,7 +325,7 @@ def test_serve_command_starts_a_server(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# judging Dpref pairs through the endpoint (issue 6)
+# judging Dpref pairs through the endpoint
 
 
 def test_curate_judges_through_an_endpoint_and_records_the_judge(tiny_server, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_params_dict
+from helpers import ignore_at_root, tiny_params_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def sh(*args, cwd, check=True):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     dst = tmp_path_factory.mktemp("pipeline") / "proj"
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(
+    shutil.copytree(ROOT, dst, ignore=ignore_at_root(ROOT, 
         ".git", ".venv", "cache", "tmp", "data", "models", "metrics", "tests", "bench", "__pycache__", "*.egg-info",
         "dvc.lock"))
     shutil.copytree(ROOT / "data/imported", dst / "data/imported")   # tracked: generate's import-file folder
@@ -108,3 +108,26 @@ def test_rl_settings_are_stages_that_stay_disabled_by_default(project):
         assert f"Running stage 'train@{setting}'" in out
         assert json.loads((dst / f"models/{setting}/model_card.json").read_text())["status"] == "disabled"
         assert "not enabled" in report["skipped"][setting]
+
+
+def test_the_report_page_shows_values_not_reprs(project):
+    from test_report_render import problems
+
+    dst, _ = project
+    page = (dst / "report/index.html").read_text(encoding="utf-8")
+    assert problems(page) == [] and "Missing inputs" not in page
+    for section in ("results", "diagnostics", "rounds", "transitions", "data", "episodes", "evolve"):
+        assert f'<h2 id="{section}"' in page
+
+
+def test_readme_blocks_marked_to_run_after_repro_run_here(project):
+    """The README's (and docs/') ```sh blocks after `<!-- test: run after repro -->` run in this project."""
+    from test_readme import RUN_AFTER_REPRO, sh_blocks
+
+    dst, _ = project
+    blocks = sh_blocks(RUN_AFTER_REPRO)
+    assert blocks
+    for block in blocks:
+        res = sh("bash", "-e", "-o", "pipefail", "-c", block.text, cwd=dst, check=False)
+        assert res.returncode == 0, f"{block.where}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+        assert res.stdout.strip(), f"{block.where}: printed nothing"

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from reflectevo.config import PRESET_ALIASES, load_preset, preset_name_problem, read_params
+from reflectevo.config.params import read_params
+from reflectevo.config.presets import PRESET_ALIASES, load_preset, preset_name_problem
 from reflectevo.errors import ReflectEvoError
 
 ROOT = Path(__file__).resolve().parents[1]

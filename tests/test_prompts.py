@@ -1,6 +1,8 @@
-from reflectevo.prompts import (demand_pool, one_stage_messages, one_stage_target, prompt_version,
-                                reflection_messages, split_one_stage, trial_messages)
-from reflectevo.tasks import Item, get_task
+from reflectevo.prompts import (demand_pool, one_stage_messages, one_stage_target, reflection_messages,
+                                split_one_stage, trial_messages)
+from reflectevo.protocol.version import prompt_version
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import get_task
 
 
 def test_pool_has_32_vep_entries():

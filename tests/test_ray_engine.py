@@ -17,12 +17,16 @@ import yaml
 from helpers import tiny_params_dict
 from typer.testing import CliRunner
 
-from reflectevo.backends.hf import make_backend
-from reflectevo.config import GenerateConfig, from_dict, load_section, read_params
+from reflectevo.backends.registry import make_backend
+from reflectevo.config.sections import GenerateConfig
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import load_section, read_params
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import JOURNAL, generate, load_episodes, make_spec, write_shards
-from reflectevo.models import model_fingerprint
-from reflectevo.tasks import get_task
+from reflectevo.generation.run import JOURNAL, generate, write_shards
+from reflectevo.episodes.shards import load_episodes
+from reflectevo.generation.keys import make_spec
+from reflectevo.models.fingerprint import model_fingerprint
+from reflectevo.tasks.registry import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-random"
@@ -67,7 +71,7 @@ def _shard_bytes(raw: Path) -> list[bytes]:
 def test_ray_engine_matches_the_plain_engine_then_reuses_everything(local_ray, setup, tiny_preset, plain, tmp_path):
     """A plain run killed after its first chunk, finished by the ray engine (two actors, other chunk
     boundaries): the plain engine's records, byte for byte; a second ray run computes nothing."""
-    from reflectevo.ray_engine import generate_ray
+    from reflectevo.generation.ray import generate_ray
 
     items, tasks, spec = setup
     plain_raw, plain_eps = plain
@@ -141,7 +145,7 @@ class _FakeRay:
 
 def test_ray_session_starts_and_always_stops_its_own_ray(monkeypatch):
     import reflectevo
-    from reflectevo.ray_engine import ray_session
+    from reflectevo.generation.ray import ray_session
 
     fake = _FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
@@ -194,7 +198,7 @@ def test_generate_ray_asks_for_a_fixed_actor_pool_not_the_deprecated_concurrency
     from ray.data import ActorPoolStrategy
     from ray.data._internal.util import get_compute_strategy
 
-    from reflectevo.ray_engine import generate_ray
+    from reflectevo.generation.ray import generate_ray
 
     calls = []
     data = types.ModuleType("ray.data")
@@ -215,3 +219,25 @@ def test_generate_ray_asks_for_a_fixed_actor_pool_not_the_deprecated_concurrency
     assert isinstance(call["strategy"], ActorPoolStrategy) and call["strategy"].min_size == call["strategy"].max_size == 2
     assert call["concurrency"] is None and "deprecated" not in caplog.text
     assert stats.computed == 4 and [ep["item_id"] for ep in eps] == [it.id for it in items[:4]]
+
+
+def test_actors_get_a_gpu_each_or_share_the_gpus_there_are():
+    """Ray places an actor asking for `num_gpus: 1` only where a whole GPU is free, so asking for one per actor
+    with fewer GPUs than actors would leave the rest of the pool waiting: transformers actors share the GPUs in
+    equal fractions, vLLM actors (an engine fills its GPU) are refused in one line."""
+    import types
+
+    from reflectevo.generation.ray import _actor_resources
+
+    def cluster(gpus):
+        return types.SimpleNamespace(cluster_resources=lambda: {"CPU": 16.0, "GPU": float(gpus)},
+                                     nodes=lambda: [{"Alive": True, "Resources": {"CPU": 16.0}}])
+
+    assert _actor_resources(cluster(8), 8, "transformers") == {"num_gpus": 1, "num_cpus": 1}
+    assert _actor_resources(cluster(2), 8, "transformers") == {"num_gpus": 0.25, "num_cpus": 1}
+    assert _actor_resources(cluster(3), 8, "transformers") == {"num_gpus": 1 / 3, "num_cpus": 1}
+    assert _actor_resources(cluster(8), 8, "vllm") == {"num_gpus": 1, "num_cpus": 1}
+    with pytest.raises(ReflectEvoError, match=r"generate.workers: 8 Ray actors but the cluster has 2 GPUs; with backend "
+                                              r"vllm .* set generate.workers <= 2"):
+        _actor_resources(cluster(2), 8, "vllm")
+    assert _actor_resources(cluster(0), 8, "transformers") == {"num_cpus": 2}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reflectevo.errors import ReflectEvoError
-from reflectevo.tasks import get_task, task_group
+from reflectevo.tasks.registry import get_task, task_group
 from reflectevo.tasks.answers import extract_code, last_boxed, math_equal, mc_letter, normalize_math, token_f1
 from reflectevo.tasks.base import Item
 from reflectevo.tasks.reflectevo_tasks import SplitSource

@@ -24,7 +24,7 @@ STEPS, SAVE_EVERY = 4, 2
 # stages/train.py as `python stages/train.py ...` runs it, with each optimizer step sleeping SLOW_STEP seconds
 DRIVER = """
 import os, runpy, sys, time
-import reflectevo.training.run as T   # where train_setting looks step_logger up
+import reflectevo.training.run as T
 
 slow = float(os.environ.get("SLOW_STEP", "0"))
 _orig = T.step_logger
@@ -42,7 +42,7 @@ runpy.run_path(os.path.join(os.environ["REFLECTEVO_ROOT"], "stages", "train.py")
 
 
 def test_a_killed_grpo_run_resumes_from_its_checkpoint(tmp_path):
-    from reflectevo.generation import write_shards
+    from reflectevo.generation.run import write_shards
 
     p = tiny_params_dict(ROOT / "params.yaml")
     p["train"]["rl"].update(enabled=True, max_steps=STEPS, save_steps=SAVE_EVERY, batch_size=4, num_generations=4,

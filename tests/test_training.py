@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from reflectevo.config import DPOHyper, SFTHyper, TrainConfig
-from reflectevo.models import model_fingerprint
+from reflectevo.training.config import DPOHyper, SFTHyper, TrainConfig
+from reflectevo.models.fingerprint import model_fingerprint
 from reflectevo.prompts import one_stage_target
 from reflectevo.training.offline import build_offline_trainer
-from reflectevo.training import examples, train_setting
+from reflectevo.training.data import examples
+from reflectevo.training.run import train_setting
 
 
 def dplus_rows(n=6):
@@ -221,4 +222,4 @@ def test_accelerate_configs_load():
 
     root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
     kinds = {load_config_from_file(str(p)).distributed_type.value for p in root.glob("*.yaml")}
-    assert kinds == {"DEEPSPEED", "FSDP"}
+    assert kinds == {"DEEPSPEED", "FSDP", "MULTI_GPU"}   # MULTI_GPU: multi_cpu.yaml (two gloo processes)

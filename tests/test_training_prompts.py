@@ -13,8 +13,9 @@ import pytest
 
 from reflectevo.curation import _common
 from reflectevo.prompts import one_stage_messages, reflection_messages, trial_messages
-from reflectevo.tasks import Item, TaskCache, get_task
-from reflectevo.training import examples, rl_rows
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import TaskCache, get_task
+from reflectevo.training.data import examples, rl_rows
 from reflectevo.training.rewards import judge
 
 OPTIONS = {"choices": 4}

@@ -20,7 +20,7 @@ from test_training import CFG, HP, _fp, dplus_rows, one_thread  # noqa: F401 - o
 
 from reflectevo.training.checkpoint import latest_checkpoint
 
-from reflectevo.training import train_setting
+from reflectevo.training.run import train_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # of the `corrector` role sleeps SLOW_STEP seconds, so the test can kill the process mid-role reliably.
 DRIVER = """
 import os, runpy, sys, time
-import reflectevo.training.run as T   # where train_setting looks step_logger up
+import reflectevo.training.run as T
 
 slow = float(os.environ.get("SLOW_STEP", "0"))
 _orig = T.step_logger
@@ -106,9 +106,10 @@ def test_a_killed_two_stage_run_resumes_each_role(tmp_path):
     assert not ckpts.exists()  # removed after success (train.keep_checkpoints: false)
 
     # 3. the same as one uninterrupted run: global steps, loss history, final adapters
-    from reflectevo.stage import stage_params
+    from reflectevo.config.params import stage_params
+    from reflectevo.training.config import TrainConfig
 
-    name, preset, cfg = stage_params(params, "train")
+    name, preset, cfg = stage_params(params, "train", cls=TrainConfig)
     ref = train_setting("two_stage", name, preset, _fp(preset), dplus_rows(6), dplus_rows(2), cfg, tmp_path / "ref",
                         curves_dir=tmp_path / "ref_curves")
     import torch

@@ -13,21 +13,23 @@ from dataclasses import replace
 import fake_vllm as fake
 import pytest
 
-from reflectevo.backends import BACKENDS, Sampling
+from reflectevo.sampling import Sampling
+
+from reflectevo.backends.registry import BACKENDS
 from reflectevo.errors import ReflectEvoError
 
 
 def test_registered_and_imported_lazily():
     assert "vllm" in BACKENDS
     code = ("import sys, reflectevo.backends.vllm_backend, reflectevo.backends.hf, reflectevo.backends.openai_backend; "
-            "from reflectevo.backends import BACKENDS; BACKENDS.get('vllm'); "
+            "from reflectevo.backends.registry import BACKENDS; BACKENDS.get('vllm'); "
             "assert 'vllm' not in sys.modules, 'vllm imported at module import'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
 
 
 def test_missing_vllm_gives_the_install_hint(tiny_preset, monkeypatch):
-    from reflectevo.backends.hf import make_backend
+    from reflectevo.backends.registry import make_backend
 
     monkeypatch.setitem(sys.modules, "vllm", None)   # `import vllm` raises ImportError, even where it is installed
     with pytest.raises(ReflectEvoError, match=r"backend vllm needs `pip install reflectevo\[vllm\]` on a GPU machine"):
@@ -41,7 +43,8 @@ def fake_vllm(monkeypatch):
 
 
 def test_fake_module_requests_carry_lora_and_per_prompt_seeds(fake_vllm, tiny_preset, tmp_path):
-    from reflectevo.backends.hf import TransformersBackend, make_backend
+    from reflectevo.backends.hf import TransformersBackend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.backends.vllm_backend import VLLMBackend
 
     adapter = tmp_path / "reflector"
@@ -153,7 +156,7 @@ def test_evaluate_runs_the_base_and_every_adapter_on_one_engine(fake_vllm, tmp_p
 def test_a_4bit_vllm_preset_serves_the_base_unquantized(fake_vllm, tiny_preset):
     """vLLM 0.32/0.33 know no "bitsandbytes" quantization (the fake refuses it as they do): 4bit is a QLoRA
     training setting, so generation serves the base in the preset's dtype, as the transformers backend does."""
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.backends.vllm_backend import engine_kwargs
 
     q = replace(tiny_preset, backend="vllm", quantization="4bit")
@@ -163,7 +166,7 @@ def test_a_4bit_vllm_preset_serves_the_base_unquantized(fake_vllm, tiny_preset):
 
 
 def test_engine_context_dtype_and_overrides(fake_vllm, tiny_preset, monkeypatch):
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
     from reflectevo.backends.vllm_backend import VLLMBackend
 
     preset = replace(tiny_preset, backend="vllm", max_length=1536)
@@ -187,7 +190,7 @@ def test_engine_context_dtype_and_overrides(fake_vllm, tiny_preset, monkeypatch)
 
 
 def test_a_prompt_beyond_the_engine_context_is_one_clear_error(fake_vllm, tiny_preset):
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
 
     b = make_backend("tiny-random", replace(tiny_preset, backend="vllm", max_length=100))
     prompt = b.render([{"role": "user", "content": "What is 2 + 3?"}])
@@ -200,7 +203,7 @@ def test_a_prompt_beyond_the_engine_context_is_one_clear_error(fake_vllm, tiny_p
 
 
 def test_an_adapter_beyond_the_engines_rank_is_one_clear_error(fake_vllm, tiny_preset, tmp_path):
-    from reflectevo.backends import make_backend
+    from reflectevo.backends.registry import make_backend
 
     preset = replace(tiny_preset, backend="vllm")
     base = make_backend("tiny-random", preset)                              # sized for lora.r = 4 -> 8
@@ -229,8 +232,8 @@ def test_generate_stage_with_vllm_records_vllms_sampler_and_dtype(fake_vllm, tmp
     from typer.testing import CliRunner
 
     from reflectevo.backends.vllm_backend import SAMPLER
-    from reflectevo.generation import SAMPLER as HF_SAMPLER
-    from reflectevo.generation import load_episodes
+    from reflectevo.generation.keys import SAMPLER as HF_SAMPLER
+    from reflectevo.episodes.shards import load_episodes
 
     params, _ = _vllm_params(tmp_path)
     runner = CliRunner()
@@ -270,3 +273,132 @@ def test_the_gpu_check_scripts_evaluate_flow_runs_on_one_engine(fake_vllm, tiny_
     assert flow["items"] == 3 and flow["reflected"] == 3 and len(fake.FakeLLM.instances) == 1
     (llm,) = fake.FakeLLM.instances
     assert llm.kw["max_lora_rank"] == 16 and {c["lora"] is None for c in llm.calls} == {True, False}
+
+
+def test_vllm_score_reads_prompt_logprobs_like_the_transformers_score(fake_vllm, tiny_preset):
+    """`VLLMBackend.score` from vLLM's prompt log-probabilities (the fake serves the tiny model's own per-position
+    log-probabilities in vLLM's layout) equals the transformers backend's teacher-forced score."""
+    import torch
+
+    from reflectevo.backends.hf import TransformersBackend
+    from reflectevo.backends.vllm_backend import VLLMBackend
+
+    local = TransformersBackend("tiny-random", tiny_preset)
+
+    def logprobs(ids):   # log p(ids[i] | ids[:i]) for i >= 1 (position 0 is never read)
+        with torch.no_grad():
+            logits = local.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        return [0.0] + [float(logits[i - 1, t]) for i, t in enumerate(ids) if i > 0]
+
+    fake.FakeLLM.prompt_logprob_fn = logprobs
+    b = VLLMBackend("tiny-random", replace(tiny_preset, backend="vllm"))
+    prompts = [b.render([{"role": "user", "content": q}]) for q in ("What is 2 + 5?", "Is every cat an animal?")]
+    conts = ["Thought: 2 + 5 = 7.\nAction: Finish[7]", " Finish[Yes]"]
+    got = b.score(prompts, conts)
+    assert got == pytest.approx(local.score(prompts, conts), abs=1e-4)
+    (call,) = fake.FakeLLM.instances[0].calls
+    assert all(sp.prompt_logprobs == 1 and sp.max_tokens == 1 and sp.temperature == 0.0 for sp in call["params"])
+    assert b.score([], []) == []
+
+
+def test_a_likelihood_judge_on_an_endpoint_stops_before_anything_loads(tmp_path, monkeypatch):
+    """curate with `judge: likelihood` on a backend that cannot score: one line, exit 2, and no backend built."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from reflectevo.backends import registry
+    from reflectevo.judge import check_judge_backend
+
+    params, p = _vllm_params(tmp_path)
+    p["models"]["tiny-random"]["backend"] = "openai"
+    p["curate"]["judge"] = "likelihood"
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    built = []
+    monkeypatch.setattr(registry, "make_backend", lambda *a, **k: built.append(a))
+    r = CliRunner().invoke(_stage("curate"), ["--params", str(params), "--raw", str(tmp_path / "raw"),
+                                              "--out", str(tmp_path / "cur"), "--metrics", str(tmp_path / "m.json")])
+    assert r.exit_code == 2 and built == []
+    assert "curate.judge: likelihood scores continuations, which backend 'openai'" in r.output
+    for backend in ("transformers", "vllm", "scripted"):   # these score
+        check_judge_backend("likelihood", "p", type("P", (), {"backend": backend})())
+
+
+def test_a_cut_at_the_answer_pattern_counts_the_tokens_up_to_the_cut(tiny_preset):
+    """vLLM generates past `stop_regex`; the text is cut afterwards, and `n_new_tokens` counts the tokens up to
+    the one that completed the answer (where the transformers backend stops), not the whole completion."""
+    import types
+
+    from reflectevo.backends.vllm_backend import _generation
+    from reflectevo.models.load import load_tokenizer
+
+    tok = load_tokenizer("tiny-random", tiny_preset)
+    text = "Thought: 3 + 4 = 7.\nAction: Finish[7] and then more words after the answer"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    sampling = Sampling(64, stop_regex=r"Finish\[[^\]]*\]")
+
+    def out(finish, stop=None, tokens=ids):
+        comp = types.SimpleNamespace(text=text, token_ids=tokens, finish_reason=finish, stop_reason=stop)
+        return types.SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=[comp])
+
+    g = _generation(out("length"), sampling, tok)
+    assert g.text.endswith("Finish[7]") and g.stop_reason == "stop" and g.n_prompt_tokens == 3
+    assert "Finish[7]" in tok.decode(ids[:g.n_new_tokens]) and "Finish[7]" not in tok.decode(ids[:g.n_new_tokens - 1])
+    assert g.n_new_tokens < len(ids)
+    eos = _generation(out("stop", tokens=[*ids, fake.EOS]), Sampling(64), tok)   # no cut: all but the EOS
+    assert eos.n_new_tokens == len(ids) and eos.stop_reason == "eos"
+    for reason in ("abort", "error"):   # an aborted request is not an ending: nothing recorded
+        with pytest.raises(ReflectEvoError, match=f"finish_reason '{reason}'"):
+            _generation(out(reason), sampling, tok)
+
+
+def test_the_generate_stage_gives_vllm_a_phase_per_call(fake_vllm, tmp_path, monkeypatch):
+    """vLLM schedules its own batches: the generate stage hands it `chunk_items` items per chunk (one call per
+    phase), not the transformers backend's gen_batch_size."""
+    from typer.testing import CliRunner
+
+    from reflectevo.backends.vllm_backend import VLLMBackend
+
+    params, _ = _vllm_params(tmp_path, gen_batch_size=2)
+    runner = CliRunner()
+    assert runner.invoke(_stage("prepare"), ["--params", str(params), "--out", str(tmp_path / "sources")]).exit_code == 0
+
+    def calls(out, chunk_items):
+        monkeypatch.setattr(VLLMBackend, "chunk_items", chunk_items)
+        fake.FakeLLM.instances = []
+        monkeypatch.setattr("reflectevo.backends.vllm_backend._ENGINES", {})
+        r = runner.invoke(_stage("generate"), [str(a) for a in (
+            "--params", params, "--sources", tmp_path / "sources/train.jsonl", "--out", tmp_path / out,
+            "--summary", tmp_path / f"{out}.json", "--no-progress")])
+        assert r.exit_code == 0, r.output
+        return [len(c["prompts"]) for c in fake.FakeLLM.instances[0].calls]
+
+    phase = calls("raw", VLLMBackend.chunk_items)
+    small = calls("raw_small", 0)          # what gen_batch_size chunks gave (8 items at least)
+    assert sum(phase) == sum(small) and len(phase) < len(small) and max(phase) > max(small)
+
+
+def test_auto_dtype_for_vllm_is_found_without_starting_cuda(monkeypatch, tiny_preset):
+    """`engine_dtype` for `auto` asks vLLM's platform (NVML, vllm/platforms/cuda.py `NvmlCudaPlatform`), never
+    torch's CUDA runtime, which would create a CUDA context in the process before the engine starts."""
+    import sys
+    import types
+
+    import torch
+
+    from reflectevo.backends.vllm_backend import engine_dtype
+
+    def no_cuda(*a, **k):
+        raise AssertionError("CUDA was started before the engine")
+
+    for name in ("is_bf16_supported", "get_device_properties", "get_device_capability", "init", "current_device"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for major, want in ((8, "bfloat16"), (7, "float16")):
+        platform = types.SimpleNamespace(is_cuda=lambda: True, has_device_capability=lambda c, m=major: m * 10 >= c)
+        vllm = types.ModuleType("vllm")
+        platforms = types.ModuleType("vllm.platforms")
+        platforms.current_platform = platform
+        monkeypatch.setitem(sys.modules, "vllm", vllm)
+        monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+        assert engine_dtype(replace(tiny_preset, dtype="auto")) == want
+    assert engine_dtype(replace(tiny_preset, dtype="bfloat16")) == "bfloat16"   # named: as named

@@ -21,7 +21,7 @@ def adapter(tiny_preset, tmp_path_factory):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from reflectevo.models import resolve_model
+    from reflectevo.models.load import resolve_model
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-random", tiny_preset), dtype=torch.float32)
     config = base.config.to_dict()
@@ -133,7 +133,7 @@ def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tiny_preset, tmp_
     import subprocess
     import sys
 
-    from reflectevo.models import resolve_model
+    from reflectevo.models.load import resolve_model
 
     base = resolve_model("tiny-random", tiny_preset)
     code = (

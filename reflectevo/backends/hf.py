@@ -16,13 +16,14 @@ explicit `SamplingParams`. Both backends stop at the tokenizer's EOS and at the 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds, stop_position
-from reflectevo.config import ModelPreset
+from reflectevo.sampling import Generation, Sampling, finish_text, prompt_seeds, stop_position
+from reflectevo.config.presets import ModelPreset
 
 # How sampled tokens are drawn (part of every episode key, = reflectevo.generation.SAMPLER): one seed per
 # sample, one random generator per row, inverse-CDF draw (`SeededSampler`; v1 drew with torch.multinomial).
@@ -37,7 +38,7 @@ class TransformersBackend:
                  batch_size: int | None = None) -> None:
         import torch
 
-        from reflectevo.models import load_model, load_tokenizer
+        from reflectevo.models.load import load_model, load_tokenizer
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.tokenizer = load_tokenizer(preset_name, preset)
@@ -47,22 +48,45 @@ class TransformersBackend:
         from reflectevo.backends import shared_prefix
 
         # a batch's shared prompt head is kept once, not copied into every row (reflectevo/backends/shared_prefix.py)
-        self.cascade = shared_prefix.install(self.model)
+        # on a CPU the memory traffic of per-row prefix copies dominates decoding; a GPU runs the model's own
+        # (fused) attention over the copied prefix cache instead
+        self.cascade = shared_prefix.install(self.model) if self.model.device.type == "cpu" else False
+        self.sync = None
         self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
         self.batch_size = batch_size or preset.gen_batch_size
         self.prefilled_tokens = 0   # prompt tokens actually computed (a shared prefix counts once per batch)
         self.dtype = str(self.model.dtype).replace("torch.", "")
 
     @classmethod
-    def around(cls, model: Any, tokenizer: Any, stop_ids: Sequence[int], batch_size: int = 8) -> "TransformersBackend":
+    def around(cls, model: Any, tokenizer: Any, stop_ids: Sequence[int], batch_size: int = 8, *,
+               sync: ForwardSync | None = None) -> TransformersBackend:
         """A backend on a model that is already loaded (the live policy inside an RL rollout): nothing is
         loaded or installed (no shared-prefix attention: the model trains between calls), generation stops at
-        `stop_ids`. The caller puts the model in eval mode."""
+        `stop_ids`. The caller puts the model in eval mode.
+
+        `sync`: the model is sharded over the ranks (FSDP, DeepSpeed ZeRO-3), so each of its forwards is a
+        collective; every forward is then announced to the other ranks (`ForwardSync`), and a rank whose rows
+        have all ended keeps stepping with them until every rank is done. Get it from `synced_forwards(model)`
+        (None where the model is not sharded)."""
         self = cls.__new__(cls)
         self.tokenizer, self.model, self.cascade = tokenizer, model, False
         self.stop_ids, self.batch_size, self.prefilled_tokens = list(stop_ids), batch_size, 0
         self.dtype = str(getattr(model, "dtype", "")).replace("torch.", "")
+        self.sync = sync
         return self
+
+    @staticmethod
+    def resolved_dtype(preset: ModelPreset) -> str:
+        """The dtype name this backend loads the preset in (`reflectevo.models.load.resolve_dtype`)."""
+        from reflectevo.models.load import resolve_dtype
+
+        return str(resolve_dtype(preset.dtype)).replace("torch.", "")
+
+    def _forward(self, **kwargs: Any):
+        """One forward of the model; announced first when it is sharded (see `ForwardSync`)."""
+        if self.sync is not None:
+            self.sync.before_forward()
+        return self.model(**kwargs)
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -132,8 +156,8 @@ class TransformersBackend:
                     alive = [alive[j] for j in keep]
                 mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
                 last_pos = last_pos + 1
-                out = self.model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=last_pos.unsqueeze(1),
-                                 past_key_values=cache, use_cache=True, **extra)
+                out = self._forward(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=last_pos.unsqueeze(1),
+                                    past_key_values=cache, use_cache=True, **extra)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         results = []
         for t, p, toks, why in zip(texts, n_prompt, new, reason):
@@ -145,7 +169,9 @@ class TransformersBackend:
         """Log-probability of each continuation after its prompt (sum over the continuation's tokens),
         teacher-forced, in batches: what the likelihood judge ranks reflections by. Rows are left-padded,
         so every continuation ends the row and only the last positions get logits; the prompts' shared
-        head is computed once per batch (as in generation)."""
+        head is computed once per batch (as in generation). Each row's log-probabilities are taken from its own
+        logits ([continuation, vocab] in float32, the target's logit minus the log-sum-exp), never from a float32
+        copy of the whole batch's [rows, positions, vocab]."""
         import torch
         from transformers import DynamicCache
 
@@ -158,11 +184,12 @@ class TransformersBackend:
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
                 res, _, _, _ = self._prefill(rows, DynamicCache(), logits_to_keep=keep)
-            logp = res.logits.float().log_softmax(-1)          # [rows, keep, vocab]: the last `keep` positions
+            logits = res.logits                                 # [rows, keep, vocab]: the last `keep` positions
             for row, c in enumerate(cs):
                 # position keep-1-len(c)+i predicts continuation token i
-                idx = torch.arange(keep - 1 - len(c), keep - 1, device=logp.device)
-                out.append(float(logp[row, idx, torch.tensor(c, device=logp.device)].sum()))
+                lg = logits[row, keep - 1 - len(c):keep - 1].float()
+                target = torch.tensor(c, device=lg.device).unsqueeze(1)
+                out.append(float((lg.gather(1, target).squeeze(1) - lg.logsumexp(-1)).sum()))
         return out
 
     def _prefill(self, rows: list[list[int]], cache, logits_to_keep: int = 1):
@@ -186,8 +213,8 @@ class TransformersBackend:
         extra: dict[str, Any] = {}
         if shared:
             head = DynamicCache() if self.cascade else cache
-            self.model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=head,
-                       use_cache=True, logits_to_keep=1)
+            self._forward(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=head,
+                          use_cache=True, logits_to_keep=1)
             if self.cascade:
                 from reflectevo.backends.shared_prefix import prefix_kv
 
@@ -202,9 +229,80 @@ class TransformersBackend:
         pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, shared:]
         mask = own if extra else full
         self.prefilled_tokens += shared + sum(len(t) for t in tails)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, logits_to_keep=logits_to_keep, **extra)
+        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                            use_cache=True, logits_to_keep=logits_to_keep, **extra)
         return out, mask, pos, extra
+
+
+class ForwardSync:
+    """Lockstep forwards of a model sharded over the ranks (FSDP, DeepSpeed ZeRO-3), where every forward
+    gathers the shards from every rank: a collective that hangs when one rank runs a forward the others do not.
+
+    Our decode loop drops a row as soon as it ends, so ranks holding other prompts stop at different steps
+    (and the trial mechanics make a different number of calls per rank). As transformers' `generate` does
+    under `synced_gpus` (generation/utils.py `_has_unfinished_sequences`: an all-reduce of "still running"
+    before each step), each forward is announced here with an all-reduce of 1; a rank with nothing left calls
+    `drain`, which announces 0 and runs a one-token forward for as long as another rank announces work, and
+    returns once every rank has drained. So all ranks run the same number of forwards, pairwise in step.
+
+    Drain once per phase, inside the same adapter context as that phase's forwards (`synced_forwards` does it
+    on leaving its block), and open the phases in the same order on every rank."""
+
+    def __init__(self, model: Any, pad_id: int = 0, group: Any = None) -> None:
+        self.model, self.pad_id, self.group = model, pad_id, group
+        self.forwards = 0   # this rank's own forwards
+        self.idle = 0       # forwards run only to keep step with the other ranks
+
+    def _all_reduce(self, value: float) -> float:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([value], dtype=torch.float32, device=self.model.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=self.group)
+        return float(flag.item())
+
+    def before_forward(self) -> None:
+        self._all_reduce(1.0)
+        self.forwards += 1
+
+    def drain(self) -> None:
+        import torch
+
+        while self._all_reduce(0.0) > 0:
+            with torch.inference_mode():
+                self.model(input_ids=torch.tensor([[self.pad_id]], device=self.model.device), use_cache=False)
+            self.idle += 1
+
+
+def needs_synced_forwards(model: Any) -> bool:
+    """True when a forward of `model` is a collective: more than one process, and the model's weights sharded
+    by FSDP (1 or 2: an FSDP module in it) or partitioned by DeepSpeed ZeRO-3 (its parameters carry `ds_id`),
+    transformers' own test for `synced_gpus` (generation/utils.py) made per model, so a whole replica beside a
+    sharded policy (`reflectevo.training.model.frozen_base`) is not synced."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
+        return True
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+@contextlib.contextmanager
+def synced_forwards(model: Any, pad_id: int | None = 0, enabled: bool | None = None):
+    """`with synced_forwards(model) as sync:` ... `TransformersBackend.around(model, ..., sync=sync)` ...: a
+    `ForwardSync` where `model` is sharded (`needs_synced_forwards`, or `enabled`), else None; on leaving the
+    block this rank drains (keeps step until every rank has left its block). Use one block per phase and
+    model (e.g. the reflections with the adapter on, then the retries with it off), the same on every rank."""
+    on = needs_synced_forwards(model) if enabled is None else enabled
+    sync = ForwardSync(model, pad_id or 0) if on else None
+    try:
+        yield sync
+    finally:
+        if sync is not None:
+            sync.drain()
 
 
 PREFIX_MIN_TOKENS = 16   # a shared prompt prefix shorter than this is not worth a separate pass
@@ -279,19 +377,14 @@ class SeededSampler:
             drop = p.cumsum(dim=-1) - p >= self.top_p   # keep the smallest set reaching top_p
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
-        cdf = logits.softmax(dim=-1).cpu().cumsum(dim=-1)
+        # the draw runs where the logits are; only the rows' uniform numbers come from their (CPU) generators, so a
+        # row's stream is the same on every device and no [rows, vocab] tensor leaves the GPU
+        cdf = logits.softmax(dim=-1).cumsum(dim=-1)
         u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
         # first index whose cumulative mass exceeds u * total: a token with non-zero probability
-        picks = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-        picks = picks.clamp_(max=cdf.shape[1] - 1).to(scores.device)
+        u = u.to(device=cdf.device, dtype=cdf.dtype)
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+        picks = picks.clamp_(max=cdf.shape[1] - 1)
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(picks), device=scores.device), picks] = 0.0
         return out
-
-
-def make_backend(preset_name: str, preset: ModelPreset, adapter: str | Path | None = None, *,
-                 serves: Sequence[str | Path] = ()):
-    """Build the preset's backend: transformers, vllm or openai (`reflectevo.backends.make_backend`)."""
-    from reflectevo.backends import make_backend as build
-
-    return build(preset_name, preset, adapter=adapter, serves=serves)

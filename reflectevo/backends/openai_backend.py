@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds
-from reflectevo.config import ModelPreset
+from reflectevo.sampling import Generation, Sampling, finish_text, prompt_seeds
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 ENV_BASE_URLS = ("REFLECTEVO_OPENAI_BASE_URL", "OPENAI_BASE_URL")
@@ -148,7 +148,7 @@ class OpenAIBackend:
         self.backoff, self.max_backoff = backoff, max_backoff
         self.tokenizer = tokenizer
         if self.mode == "completions" and tokenizer is None:
-            from reflectevo.models import load_tokenizer
+            from reflectevo.models.load import load_tokenizer
 
             try:
                 self.tokenizer = load_tokenizer(preset_name, preset)

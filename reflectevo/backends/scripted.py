@@ -30,10 +30,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling, finish_text
-from reflectevo.config import ModelPreset, ScriptRecipe
+from reflectevo.sampling import Generation, Sampling, finish_text
+from reflectevo.config.presets import ModelPreset, ScriptRecipe
+from reflectevo.models.fingerprint import SCRIPT_VERSION
 
-SCRIPT_VERSION = "scripted-v1"
 
 # A reflection-like vocabulary: common words of diagnoses and plans, plus generated terms so that two
 # reflections of one item are not near-duplicates under curate's TF-IDF filter.
@@ -84,12 +84,12 @@ class ScriptedBackend:
 
     # -- the generate loop tells us the chunk's items ------------------------------------------------
     def bind(self, items: Sequence[Any], tasks: dict[str, Any]) -> None:
-        from reflectevo.mechanics import render_trial
         from reflectevo.prompts import trial_messages
 
         self._items = [(it.question, it, tasks[it.task]) for it in items]
         self._at = 0
-        self._first = {render_trial(self, tasks[it.task], trial_messages(tasks[it.task], it)): it for it in items}
+        # trial 1 as the protocol sends it: the rendered prompt, then the task's assistant-side prefix
+        self._first = {self.render(trial_messages(tasks[it.task], it)) + tasks[it.task].trial_prefix(): it for it in items}
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"

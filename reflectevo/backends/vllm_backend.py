@@ -28,8 +28,13 @@ the environment: `REFLECTEVO_VLLM_GPU_MEMORY` (the fraction of GPU memory the en
 `{"enforce_eager": true, "max_model_len": -1}`; -1 = vLLM's own fit).
 
 Records: `resolved_dtype` is the engine's model dtype; `n_new_tokens` leaves out the EOS / stop token
-vLLM keeps at the end of `token_ids`, as the transformers backend does. Sampled tokens come from vLLM's
-per-request seeded sampler, not our inverse-CDF draw, hence another `sampler` in the episode key.
+vLLM keeps at the end of `token_ids`, as the transformers backend does, and a text cut afterwards at the
+answer pattern counts only the tokens up to the cut. Sampled tokens come from vLLM's per-request seeded
+sampler, not our inverse-CDF draw, hence another `sampler` in the episode key.
+
+Throughput: the generate stage hands this backend `chunk_items` items per chunk (a whole phase of them per
+`generate` call), not the transformers backend's `gen_batch_size`; vLLM schedules the batches itself.
+`score` (the likelihood judge of curate) reads vLLM's prompt log-probabilities.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling, finish_text, prompt_seeds
-from reflectevo.config import ModelPreset
+from reflectevo.sampling import Generation, Sampling, finish_text, prompt_seeds
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
 
 INSTALL_HINT = "backend vllm needs `pip install reflectevo[vllm]` on a GPU machine"
@@ -49,6 +54,7 @@ SAMPLER = "vllm-request-seed-v1"   # vLLM's sampler with SamplingParams(seed=...
 MAX_LORAS = 2                      # LoRAs in one batch: a two-stage reflector/corrector pair stays loaded
 ENV_GPU_MEMORY = "REFLECTEVO_VLLM_GPU_MEMORY"
 ENV_ARGS = "REFLECTEVO_VLLM_ARGS"
+PHASE_ITEMS = 4096                 # items per generate chunk with this backend (the journal's unit, too)
 _ENGINES: dict[tuple, tuple[dict[str, Any], Any]] = {}   # (model, revision, dtype) -> (engine kwargs, LLM)
 _LORA_IDS: dict[str, int] = {}                           # adapter path -> LoRARequest int id (>= 1)
 
@@ -77,9 +83,21 @@ def lora_rank_bound(adapters: Iterable[str | Path | None], preset_rank: int) -> 
 
 
 def engine_dtype(preset: ModelPreset) -> str:
-    """The dtype name the transformers backend would load the preset in (`models.resolve_dtype`)."""
-    from reflectevo.models import resolve_dtype
+    """The dtype name the transformers backend would load the preset in (`models.resolve_dtype`), found without
+    starting CUDA in this process for `auto`: `resolve_dtype` asks torch for the GPU's compute capability, which
+    creates a CUDA context here (memory on the GPU the engine sizes itself to; vLLM then also has to spawn
+    its workers). vLLM's own platform reads the capability through NVML instead (vllm/platforms/cuda.py
+    `NvmlCudaPlatform.has_device_capability`, "will not initialize CUDA"): bf16 from compute capability 8.0
+    (native bf16), else fp16, as `resolve_dtype` decides."""
+    from reflectevo.models.load import resolve_dtype
 
+    if preset.dtype == "auto":
+        try:
+            from vllm.platforms import current_platform
+        except ImportError:
+            current_platform = None
+        if current_platform is not None and current_platform.is_cuda():
+            return "bfloat16" if current_platform.has_device_capability(80) else "float16"
     return str(resolve_dtype(preset.dtype)).replace("torch.", "")
 
 
@@ -98,7 +116,7 @@ def _env_args() -> dict[str, Any]:
 
 def engine_kwargs(preset_name: str, preset: ModelPreset, adapters: Iterable[str | Path | None] = ()) -> dict[str, Any]:
     """Keyword arguments of `vllm.LLM` for a preset whose engine will serve `adapters` (and the base)."""
-    from reflectevo.models import hub_revision, resolve_model
+    from reflectevo.models.load import hub_revision, resolve_model
 
     revision = hub_revision(preset)
     kw: dict[str, Any] = {"model": resolve_model(preset_name, preset), "revision": revision,
@@ -145,6 +163,13 @@ class VLLMBackend:
     name = "vllm"
     sampler = SAMPLER
     shares_engine = True   # make_backend passes `serves`
+    # items per generate chunk: vLLM schedules its own batches, so it gets a phase of this many items per call
+    # (a few thousand prompts keep an H100 busy), where the transformers backend takes `gen_batch_size`
+    chunk_items = PHASE_ITEMS
+
+    @staticmethod
+    def resolved_dtype(preset: ModelPreset) -> str:
+        return engine_dtype(preset)
 
     def __init__(self, preset_name: str, preset: ModelPreset, adapter: str | Path | None = None,
                  batch_size: int | None = None, serves: Sequence[str | Path] = ()) -> None:
@@ -153,12 +178,12 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
         except ImportError as e:
             raise ReflectEvoError(f"{INSTALL_HINT} (import vllm failed: {e})") from None
-        from reflectevo.models import load_tokenizer
+        from reflectevo.models.load import load_tokenizer
 
         self.vllm = vllm
         self.preset_name = preset_name
         self.tokenizer = load_tokenizer(preset_name, preset)
-        from reflectevo.models import is_full_model
+        from reflectevo.models.load import is_full_model
 
         self.engine_kwargs = engine_kwargs(preset_name, preset, [a for a in (adapter, *serves) if not is_full_model(a)])
         if is_full_model(adapter):  # a full-parameter save: its own engine on that folder, no LoRA
@@ -211,13 +236,59 @@ class VLLMBackend:
         self._check_lengths(ids, sampling.max_new_tokens)
         outs = self.llm.generate([{"prompt_token_ids": list(x)} for x in ids], self.sampling_params(sampling, seeds),
                                  use_tqdm=False, lora_request=self.lora)
-        return [_generation(o, sampling) for o in outs]
+        return [_generation(o, sampling, self.tokenizer) for o in outs]
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        """Log-probability of each continuation after its prompt (sum over its tokens), as the transformers
+        backend's `score` computes it (prompt and continuation tokenized apart, then joined): from vLLM's prompt
+        log-probabilities of the joined ids (`SamplingParams(prompt_logprobs=1)`: per position after the first a
+        dict holding the actual token's `Logprob`, vllm/logprobs.py `create_prompt_logprobs` and
+        `append_logprobs_for_next_position`), one token generated and ignored."""
+        if not prompts:
+            return []
+        ps = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        cs = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+        rows = [list(p) + list(c) for p, c in zip(ps, cs, strict=True)]
+        self._check_lengths(rows, 1)
+        params = [self.vllm.SamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=1) for _ in rows]
+        outs = self.llm.generate([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False,
+                                 lora_request=self.lora)
+        scores = []
+        for row, p, out in zip(rows, ps, outs):
+            logprobs = out.prompt_logprobs
+            scores.append(float(sum(logprobs[i][row[i]].logprob for i in range(max(len(p), 1), len(row)))))
+        return scores
 
 
-def _generation(out: Any, sampling: Sampling) -> Generation:
+def _generation(out: Any, sampling: Sampling, tokenizer: Any = None) -> Generation:
     """vLLM's RequestOutput -> Generation. `finish_reason` is "length" or "stop" (EOS, or a stop string
-    when `stop_reason` holds it); the answer pattern (`stop_regex`) is applied to the text here."""
+    when `stop_reason` holds it); "abort" and "error" (vllm/v1/engine/__init__.py `FINISH_REASON_STRINGS`)
+    stop the run with one line rather than be recorded as an ending. The answer pattern and the stop patterns
+    (`stop_regex`, `stop_patterns`: vLLM knows only plain stop strings) are applied to the text here, and then
+    `n_new_tokens` counts the tokens up to the one that completed the cut, as the transformers backend, which
+    stops there, does (`tokens_to_cut`)."""
     o = out.outputs[0]
-    natural = "length" if o.finish_reason == "length" else ("stop" if isinstance(o.stop_reason, str) else "eos")
+    if o.finish_reason not in ("stop", "length", "repetition"):
+        raise ReflectEvoError(f"vLLM ended a request with finish_reason {o.finish_reason!r} (not an ending of the "
+                              f"text: aborted or failed in the engine); nothing of it is recorded, rerun to resume")
+    natural = "stop" if isinstance(o.stop_reason, str) else "eos" if o.finish_reason == "stop" else "length"
     text, reason = finish_text(o.text, sampling, natural)
-    return Generation(text, len(out.prompt_token_ids), new_tokens(o), reason)
+    n = new_tokens(o)
+    if reason == "stop" and natural != "stop" and tokenizer is not None:
+        n = tokens_to_cut(list(o.token_ids)[:n], sampling, tokenizer)
+    return Generation(text, len(out.prompt_token_ids), n, reason)
+
+
+def tokens_to_cut(ids: list[int], sampling: Sampling, tokenizer: Any) -> int:
+    """The fewest leading tokens of `ids` whose decoded text already reaches a stop of `sampling` (a stop
+    found in a prefix stays in every longer one): where the transformers backend stops generating."""
+    from reflectevo.sampling import stop_position
+
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if stop_position(tokenizer.decode(ids[:mid], skip_special_tokens=True), sampling) is None:
+            lo = mid + 1
+        else:
+            hi = mid
+    return hi

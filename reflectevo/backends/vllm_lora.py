@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks (0.3x)
 VLLM_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -159,7 +159,7 @@ def _base_config(preset_name: str, preset: ModelPreset) -> dict[str, Any] | None
     try:
         from transformers import AutoConfig
 
-        from reflectevo.models import hub_revision, resolve_model
+        from reflectevo.models.load import hub_revision, resolve_model
 
         return AutoConfig.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset)).to_dict()
     except Exception:  # noqa: BLE001 - the check then skips the shape comparison and says nothing wrong

@@ -9,6 +9,8 @@
     reflectevo serve --model tiny-random --port 8000    # OpenAI-compatible server for a preset
     reflectevo convert / metrics ...     # ReflectEvo interoperability (docs/compat.md)
     reflectevo publish models/one_stage --repo-id you/one-stage   # to the Hugging Face Hub (private)
+    reflectevo plan [params.yaml] [--recipe paper] [--json]   # what a run costs, offline
+    reflectevo recipe list | show NAME | check NAME | run NAME [dvc exp run args]   # configs/recipes/
 
 One module per group of commands; each has `register(app)`, and this package builds the app from them
 (the modules never import this package, so nothing imports in a circle).
@@ -18,9 +20,9 @@ from __future__ import annotations
 
 import typer
 
-from reflectevo.cli import catalog, compat, publish, report, serve, verify
+from reflectevo.cli import catalog, compat, plan, publish, report, serve, verify
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ReflectEvo: learn to reflect from self-generated data.")
 
-for _module in (catalog, report, verify, serve, compat, publish):
+for _module in (catalog, report, verify, serve, compat, publish, plan):
     _module.register(app)

@@ -13,7 +13,7 @@ from reflectevo.stage import friendly_errors
 @friendly_errors
 def tasks_cmd(all_generators: bool = typer.Option(False, "--all", help="also list every reasoning-gym generator")) -> None:
     """List registered tasks (name, answer type, splits, source)."""
-    from reflectevo.tasks import TASKS, get_task
+    from reflectevo.tasks.registry import TASKS, get_task
     from reflectevo.tasks.reasoning_gym_task import generator_names
 
     for name in TASKS.names():
@@ -32,7 +32,7 @@ def tasks_cmd(all_generators: bool = typer.Option(False, "--all", help="also lis
 def items_cmd(task: str, split: str = "test", n: int = typer.Option(0, "-n", help="0 = all"), seed: int = 0) -> None:
     """Print a task's items in the unified schema as JSONL (the ids `verify` takes)."""
     from reflectevo.jsonio import dumps
-    from reflectevo.tasks import get_task
+    from reflectevo.tasks.registry import get_task
 
     for it in get_task(task).load(split, n, seed):
         typer.echo(dumps(it.to_dict()))
@@ -41,7 +41,8 @@ def items_cmd(task: str, split: str = "test", n: int = typer.Option(0, "-n", hel
 @friendly_errors
 def params_check(path: Path = typer.Argument(Path("params.yaml"))) -> None:
     """Validate every preset and stage section; one clear error line on the first problem."""
-    from reflectevo.config import read_params, validate_all
+    from reflectevo.config.params import read_params
+    from reflectevo.paramsfile import validate_all
 
     params = read_params(path)
     validate_all(params)
@@ -51,7 +52,8 @@ def params_check(path: Path = typer.Argument(Path("params.yaml"))) -> None:
 @friendly_errors
 def presets_cmd(path: Path = typer.Argument(Path("params.yaml"))) -> None:
     """List the model presets of a params file."""
-    from reflectevo.config import load_preset, read_params
+    from reflectevo.config.params import read_params
+    from reflectevo.config.presets import load_preset
 
     params = read_params(path)
     load_preset(params)  # the `model:` selector first: an old (renamed) preset name gets "did you mean"

@@ -40,7 +40,8 @@ def convert_cmd(
                                     "reflectevo/logiqa); default: from their run.py file name, else reflectevo/unknown"),
 ) -> None:
     """Convert ReflectEvo raw / D+ / D± / Dpref files to our schemas (--from) or ours to theirs (--to)."""
-    from reflectevo.compat import KINDS, convert
+    from reflectevo.compat.convert import convert
+    from reflectevo.compat.fields import KINDS
     from reflectevo.errors import unknown
 
     if (from_ is None) == (to is None):
@@ -77,7 +78,7 @@ def _block(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def results_metrics(path: Path, fmt: str | None, protocol: str, task: str | None = None) -> dict[str, Any]:
     """The JSON `reflectevo metrics` prints (see docs/compat.md §5)."""
-    from reflectevo.compat import count_py, protocol_pairs, result_rows
+    from reflectevo.compat.results import count_py, protocol_pairs, result_rows
 
     detected, what, rows = result_rows(path, fmt, task)
     pairs = protocol_pairs(rows, protocol)

@@ -17,7 +17,7 @@ def verify_cmd(task: str = typer.Argument(..., help="registered task name or a t
     """Judge raw model outputs: one JSON line per input (id, extracted, correct, score, error), then a summary."""
     from reflectevo.errors import ReflectEvoError
     from reflectevo.jsonio import dumps, iter_jsonl
-    from reflectevo.tasks import get_task
+    from reflectevo.tasks.registry import get_task
 
     t = get_task(task)
     by_id = {it.id: it for it in t.load(split)}

@@ -28,10 +28,6 @@ in vLLM itself is verified only on a GPU machine (`bench/gpu_check_vllm_lora.py`
 Modules: `data` (examples, row checks), `model` (base, LoRA, shared TrainingArguments, the learning-rate
 rule), `offline` (SFT and DPO trainers), `rl` (GRPO / RLOO trainers), `rollout` (the reflect -> retry
 rollout), `rewards`, `masking`, `checkpoint` (resume), `card` (cards, dvclive curves),
-`run` (`train_setting`), `stage` (the train stage's work).
+`run` (`train_setting`), `stage` (the train stage's work), `config` (the train section: hyper-parameters of each
+trainer family).
 """
-
-from reflectevo.training.data import examples, rl_rows, row_problem
-from reflectevo.training.run import train_setting
-
-__all__ = ["examples", "rl_rows", "row_problem", "train_setting"]

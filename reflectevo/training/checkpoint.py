@@ -9,10 +9,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, to_dict
+from reflectevo.config.loader import to_dict
+from reflectevo.config.presets import ModelPreset
 from reflectevo.jsonio import write_json
 from reflectevo.training.data import data_hash
-from reflectevo.training.dist import _barrier, is_main_process
+from reflectevo.training.dist import _barrier, is_main_process, num_processes
 
 CHECKPOINT_ONLY = ("save_steps", "save_total_limit")  # hyper-parameters that do not change the result
 KEY_FILE = "key.json"
@@ -27,7 +28,6 @@ def checkpoint_key(setting: str, role: str, model_fp: dict[str, str], preset: Mo
     import torch
     import transformers
     import trl
-    from accelerate import PartialState
 
     what = {"setting": setting, "role": role, "base": model_fp,
             "preset": {"dtype": preset.dtype, "quantization": preset.quantization, "lora": to_dict(preset.lora),
@@ -35,7 +35,7 @@ def checkpoint_key(setting: str, role: str, model_fp: dict[str, str], preset: Mo
                        "method": method, "gradient_checkpointing": gradient_checkpointing},
             "train": {k: v for k, v in to_dict(hp).items() if k not in CHECKPOINT_ONLY}, "seed": seed,
             "data": {"train": data_hash(train_examples), "eval": data_hash(eval_examples)},
-            "num_processes": PartialState().num_processes,
+            "num_processes": num_processes(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                          "peft": peft.__version__}}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16], what

@@ -15,7 +15,8 @@ from reflectevo.prompts import (
     trial_messages,
 )
 from reflectevo.settings import setting as setting_of
-from reflectevo.tasks import Item, TaskCache
+from reflectevo.tasks import Item
+from reflectevo.tasks.registry import TaskCache
 
 
 def row_item(row: dict[str, Any]) -> Item:

@@ -1,4 +1,5 @@
-"""The base model (fp32, or NF4 for QLoRA), the LoRA config, the TrainingArguments shared by every trainer,
+"""The base model (in the resolved dtype under LoRA on CUDA, fp32 on a CPU and for full fine-tuning, or NF4 for
+QLoRA), the frozen base replica, the LoRA config, the TrainingArguments shared by every trainer,
 the portable adapter rewrite, and the sharded-launcher checks."""
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, TrainConfig
+from reflectevo.config.presets import ModelPreset
+from reflectevo.training.config import TrainConfig
 from reflectevo.errors import ReflectEvoError
 from reflectevo.jsonio import write_json
 
@@ -86,15 +88,73 @@ def _adapter_params_to(model, dtype) -> None:
             param.data = param.data.to(dtype)
 
 
-def _base_model(preset_name: str, preset: ModelPreset):
-    """fp32 base for LoRA, or with `quantization: 4bit` an NF4 base prepared for QLoRA (GPU only)."""
+def train_dtype(preset: ModelPreset, method: str = "lora"):
+    """The dtype the trained model's weights are loaded in. LoRA on CUDA: the preset's resolved dtype
+    (`models.resolve_dtype`: bf16 on Ampere and later), since the base is frozen and the adapters stay float32
+    (PEFT's `autocast_adapter_dtype`): an 8B base takes 16 GB instead of 32. Full fine-tuning: float32 master
+    weights, computed in bf16 by the trainer's autocast (`bf16` in the training arguments). On a CPU: float32
+    (the CPU runs bf16 through autocast where it is fast)."""
+    import torch
+
+    from reflectevo.models.load import resolve_dtype
+
+    if method == "lora" and torch.cuda.is_available():
+        return resolve_dtype(preset.dtype)
+    return torch.float32
+
+
+def frozen_base(preset_name: str, preset: ModelPreset):
+    """The base model as a frozen replica beside the trained one (the retry model of `grpo_reflect_retry` with
+    `retry_by: base` under full fine-tuning): in the preset's resolved dtype on CUDA, whole on every rank.
+
+    Build it before the trainer's arguments: those switch on DeepSpeed ZeRO-3's partitioned loading for every
+    later `from_pretrained` (transformers/training_args.py: `DeepSpeedPlugin.set_deepspeed_weakref`), which
+    would leave this replica, never wrapped by the trainer, holding empty shards. FSDP's RAM-efficient loading
+    (weights on rank 0 only, broadcast when the trainer wraps the model: transformers `is_fsdp_enabled`) is
+    turned off while it loads, for the same reason. Move it to the trainer's device once the trainer exists."""
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from reflectevo.models.load import hub_revision, resolve_dtype, resolve_model
+
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():   # an earlier trainer's arguments in this process may still hold it
+        import gc
+
+        gc.collect()
+        if is_deepspeed_zero3_enabled():
+            raise ReflectEvoError(f"models.{preset_name}: the frozen retry model must load whole, but DeepSpeed ZeRO-3's "
+                                  "partitioned loading is on in this process (a trainer's arguments are alive); build "
+                                  "it before the trainer's arguments")
+    dtype = resolve_dtype(preset.dtype) if torch.cuda.is_available() else torch.float32
+    key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
+                                                     dtype=dtype)
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+    return model.eval().requires_grad_(False)
+
+
+def _base_model(preset_name: str, preset: ModelPreset, method: str = "lora"):
+    """The base to train, in `train_dtype` (LoRA on CUDA: the resolved dtype; else float32), or with
+    `quantization: 4bit` an NF4 base prepared for QLoRA (GPU only). Build the trainer's arguments first (DeepSpeed
+    ZeRO-3 then loads it partitioned, see `frozen_base`)."""
     import importlib.util
 
     import torch
     from transformers import AutoModelForCausalLM
 
     from reflectevo.errors import ReflectEvoError
-    from reflectevo.models import hub_revision, resolve_model
+    from reflectevo.models.load import hub_revision, resolve_model
 
     if preset.quantization == "4bit":
         if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
@@ -103,7 +163,7 @@ def _base_model(preset_name: str, preset: ModelPreset):
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
-        from reflectevo.models import resolve_dtype
+        from reflectevo.models.load import resolve_dtype
 
         dtype, sharding = resolve_dtype(preset.dtype), sharded_launcher()
         model = AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
@@ -116,14 +176,14 @@ def _base_model(preset_name: str, preset: ModelPreset):
             return model
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return AutoModelForCausalLM.from_pretrained(resolve_model(preset_name, preset), revision=hub_revision(preset),
-                                                dtype=torch.float32)
+                                                dtype=train_dtype(preset, method))
 
 
 def _qlora_adapter_dtype(preset: ModelPreset, trainer):
     """QLoRA on a GPU without native bf16: TRL's bf16 LoRA weights back to float32 (see `_adapter_params_to`)."""
     import torch
 
-    from reflectevo.models import resolve_dtype
+    from reflectevo.models.load import resolve_dtype
 
     if preset.quantization == "4bit" and resolve_dtype(preset.dtype) != torch.bfloat16:
         _adapter_params_to(trainer.model, torch.float32)
@@ -142,7 +202,7 @@ def _common_args(config_cls: type, hp, seed: int, lr: float, output_dir: Path, h
                  ) -> dict[str, Any]:
     import torch
 
-    from reflectevo.models import resolve_dtype
+    from reflectevo.models.load import resolve_dtype
 
     save = ({"save_strategy": "steps", "save_steps": hp.save_steps, "save_total_limit": hp.save_total_limit}
             if save_checkpoints and hp.save_steps > 0 else {"save_strategy": "no"})
@@ -194,7 +254,7 @@ def train_method(preset_name: str, preset: ModelPreset, method: str) -> str:
     if resolved == "full" and preset.source == "gguf-package":
         raise ReflectEvoError(
             f"train.method: full on preset {preset_name!r}: its weights are the packaged GGUF ({preset.file}, "
-            "quantized), which cannot be saved in full; convert it first (python -c \"from reflectevo.models import "
+            "quantized), which cannot be saved in full; convert it first (python -c \"from reflectevo.models.build import "
             f"convert_gguf_package as c; print(c({preset.package!r}, {preset.file!r}, {preset.package_version!r}))\") and "
             "point a source: hub preset's path at that folder, or use train.method: lora")
     if resolved == "full" and preset.quantization == "4bit":

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, TrainConfig
+from reflectevo.config.presets import ModelPreset
+from reflectevo.training.config import TrainConfig
 from reflectevo.training.model import (
     _base_model,
     _common_args,
@@ -27,7 +28,7 @@ def build_offline_trainer(family: str, preset_name: str, preset: ModelPreset, tr
     import torch
     from datasets import Dataset
 
-    from reflectevo.models import load_tokenizer
+    from reflectevo.models.load import load_tokenizer
 
     if family == "sft":
         from trl import SFTConfig as Config, SFTTrainer as Trainer
@@ -44,6 +45,6 @@ def build_offline_trainer(family: str, preset_name: str, preset: ModelPreset, tr
                                  eval_ds is not None, preset.dtype, save_checkpoints, cfg.gradient_checkpointing),
                   **extra_args)
     return _qlora_adapter_dtype(preset, Trainer(
-        model=_base_model(preset_name, preset), processing_class=load_tokenizer(preset_name, preset),
+        model=_base_model(preset_name, preset, method), processing_class=load_tokenizer(preset_name, preset),
         peft_config=peft_config_for(preset, method), train_dataset=Dataset.from_list(train_examples),
         eval_dataset=eval_ds, args=args, **extra))

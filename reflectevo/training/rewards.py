@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from reflectevo.prompts import split_one_stage
-from reflectevo.tasks import Item, Task, TaskCache
+from reflectevo.protocol.rounds import judge as protocol_judge
+from reflectevo.tasks import Item, Task
+from reflectevo.tasks.registry import TaskCache
 
 KINDS = ("one_stage", "reflect_retry")
 
@@ -38,24 +40,10 @@ def _items(raw: Sequence[Any]) -> list[Item]:
 
 
 def judge(texts: Sequence[str], items: Sequence[Item], tasks: dict[str, Task] | TaskCache | None = None) -> list[bool]:
-    """Verdicts of `texts` against `items`, one batched `verify_many` per task (parallel sandboxes for code); each
-    item's task is built with its own task options (`TaskCache`)."""
+    """Verdicts of `texts` against `items` (`reflectevo.protocol.rounds.judge`: one batched `verify_many` per task,
+    code in parallel sandboxes); each item's task is built with its own task options (`TaskCache`)."""
     cache = tasks if isinstance(tasks, TaskCache) else TaskCache(tasks)
-    out: list[bool | None] = [None] * len(texts)
-    groups: dict[int, list[int]] = {}
-    by_id: dict[int, Task] = {}
-    for i, it in enumerate(items):
-        task = cache.of(it)
-        groups.setdefault(id(task), []).append(i)
-        by_id[id(task)] = task
-    for key, idx in groups.items():
-        task = by_id[key]
-        many = getattr(task, "verify_many", None)
-        verdicts = (many([texts[i] for i in idx], [items[i] for i in idx]) if many is not None
-                    else [task.verify(texts[i], items[i]) for i in idx])
-        for i, v in zip(idx, verdicts):
-            out[i] = bool(v.correct)
-    return out  # type: ignore[return-value]
+    return [bool(v.correct) for v in protocol_judge(texts, items, [cache.of(it) for it in items])]
 
 
 def judged_text(kind: str, completion: Any, retry: str | None = None) -> str:
@@ -71,7 +59,9 @@ def correct_reward(kind: str, tasks: dict[str, Task] | None = None) -> Callable[
     if kind not in KINDS:
         raise ValueError(f"unknown reward kind {kind!r}")
 
-    def correct(prompts=None, completions=(), item=(), retry=None, **_: Any) -> list[float]:
+    def correct(prompts=None, completions=(), item=(), retry=None, retry_correct=None, **_: Any) -> list[float]:
+        if kind == "reflect_retry" and retry_correct is not None:   # the rollout's own verdicts on its retries
+            return [1.0 if ok else 0.0 for ok in retry_correct]
         retries = retry if retry is not None else [None] * len(completions)
         texts = [judged_text(kind, c, r) for c, r in zip(completions, retries)]
         return [1.0 if ok else 0.0 for ok in judge(texts, _items(item), tasks)]

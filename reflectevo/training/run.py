@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset, TrainConfig, to_dict
+from reflectevo.config.loader import to_dict
+from reflectevo.config.presets import ModelPreset
+from reflectevo.training.config import TrainConfig
 from reflectevo.modelcard import base_model_info
 from reflectevo.settings import setting as setting_of
 from reflectevo.training.card import _live, replay_history, step_logger, write_card
@@ -64,6 +66,11 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         card.update(status="disabled", reason=reason)
         write_card(out_dir, card)
         return {**result, "trained": False, "status": "disabled", "reason": reason}
+    if preset.source == "scripted":   # a dry run of the data path: no weights to train
+        reason = f"preset {preset_name!r} is scripted (no weights): nothing to train"
+        card.update(status="skipped", reason=reason)
+        write_card(out_dir, card)
+        return {**result, "trained": False, "status": "skipped", "reason": reason}
     if not train_rows:
         data = {"dpm": "D±", "dpref": "Dpref", "sources": "the train split", "raw": "data/raw's trial-1 attempts"}.get(
             spec.data, "D+")

@@ -16,18 +16,22 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
     `headline`). `checkpoints`: a folder, "auto" (checkpoints/<setting> beside the models folder) or "none".
     `init`: role -> an adapter folder to start from (see `train_setting`). Returns the result on rank 0
     (None on other ranks, which write nothing)."""
-    from reflectevo.config import load_preset, load_section, read_params
+    from reflectevo.config.params import load_section, read_params
+    from reflectevo.config.presets import load_preset
     from reflectevo.jsonio import write_json
-    from reflectevo.models import check_available, model_fingerprint
+    from reflectevo.models.load import check_available
+    from reflectevo.models.fingerprint import model_fingerprint
     from reflectevo.settings import setting as setting_of
-    from reflectevo.training.dist import is_main_process
+    from reflectevo.training.config import TrainConfig
+    from reflectevo.training.dist import is_main_process, one_gpu_without_launcher
     from reflectevo.training.model import train_method
     from reflectevo.training.run import train_setting
 
+    one_gpu_without_launcher()  # several GPUs but no launcher: train on the first (TRL refuses nn.DataParallel)
     spec = setting_of(setting, "--setting")
     raw_params = read_params(params)
     name, preset = load_preset(raw_params)
-    cfg = load_section(raw_params, "train")
+    cfg = load_section(raw_params, "train", TrainConfig)
     train_method(name, preset, cfg.method)  # a method the preset cannot do: one line before anything is read
     if spec.family == "rl":  # prompts from the raw episodes; nothing is read while RL is disabled
         train_rows = rl_rows_of(train_data, cfg.rl) if cfg.rl.enabled else []
@@ -60,7 +64,7 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
 def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
     """RL prompts from the episodes in `raw_dir` (generate's output): failed trial-1 attempts (oracle) or every
     item (intrinsic). Episodes but no failed attempt -> one line, exit 2; no episodes -> "no training data"."""
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
     from reflectevo.training.data import rl_rows
 
     if not raw_dir.is_dir():
@@ -80,7 +84,7 @@ def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
 
 def rl_episode_problem(ep: dict[str, Any]) -> str | None:
     """What makes a raw episode unusable as an RL prompt (the fields `rl_rows` reads), or None."""
-    from reflectevo.tasks import Item
+    from reflectevo.tasks.base import Item
 
     if not isinstance(ep.get("episode_id"), str):
         return "field 'episode_id' must be a string"
@@ -102,7 +106,7 @@ def rl_episode_problem(ep: dict[str, Any]) -> str | None:
 def read_rows(path: Path, setting: str) -> list[dict]:
     """The rows of a training file; a malformed or unusable row fails with `file:line: what`."""
     from reflectevo.jsonio import iter_jsonl_lines
-    from reflectevo.tasks import TaskCache
+    from reflectevo.tasks.registry import TaskCache
     from reflectevo.training.data import row_problem, row_task_problem
 
     rows, tasks = [], TaskCache()

@@ -25,20 +25,13 @@ from typing import Any
 
 import orjson
 
+from reflectevo.episodes.record import INDEX_COLUMNS, arrow_schema, index_values
 from reflectevo.errors import ReflectEvoError
 
 SHARD_GLOB = "episodes-*"                 # every shard, any format (the stale-shard sweep and readers)
 PARQUET_SUFFIX = ".parquet"
 JOURNAL_GLOB = "journal*.jsonl"
 ROWS_PER_GROUP = 256                      # episodes per Parquet row group: the unit of reading and writing
-INDEX_COLUMNS = ("episode_id", "item_id", "task", "trial1_correct")
-
-
-def _schema():
-    import pyarrow as pa
-
-    return pa.schema([("episode_id", pa.string()), ("item_id", pa.string()), ("task", pa.string()),
-                      ("trial1_correct", pa.bool_()), ("episode", pa.string())])
 
 
 def shard_files(raw_dir: Path) -> list[Path]:
@@ -132,26 +125,10 @@ def iter_episodes(path: str | Path, where: bool = False, journals: bool = True) 
             yield (w, ep) if where else ep
 
 
-def iter_imported(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, episode) of an imported file, streamed: our episodes (a Parquet shard, JSONL, a raw
-    folder) or ReflectEvo's raw run.py records (converted on the fly, `reflectevo.compat`; the task from
-    the file name). Imported keys hash the source, task, id and question (`compat.raw_to_episode`), so
-    they never equal a generated episode's key."""
-    path = Path(path)
-    if not path.exists():
-        raise ReflectEvoError(f"generate.import_path: {path} does not exist (convert the published file with "
-                              "`reflectevo convert --from reflectevo --kind raw`, see data/imported/README.md)")
-    if path.is_dir() or path.name.endswith(PARQUET_SUFFIX):
-        yield from iter_episodes(path, where=True, journals=False)
-        return
-    from reflectevo.compat import iter_json_objects, raw_to_episode, task_name
-
-    theirs: bool | None = None
-    for line, rec in iter_json_objects(path):
-        where = f"{path}:{line}"
-        if theirs is None:
-            theirs = "output" in rec and "trial1" not in rec
-        yield where, (raw_to_episode(rec, where, task_name(None, path)) if theirs else rec)
+def load_episodes(raw_dir: Path) -> dict[str, dict]:
+    """Every episode already on disk (finished shards, then the journal of an interrupted run), by key.
+    Holds them all in memory: for small sets and tests; stages stream with `iter_episodes`."""
+    return {ep["episode_id"]: ep for ep in iter_episodes(raw_dir)}
 
 
 def episode_keys(raw_dir: str | Path) -> set[str]:
@@ -207,18 +184,15 @@ class ShardWriter:
             if self._writer is None:
                 tmp = self.raw_dir / f".episodes-{len(self._tmps):05d}.parquet.tmp"
                 self._tmps.append(tmp)
-                self._writer = pq.ParquetWriter(tmp, _schema(), compression="zstd",
+                self._writer = pq.ParquetWriter(tmp, arrow_schema(), compression="zstd",
                                                 use_dictionary=["task"], write_statistics=list(INDEX_COLUMNS))
                 self._in_shard = 0
             take = self._buf[: self.shard_size - self._in_shard]
             del self._buf[: len(take)]
-            table = pa.table({
-                "episode_id": [str(e.get("episode_id")) for e in take],
-                "item_id": [str(e.get("item_id")) for e in take],
-                "task": [str(e.get("task")) for e in take],
-                "trial1_correct": [bool((e.get("trial1") or {}).get("correct")) for e in take],
-                "episode": [orjson.dumps(e, option=orjson.OPT_NON_STR_KEYS).decode() for e in take],
-            }, schema=_schema())
+            index = [index_values(e) for e in take]
+            table = pa.table({**{c: [x[c] for x in index] for c in INDEX_COLUMNS},
+                              "episode": [orjson.dumps(e, option=orjson.OPT_NON_STR_KEYS).decode() for e in take]},
+                             schema=arrow_schema())
             self._writer.write_table(table, row_group_size=self.rows_per_group)
             self._in_shard += len(take)
             if self._in_shard >= self.shard_size:
@@ -238,7 +212,7 @@ class ShardWriter:
             import pyarrow.parquet as pq
 
             tmp = self.raw_dir / ".episodes-00000.parquet.tmp"
-            pq.write_table(_schema().empty_table(), tmp, compression="zstd")
+            pq.write_table(arrow_schema().empty_table(), tmp, compression="zstd")
             self._tmps.append(tmp)
         n = len(self._tmps)
         final = [self.raw_dir / f"episodes-{i:05d}-of-{n:05d}{PARQUET_SUFFIX}" for i in range(n)]
@@ -270,3 +244,23 @@ class ShardWriter:
     def __exit__(self, exc_type, *_: object) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def check_shards(raw: str | Path, first_rows: int = 16) -> list[Path]:
+    """The episode shards of a raw folder, each opened and checked (its columns, and its first rows as complete
+    episodes, `record.check_episode`) before a stage loads any model: a damaged or foreign shard stops the stage
+    with one line naming the file and row before it costs a model load."""
+    from reflectevo.episodes.record import check_episode
+
+    raw = Path(raw)
+    if raw.exists() and not raw.is_dir():
+        raise ReflectEvoError(f"{raw}: a file, expected the raw episodes folder (generate's output)")
+    files = shard_files(raw)
+    if not files:
+        raise ReflectEvoError(f"{raw}: no episode shards ({SHARD_GLOB}); run the generate stage first")
+    for f in files:
+        for n, (where, ep) in enumerate(iter_episodes(f, where=True)):
+            check_episode(ep, where)
+            if n + 1 >= first_rows:
+                break
+    return files

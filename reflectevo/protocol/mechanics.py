@@ -1,4 +1,6 @@
-"""Trial and reflection mechanics shared by the generate and evaluate stages (and every backend).
+"""Trial and reflection mechanics: where a trial, a reflection and a one-stage output end, the answer step,
+and what later prompts show of an attempt. Every caller of the protocol (`reflectevo.protocol.rounds`) and
+every backend applies them the same way.
 
 - A **trial** starts with the task's assistant-side prefix (`Thought:`, as the original's "Thought: "
   prefix) appended to the rendered prompt, and ends at its first complete answer (`Task.answer_stop`,
@@ -24,8 +26,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from reflectevo.backends import Generation, Sampling
-from reflectevo.tasks import Item, Task
+from reflectevo.sampling import Generation, Sampling
+from reflectevo.tasks import Task
 
 ANSWER_STEP_TOKENS = 12                                             # budget of the answer step
 REFLECTION_STOPS = ("\nQuestion:", "\nAction:", "\nThought:", "\nObservation", "\nPrevious attempt:")
@@ -84,15 +86,13 @@ def generate_per_task(backend: Any, prompts: Sequence[str], row_tasks: Sequence[
     return out  # type: ignore[return-value]
 
 
-def run_trials(backend: Any, tasks: dict[str, Task], items: Sequence[Item], messages: Sequence[list[dict[str, str]]],
-               max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               seeds: Sequence[int] | None = None, prefix: bool = True) -> tuple[list[str], list[Generation]]:
-    """Render and generate one trial per item: (prompts as sent, generations)."""
-    row_tasks = [tasks[it.task] for it in items]
-    prompts = [render_trial(backend, t, m, prefix) for t, m in zip(row_tasks, messages)]
+def trials(backend: Any, prompts: Sequence[str], row_tasks: Sequence[Task], max_new_tokens: int,
+           temperature: float = 0.0, top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[Generation]:
+    """Generate one trial per rendered prompt (each ending as its task's trials end), then the answer step for
+    the trials that ended without an answer."""
     gens = generate_per_task(backend, prompts, row_tasks,
                              lambda t: trial_sampling(t, max_new_tokens, temperature, top_p), seeds=seeds)
-    return prompts, answer_step(backend, prompts, row_tasks, gens, seeds)
+    return answer_step(backend, prompts, row_tasks, gens, seeds)
 
 
 def answer_step(backend: Any, prompts: Sequence[str], row_tasks: Sequence[Task], gens: list[Generation],
@@ -102,7 +102,7 @@ def answer_step(backend: Any, prompts: Sequence[str], row_tasks: Sequence[Task],
     bracket). Trials that answered are returned unchanged."""
     from dataclasses import replace
 
-    from reflectevo.backends import stop_position
+    from reflectevo.sampling import stop_position
 
     todo = [i for i, (t, g) in enumerate(zip(row_tasks, gens))
             if t.answer_opening() is not None

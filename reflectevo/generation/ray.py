@@ -34,9 +34,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from reflectevo.config import ModelPreset
+from reflectevo.config.presets import ModelPreset
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation import JOURNAL, GenSpec, Stats, plan, run_chunk
+from reflectevo.generation.episodes import Stats, run_chunk
+from reflectevo.generation.keys import GenSpec
+from reflectevo.generation.run import JOURNAL, plan
 from reflectevo.jsonio import Journal
 from reflectevo.tasks import Item, Task
 
@@ -45,7 +47,7 @@ class EpisodeWorker:
     """A Ray Data actor: builds the backend once, then turns rows of item chunks into episodes."""
 
     def __init__(self, preset_name: str, preset: ModelPreset, spec: GenSpec, tasks: dict[str, Task]) -> None:
-        from reflectevo.backends.hf import make_backend
+        from reflectevo.backends.registry import make_backend
 
         self.spec = spec
         self.tasks = tasks
@@ -101,16 +103,29 @@ def ray_session(address: str = "", **init_kwargs: Any) -> Iterator[Any]:
 
 
 def _actor_resources(ray: Any, concurrency: int, backend: str) -> dict[str, float]:
-    """One GPU per actor where the cluster has GPUs; else an even share of the cores (at most one node's).
+    """One GPU per actor where the cluster has a GPU for each; fewer GPUs than actors: the transformers backend
+    shares them (an equal fraction each, as `reflectevo.devices` shares them round-robin), vllm stops with one
+    line (an engine takes most of its GPU, so a second one on it fails). No GPU: an even share of the cores
+    (at most one node's).
 
     An `openai` backend only sends requests to a server, so its actors take one core and no GPU."""
+    import math
+
     if backend == "openai":
         return {"num_cpus": 1}
-    if ray.cluster_resources().get("GPU", 0) >= 1:
+    gpus = ray.cluster_resources().get("GPU", 0)
+    actors = max(concurrency, 1)
+    if gpus >= actors:
         return {"num_gpus": 1, "num_cpus": 1}
+    if gpus >= 1:
+        if backend == "vllm":
+            raise ReflectEvoError(f"generate.workers: {actors} Ray actors but the cluster has {gpus:g} GPUs; with backend "
+                                  f"vllm each actor needs a GPU of its own (a second engine does not fit): set "
+                                  f"generate.workers <= {int(gpus)}")
+        return {"num_gpus": 1 / math.ceil(actors / int(gpus)), "num_cpus": 1}
     total = ray.cluster_resources().get("CPU", 1)
     per_node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=total)
-    return {"num_cpus": max(1, int(min(per_node, total // max(concurrency, 1))))}
+    return {"num_cpus": max(1, int(min(per_node, total // actors)))}
 
 
 def actor_pool(ray: Any, concurrency: int, n_rows: int) -> Any:
@@ -143,7 +158,7 @@ def generate_ray(items: Sequence[Item], tasks: dict[str, Task], preset_name: str
             ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
                 EpisodeWorker, batch_size=1, compute=actor_pool(ray, concurrency, len(rows)),
                 fn_constructor_kwargs={"preset_name": preset_name, "preset": preset, "spec": spec, "tasks": used},
-                **_actor_resources(ray, concurrency, preset.backend))
+                **_actor_resources(ray, min(concurrency, len(rows)), preset.backend))
             for row in ds.iter_rows():
                 eps = json.loads(row["episodes"])
                 foreign = [ep["episode_id"] for ep in eps if ep["episode_id"] not in wanted]
