@@ -1,0 +1,98 @@
+"""`reflectevo summary`: what a run produced, in a few lines: where the outputs are, the data's sizes, which
+settings were trained, the Table-2 lines (Acc@t1 → Acc@t2, Δ, against `base_reflect`) and the report's path.
+`make repro` ends with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "–"
+
+
+def _p(x: Any) -> str:
+    return "" if not isinstance(x, (int, float)) else f"p = {x:.2g}" if x < 0.01 else f"p = {x:.2f}"
+
+
+def table_lines(report: dict[str, Any]) -> list[str]:
+    """One line per system: Acc@t1 → Acc@t2 (95% interval), Δ, and the paired test against base_reflect."""
+    systems = report.get("systems") or {}
+    width = max((len(s) for s in systems), default=0)
+    lines = []
+    for name, entry in systems.items():
+        o = entry.get("overall") or {}
+        if o.get("acc_t2") is None:       # answers only (sft_qa): Acc@t1
+            lines.append(f"{name:<{width}}  Acc@t1 {_pct(o.get('acc_t1'))}")
+            continue
+        ci = o.get("acc_t2_ci")
+        interval = f" [{_pct(ci[0])}–{_pct(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+        vs = o.get("vs_base_reflect")
+        versus = (f", vs base_reflect +{vs.get('b')} / −{vs.get('c')} items, {_p(vs.get('p'))}"
+                  if isinstance(vs, dict) and "b" in vs else "")
+        delta = o.get("delta")
+        d = f"{100 * delta:+.0f}" if isinstance(delta, (int, float)) else "–"
+        lines.append(f"{name:<{width}}  {_pct(o.get('acc_t1'))} → {_pct(o.get('acc_t2'))}{interval}  Δ {d}{versus}")
+    return lines
+
+
+def summary_lines(root: Path = Path(".")) -> list[str]:
+    """The summary of the run whose outputs are under `root` (what is missing is said, not guessed)."""
+    out: list[str] = []
+    gen = _read(root / "metrics/generate.json")
+    if gen:
+        out.append(f"data/raw/            {gen.get('items')} episodes: trial 1 right on {gen.get('trial1_correct')}, "
+                   f"{gen.get('reflections')} reflections, {gen.get('trial2_correct')} fixed by reflection")
+    cur = _read(root / "metrics/curate.json")
+    if cur:
+        c = cur.get("counts") or {}
+
+        def both(name: str) -> str:
+            return f"{c.get(f'{name}_train', 0)} + {c.get(f'{name}_eval', 0)}"
+
+        out.append(f"data/curated/        D+ {both('dplus')}, D± {both('dpm')}, Dpref {both('dpref')} "
+                   "(train + held out)")
+    trained, other = [], []
+    for card in sorted((root / "models").glob("*/model_card.json")):
+        c = _read(card) or {}
+        (trained if c.get("status") == "trained" else other).append(f"{card.parent.name}"
+                                                                    + ("" if c.get("status") == "trained"
+                                                                       else f" ({c.get('status')})"))
+    if trained or other:
+        out.append(f"models/              trained: {', '.join(trained) or 'none'}"
+                   + (f"; not trained: {', '.join(other)}" if other else ""))
+    report = _read(root / "metrics/eval.json")
+    if report:
+        n = (report.get("overall") or {}).get("n")
+        out.append(f"metrics/eval.json    {n} test items, {report.get('protocol')} protocol "
+                   "(per-item predictions: data/eval/predictions.jsonl)")
+        out.append("")
+        out.append("Acc@t1 → Acc@t2 [95% CI], Δ (points), paired McNemar test against base_reflect:")
+        out.extend("  " + line for line in table_lines(report))
+    else:
+        out.append("metrics/eval.json    missing: the evaluate stage has not run (dvc repro)")
+    page = root / "report/index.html"
+    out.append("")
+    out.append(f"Report: {page} (open it in a browser)" if page.exists()
+               else "Report: not written yet (dvc repro report)")
+    return out
+
+
+def summary_cmd(root: Path = typer.Argument(Path("."), help="the project folder")) -> None:
+    """What the last run produced: outputs, data sizes, the results table and the report's path."""
+    typer.echo("\n".join(summary_lines(root)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("summary")(summary_cmd)
