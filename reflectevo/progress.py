@@ -97,6 +97,12 @@ class Meter:
             self.bar.total = self.total
             self.bar.refresh()
 
+    def reserve(self, n: int) -> None:
+        """A call of `n` generations starts: the total makes room for it if the plan did not (an answer step
+        for trials that ended without an answer), so the bar shows the call as work still to do."""
+        if self.done + n > self.total:
+            self.expect(self.done + n - self.total)
+
     def step(self, finished: int = 0, tokens: int = 0) -> None:
         self.tokens += int(tokens)
         if self.done + finished > self.total:
@@ -141,6 +147,7 @@ class Metered:
         meter, backend = self.meter, self._backend
         if meter is None:
             return backend.generate(prompts, sampling, seeds=seeds)
+        meter.reserve(len(prompts))
         if getattr(backend, "reports_progress", False):   # per prefill and decoding step, from inside the backend
             seen = [0]
 
@@ -185,9 +192,19 @@ class Relay:
     def __init__(self) -> None:
         self.current: Meter | None = None
 
+    def reserve(self, n: int) -> None:
+        """A call of `n` generations starts: the total makes room for it if the plan did not (an answer step
+        for trials that ended without an answer), so the bar shows the call as work still to do."""
+        if self.done + n > self.total:
+            self.expect(self.done + n - self.total)
+
     def step(self, finished: int = 0, tokens: int = 0) -> None:
         if self.current is not None:
             self.current.step(finished, tokens)
+
+    def reserve(self, n: int) -> None:
+        if self.current is not None:
+            self.current.reserve(n)
 
     def start(self, desc: str, total: int, enabled: bool = True) -> Meter:
         self.finish()

@@ -114,6 +114,17 @@ def test_a_reporting_backend_moves_the_bar_inside_a_call():
     assert b.name == "stepwise"       # everything else is the backend's
 
 
+def test_a_call_beyond_the_plan_shows_as_work_to_do_while_it_runs():
+    """An answer step (trials that ended without an answer) is not in the plan: the total grows when it starts,
+    so the bar does not sit at 100% while it runs."""
+    meter = Meter("m", 3, enabled=False)
+    meter.step(3, 0)
+    seen = []
+    b = Metered(ScriptedBackend(lambda p, s: seen.append((meter.done, meter.total)) or "x"), meter)
+    b.generate(["a", "b"], Sampling(4))
+    assert seen == [(3, 5), (3, 5)] and (meter.done, meter.total) == (5, 5)
+
+
 def test_a_backend_that_reports_nothing_moves_the_bar_once_per_call():
     meter = Meter("m", 10, enabled=False)
     b = Metered(ScriptedBackend(lambda p, s: "Action: Finish[1]"), meter)
