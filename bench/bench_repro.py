@@ -112,6 +112,7 @@ def timed_run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict
         for line in proc.stdout:
             now = time.perf_counter() - t0
             fh.write(f"[{now:8.2f}] {line}")
+            fh.flush()
             m = STAGE.search(line)
             if m:
                 marks.append((m.group(1), now))
@@ -130,7 +131,7 @@ def run_variant(name: str, ref: str, work: Path, sets: list[str], python: str | 
     project = work / name
     commit = export(ref, project)
     apply_sets(project, sets)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}   # stage lines arrive as they are printed
     env.pop("VIRTUAL_ENV", None)
     if not keep_cache:
         env["REFLECTEVO_CACHE"] = str(work / f"cache-{name}")

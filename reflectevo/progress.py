@@ -66,6 +66,18 @@ def model_label(preset_name: str, preset: Any, dtype: str | None = None) -> str:
     return f"{name}, {short}" if short else name
 
 
+def bar_width(file: Any) -> dict[str, Any]:
+    """tqdm's size arguments for `file`: the terminal's width, followed as it changes; a fixed 100 x 40 where a
+    terminal reports 0 columns (a pseudo-terminal given no size, as `script` or some CI runners make), on which
+    tqdm would draw nothing (it hides bars beyond the screen's 0 lines)."""
+    try:
+        if file.isatty() and os.get_terminal_size(file.fileno()).columns == 0:
+            return {"ncols": 100, "nrows": 40}
+    except (AttributeError, OSError, ValueError):
+        pass
+    return {"dynamic_ncols": True}
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else many or word + 's'}"
 
@@ -88,8 +100,9 @@ class Meter:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=file or sys.stderr, dynamic_ncols=True,
-                            mininterval=min_interval, smoothing=0.1)
+            out = file or sys.stderr
+            self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=out, mininterval=min_interval, smoothing=0.1,
+                            **bar_width(out))
 
     def expect(self, n: int) -> None:
         self.total = max(self.done, self.total + int(n))

@@ -158,11 +158,41 @@ def write_evaluation(result: Evaluation, metrics: Path, predictions: Path, plots
         from reflectevo.metrics_summary import eval_headline
 
         write_json(headline, eval_headline(result.report))
-    lines = []
-    for s, m in result.report["systems"].items():
-        o = m["overall"]
-        rounds = f" by round {o['acc_by_round']}" if len(o.get("acc_by_round", [])) > 2 else ""
-        lines.append(f"[{s}]: n={o['n']} acc_t1={o['acc_t1']} acc_t2={o['acc_t2']} delta={o['delta']}{rounds}")
+    n = (result.report.get("overall") or {}).get("n")
+    lines = [f": {n} test items, Acc@t1 → Acc@t2 [95% CI], Δ (points), paired McNemar test against base_reflect:"]
+    lines += [f"   {line}" for line in result_lines(result.report)]
     if result.report["skipped"]:
-        lines.append(f": skipped {result.report['skipped']}")
+        lines.append(": skipped " + "; ".join(f"{s} ({why})" for s, why in result.report["skipped"].items()))
     return lines
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "–"
+
+
+def _p(x: Any) -> str:
+    return "" if not isinstance(x, (int, float)) else f"p = {x:.2g}" if x < 0.01 else f"p = {x:.2f}"
+
+
+def result_lines(report: dict[str, Any]) -> list[str]:
+    """One line per system: Acc@t1 → Acc@t2 (95% interval), Δ, and the paired test against base_reflect."""
+    systems = report.get("systems") or {}
+    width = max((len(s) for s in systems), default=0)
+    lines = []
+    for name, entry in systems.items():
+        o = entry.get("overall") or {}
+        if o.get("acc_t2") is None:       # answers only (sft_qa): Acc@t1
+            lines.append(f"{name:<{width}}  Acc@t1 {_pct(o.get('acc_t1'))}")
+            continue
+        ci = o.get("acc_t2_ci")
+        interval = f" [{_pct(ci[0])}–{_pct(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+        vs = o.get("vs_base_reflect")
+        versus = (f", vs base_reflect +{vs.get('b')} / −{vs.get('c')} items, {_p(vs.get('p'))}"
+                  if isinstance(vs, dict) and "b" in vs else "")
+        delta = o.get("delta")
+        d = f"{100 * delta:+.0f}" if isinstance(delta, (int, float)) else "–"
+        by_round = o.get("acc_by_round") or []
+        rounds = f", by round {' / '.join(_pct(x) for x in by_round)}" if len(by_round) > 2 else ""
+        lines.append(f"{name:<{width}}  {_pct(o.get('acc_t1'))} → {_pct(o.get('acc_t2'))}{interval}  Δ {d}{versus}{rounds}")
+    return lines
+

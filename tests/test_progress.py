@@ -65,6 +65,36 @@ def test_the_evaluate_line_lists_systems_and_skips():
                     "shared, oracle protocol on m, bf16")
 
 
+def test_a_terminal_without_a_size_still_gets_a_bar(monkeypatch):
+    """A pseudo-terminal given no size reports 0 x 0; tqdm then hides every bar (tqdm/std.py: it asks the screen's
+    shape for sys.stderr when no size is given, and draws only bars above its last row)."""
+    import os as _os
+
+    import tqdm.std
+
+    from reflectevo.progress import bar_width
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 99
+
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    monkeypatch.setattr(tqdm.std, "_screen_shape_wrapper", lambda: (lambda fp: (0, 0)))
+    monkeypatch.setattr(_os, "get_terminal_size", lambda fd: _os.terminal_size((0, 0)))
+    assert bar_width(tty) == {"ncols": 100, "nrows": 40}
+    m = Meter("generate", 2, min_interval=0)
+    m.step(2, 10)
+    m.close()
+    assert "generate: 100%" in tty.getvalue() and "2/2" in tty.getvalue()
+    monkeypatch.setattr(_os, "get_terminal_size", lambda fd: _os.terminal_size((120, 40)))
+    assert bar_width(tty) == {"dynamic_ncols": True}
+    assert bar_width(io.StringIO()) == {"dynamic_ncols": True}     # not a terminal: tqdm's own rules
+
+
 def test_announce_prints_one_line():
     out = io.StringIO()
     assert announce("curate", "64 episodes", file=out) == "curate: 64 episodes"

@@ -10,41 +10,14 @@ from typing import Any
 
 import typer
 
+from reflectevo.systems import result_lines
+
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _pct(x: Any) -> str:
-    return f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "–"
-
-
-def _p(x: Any) -> str:
-    return "" if not isinstance(x, (int, float)) else f"p = {x:.2g}" if x < 0.01 else f"p = {x:.2f}"
-
-
-def table_lines(report: dict[str, Any]) -> list[str]:
-    """One line per system: Acc@t1 → Acc@t2 (95% interval), Δ, and the paired test against base_reflect."""
-    systems = report.get("systems") or {}
-    width = max((len(s) for s in systems), default=0)
-    lines = []
-    for name, entry in systems.items():
-        o = entry.get("overall") or {}
-        if o.get("acc_t2") is None:       # answers only (sft_qa): Acc@t1
-            lines.append(f"{name:<{width}}  Acc@t1 {_pct(o.get('acc_t1'))}")
-            continue
-        ci = o.get("acc_t2_ci")
-        interval = f" [{_pct(ci[0])}–{_pct(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
-        vs = o.get("vs_base_reflect")
-        versus = (f", vs base_reflect +{vs.get('b')} / −{vs.get('c')} items, {_p(vs.get('p'))}"
-                  if isinstance(vs, dict) and "b" in vs else "")
-        delta = o.get("delta")
-        d = f"{100 * delta:+.0f}" if isinstance(delta, (int, float)) else "–"
-        lines.append(f"{name:<{width}}  {_pct(o.get('acc_t1'))} → {_pct(o.get('acc_t2'))}{interval}  Δ {d}{versus}")
-    return lines
 
 
 def summary_lines(root: Path = Path(".")) -> list[str]:
@@ -79,7 +52,7 @@ def summary_lines(root: Path = Path(".")) -> list[str]:
                    "(per-item predictions: data/eval/predictions.jsonl)")
         out.append("")
         out.append("Acc@t1 → Acc@t2 [95% CI], Δ (points), paired McNemar test against base_reflect:")
-        out.extend("  " + line for line in table_lines(report))
+        out.extend("  " + line for line in result_lines(report))
     else:
         out.append("metrics/eval.json    missing: the evaluate stage has not run (dvc repro)")
     page = root / "report/index.html"

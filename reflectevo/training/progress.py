@@ -7,7 +7,7 @@ import math
 import sys
 from typing import Any, TextIO
 
-from reflectevo.progress import plural, seconds_label
+from reflectevo.progress import bar_width, plural, seconds_label
 
 DATA_NAMES = {"dplus": ("D+ row", None), "dpm": ("D± pair", None), "dpref": ("Dpref pair", None),
               "sources": ("train item", None), "raw": ("failed trial-1 attempt", None)}
@@ -68,8 +68,9 @@ def progress_callback(label: str, file: TextIO | None = None, enabled: bool = Tr
             from tqdm.auto import tqdm
 
             self.latest = {}
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=label, unit="step",
-                            file=file or sys.stderr, dynamic_ncols=True, smoothing=0.3)
+            out = file or sys.stderr
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=label, unit="step", file=out,
+                            smoothing=0.3, **bar_width(out))
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None and state.global_step > self.bar.n:
