@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from reflectevo.errors import ReflectEvoError, one_line
+from reflectevo.progress import quiet_libraries
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+quiet_libraries()   # before a stage imports transformers or datasets (reflectevo/progress.py says what and why)
 
 
 def friendly_errors(fn: F) -> F:

@@ -57,7 +57,11 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     from reflectevo.jsonio import JsonlWriter, write_json, write_text
     from reflectevo.episodes.shards import check_shards, iter_episodes
 
+    from reflectevo.progress import announce
+
     _, _, cfg = stage_params(params, "curate", with_model=False)
+    announce("curate", f"{raw} → D+ (fixing reflections), D± (fixing vs failing), Dpref (pairs of fixing ones, "
+                       f"{cfg.judge} judge); {cfg.eval_fraction:.0%} of items held out")
     judge_fn = lazy_judge(params, cfg)   # its preset checked now; its model loaded at the first pair to judge
     judge_info = judge_fn.info if judge_fn is not None else None
     check_shards(raw)                    # every shard's columns and first episodes, before any model
@@ -97,7 +101,10 @@ def main(params: Path = Path("params.yaml"), raw: Path = Path("data/raw"), out: 
     full = {"counts": counts, "drops": dict(result["drops"]),
             "pct_correct_after_reflection": result["stats"]["total"]["pct_correct_after_reflection"]}
     write_json(metrics, full)
-    typer.echo(f"curate: {counts} drops={dict(result['drops'])} -> {out}")
+    rows = ", ".join(f"{label} {counts[f'{kind}_train']} + {counts[f'{kind}_eval']}"
+                     for kind, label in (("dplus", "D+"), ("dpm", "D±"), ("dpref", "Dpref")))
+    drops = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in result["drops"].items()) or "none"
+    typer.echo(f"curate: {rows} rows (train + held out); dropped: {drops} -> {out}")
     if headline is not None:  # full JSON above (plain output), small flat copy here (DVC metric)
         from reflectevo.metrics_summary import curate_headline
 

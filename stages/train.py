@@ -38,11 +38,12 @@ def main(setting: str = typer.Option(..., help=" | ".join(setting_names())),
          checkpoints: str = typer.Option("auto", help="checkpoint folder to resume from: a path, 'auto' "
                                          "(checkpoints/<setting> beside the models folder) or 'none'"),
          headline: Path = typer.Option(None, help="flat DVC metrics file")) -> None:
+    from reflectevo.training.progress import describe_result
     from reflectevo.training.stage import run_train
 
     result = run_train(setting, params, train_data, eval_data, out, metrics, curves, checkpoints, headline)
     if result is not None:
-        typer.echo(f"train[{setting}]: {result}")
+        typer.echo(f"train@{describe_result(setting, result)}")
 
 
 if __name__ == "__main__":

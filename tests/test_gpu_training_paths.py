@@ -36,6 +36,21 @@ def test_auto_dtype_on_a_gpu_without_native_bf16_is_fp16(monkeypatch):
     assert resolve_dtype("float32") == torch.float32
 
 
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    """torch.cpu reports the instructions (torch/cpu/__init__.py: `_is_avx512_bf16_supported`, `_is_amx_tile_supported`);
+    oneDNN's bf16 check says yes on any AVX512 CPU, where bf16 without those instructions is emulated and slower."""
+    from reflectevo.models.load import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for avx512_bf16, amx, expected in ((False, False, torch.float32), (True, False, torch.bfloat16),
+                                       (False, True, torch.bfloat16)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_dtype("auto") == expected
+    assert resolve_dtype("bfloat16") == torch.bfloat16
+
+
 def test_the_launcher_is_read_from_accelerates_environment(tmp_path):
     """The variables `accelerate launch` sets (accelerate/utils/launch.py:305-309 for FSDP, 566-582 for DeepSpeed)."""
     assert sharded_launcher({}) == ""

@@ -33,6 +33,10 @@ SAMPLER = "per-sample-seed-v2"
 class TransformersBackend:
     name = "transformers"
     sampler = SAMPLER
+    # `progress(finished, tokens)`, when set, is called after each batch's prefill (its prompt tokens computed) and
+    # at every decoding step (rows that ended, tokens drawn); reflectevo.progress.Metered sets it for a call
+    reports_progress = True
+    progress = None
 
     def __init__(self, preset_name: str, preset: ModelPreset, adapter: str | Path | None = None,
                  batch_size: int | None = None) -> None:
@@ -125,7 +129,10 @@ class TransformersBackend:
             # transformers >= 5.2x renames the forward's `past_key_values` to `cache`; the vllm extra's
             # transformers (< 5.21) has only the old name, which both accept
             warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+            prefilled = self.prefilled_tokens
             out, mask, pos, extra = self._prefill(rows, cache)
+            if self.progress is not None:
+                self.progress(0, self.prefilled_tokens - prefilled)
             last_pos = pos[:, -1]
             for _ in range(sampling.max_new_tokens):
                 scores = out.logits[:, -1, :]
@@ -145,6 +152,8 @@ class TransformersBackend:
                 if stops and keep:
                     texts = self.tokenizer.batch_decode([new[alive[j]] for j in keep], skip_special_tokens=True)
                     keep = [j for j, t in zip(keep, texts) if stop_position(t, sampling) is None]
+                if self.progress is not None:
+                    self.progress(len(alive) - len(keep), len(alive))
                 if not keep:
                     break
                 if len(keep) < len(alive):

@@ -5,6 +5,7 @@
     reflectevo params check [params.yaml]
     reflectevo presets [params.yaml]
     reflectevo report [--metrics metrics/eval.json] [--out report/index.html]   # the HTML report
+    reflectevo summary                   # what the last run produced: outputs, results, the report's path
     reflectevo verify rg/chain_sum predictions.jsonl
     reflectevo serve --model tiny-random --port 8000    # OpenAI-compatible server for a preset
     reflectevo convert / metrics ...     # ReflectEvo interoperability (docs/compat.md)
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 import typer
 
-from reflectevo.cli import catalog, compat, plan, publish, report, serve, verify
+from reflectevo.cli import catalog, compat, plan, publish, report, serve, summary, verify
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ReflectEvo: learn to reflect from self-generated data.")
 
-for _module in (catalog, report, verify, serve, compat, publish, plan):
+for _module in (catalog, report, summary, verify, serve, compat, publish, plan):
     _module.register(app)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,21 @@ class Stats:
                 "new_tokens_per_s": round(self.new_tokens / self.seconds, 1) if self.seconds else None}
 
 
+def samples_per_item(cfg) -> int:
+    """Samples per failed item (oracle) or per item (intrinsic): `k`, or one greedy retry without reflection."""
+    return cfg.k if cfg.reflect or cfg.retry_temperature > 0 else 1
+
+
+def generations_per_sample(cfg) -> int:
+    """At most: a reflection (unless `reflect: false`) and a retry per round."""
+    return (2 if cfg.reflect else 1) * cfg.rounds
+
+
+def generations_per_item(cfg) -> int:
+    """At most, per item: trial 1 and every sample's generations (answer steps aside)."""
+    return 1 + samples_per_item(cfg) * generations_per_sample(cfg)
+
+
 def round_spec(spec: GenSpec) -> RoundSpec:
     """The generate params as a protocol round: sampled reflections, the retry as `retry_temperature` says."""
     c = spec.cfg
@@ -50,7 +65,7 @@ def _record(attempt: Attempt) -> dict[str, Any]:
 
 
 def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenSpec, stats: Stats,
-              ids: Sequence[str] | None = None) -> list[EpisodeRecord]:
+              ids: Sequence[str] | None = None, expect: Callable[[int], None] | None = None) -> list[EpisodeRecord]:
     """Compute the episodes of `items`: trial 1, then per round one batched reflection and retry pass.
 
     - oracle protocol: failed items get `k` samples, each told its attempt failed;
@@ -61,6 +76,8 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
       its latest retry and retries again; rounds 2.. go to the sample's `later_rounds`.
     `backend` is one backend for every phase, or a `reflectevo.protocol.rounds.PhaseBackends` (trial 1 by the
     base, reflections by `reflector`, retries by `corrector`: a trained setting's adapters).
+    `expect(n)`: told, once trial 1 is judged, how many of the generations `generations_per_item` counted
+    will not run (negative n), for a progress bar.
     """
     cfg = spec.cfg
     rs = round_spec(spec)
@@ -77,11 +94,13 @@ def run_chunk(items: Sequence[Item], tasks: dict[str, Task], backend, spec: GenS
     stats.count([a.gen for a in t1])
 
     # without reflection a greedy retry is the same for every sample
-    k = cfg.k if cfg.reflect or cfg.retry_temperature > 0 else 1
+    k = samples_per_item(cfg)
     jobs = [Job(it, row_tasks[i], latest=t1[i].text, rejected=t1[i].verdict.extracted, demand=spec.demand_for(it, j),
                 seed=lambda rnd, phase, eid=ids[i], j=j: sample_seed(eid, j, rnd, "" if phase == "reflection" else phase),
                 key=(i, j))
             for i, it in enumerate(items) if not rs.oracle or not t1[i].verdict.correct for j in range(k)]
+    if expect is not None:
+        expect((len(jobs) - len(items) * k) * generations_per_sample(cfg))
     run_rounds(jobs, cfg.rounds, rs.oracle, reflect_retry_step(reflector, corrector, rs))
     for job in jobs:
         stats.count([st.reflection.gen for st in job.steps if st.reflection is not None])

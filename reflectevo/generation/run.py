@@ -11,9 +11,10 @@ from typing import Any
 
 from reflectevo.episodes.shards import ShardWriter, episode_keys, iter_episodes, load_episodes
 from reflectevo.errors import ReflectEvoError
-from reflectevo.generation.episodes import Stats, run_chunk
+from reflectevo.generation.episodes import Stats, generations_per_item, run_chunk
 from reflectevo.generation.keys import GenSpec
 from reflectevo.jsonio import Journal
+from reflectevo.progress import Meter, metered
 from reflectevo.tasks import Item, Task
 
 JOURNAL = "journal.jsonl"          # single-process runs; journal-<i>-of-<n>.jsonl, one per shard worker
@@ -51,24 +52,27 @@ def generate_keys(items: Iterable[Item], tasks: dict[str, Task], backend_factory
     keys: list[str] = []
     stats = Stats()
     t0 = time.perf_counter()
-    state: dict[str, Any] = {"backend": None, "bar": None, "journal": None}
+    per_item = generations_per_item(spec.cfg)   # at most: trial 1, then each sample's reflections and retries
+    state: dict[str, Any] = {"backend": None, "meter": None, "journal": None}
 
     def run(chunk: list[Item], chunk_keys: list[str]) -> None:
         if state["backend"] is None:
-            state["backend"] = backend_factory()
-            state["bar"] = _progress(total, progress)
+            # the bar counts generations: every item left, as if each failed trial 1 (run_chunk takes back
+            # the samples it does not need once trial 1 is judged; reused items leave the plan)
+            left = (total - len(keys) + len(chunk)) if total is not None else len(chunk)
+            backend = backend_factory()
+            state["meter"] = Meter("generate", left * per_item, enabled=progress)
+            state["backend"] = metered(backend, state["meter"])
             state["journal"] = Journal(raw_dir / journal_name(shard)).__enter__()
+        elif total is None:
+            state["meter"].expect(len(chunk) * per_item)
         backend = state["backend"]
         before = getattr(backend, "prefilled_tokens", None)
-        eps = run_chunk(chunk, tasks, backend, spec, stats, ids=chunk_keys)
+        eps = run_chunk(chunk, tasks, backend, spec, stats, ids=chunk_keys, expect=state["meter"].expect)
         if before is not None:
             stats.prefilled_tokens += backend.prefilled_tokens - before
         state["journal"].append_batch(eps)
         stats.seconds = time.perf_counter() - t0
-        if state["bar"] is not None:
-            cost = stats.to_dict()
-            state["bar"].update(len(chunk))
-            state["bar"].set_postfix(ep_s=cost["episodes_per_s"], tok_s=cost["new_tokens_per_s"])
 
     todo: list[Item] = []
     todo_keys: list[str] = []
@@ -78,6 +82,8 @@ def generate_keys(items: Iterable[Item], tasks: dict[str, Task], backend_factory
             keys.append(k)
             if k in existing:
                 stats.reused += 1
+                if state["meter"] is not None and total is not None:
+                    state["meter"].expect(-per_item)
                 continue
             existing.add(k)          # an item listed twice is computed once
             todo.append(it)
@@ -90,8 +96,8 @@ def generate_keys(items: Iterable[Item], tasks: dict[str, Task], backend_factory
     finally:
         if state["journal"] is not None:
             state["journal"].__exit__(None, None, None)
-        if state["bar"] is not None:
-            state["bar"].close()
+        if state["meter"] is not None:
+            state["meter"].close()
     stats.seconds = time.perf_counter() - t0
     return keys, stats
 
@@ -118,14 +124,6 @@ def generate(items: Sequence[Item], tasks: dict[str, Task], backend_factory: Cal
     wanted = set(keys)
     by_key = {ep["episode_id"]: ep for ep in iter_episodes(raw_dir) if ep["episode_id"] in wanted}
     return [by_key[k] for k in keys], stats
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="episodes", unit="ep")
 
 
 def write_shards(raw_dir: Path, episodes: Iterable[dict], shard_size: int,

@@ -18,7 +18,7 @@ from reflectevo.episodes.record import check_episode
 from reflectevo.episodes.shards import check_shards, shard_files
 from reflectevo.errors import ReflectEvoError
 from reflectevo.generation.backends import build_phase_backends
-from reflectevo.generation.episodes import Stats
+from reflectevo.generation.episodes import Stats, samples_per_item
 from reflectevo.generation.keys import make_spec, shard_slice
 from reflectevo.generation.run import generate_keys, iter_wanted, write_shards
 from reflectevo.generation.summary import Summary
@@ -26,6 +26,7 @@ from reflectevo.jsonio import write_json
 from reflectevo.models.fingerprint import model_fingerprint
 from reflectevo.models.load import check_available
 from reflectevo.config.params import stage_params
+from reflectevo.progress import announce, model_label, plural
 from reflectevo.tasks.items import count_items, iter_items
 
 
@@ -100,6 +101,19 @@ def import_episodes(src: Path, out: Path, summary: Path, shard_size: int, limit:
          f"reflections {s['reflections']}), {s['run']['seconds']} s")
 
 
+def describe(n_items: int, cfg, model: str, adapters: str | None = None) -> str:
+    """The stage line: what runs, on how many items, with which model (`reflectevo.progress.announce`)."""
+    k = samples_per_item(cfg)
+    if cfg.reflect:
+        who = "failed trial 1s" if cfg.protocol == "oracle" else "every trial 1, not told if it failed"
+        steps = f"trial → reflect (k={k}, on {who}) → retry"
+    else:
+        steps = f"trial → retry without reflection (k={k})" if k > 1 else "trial → retry without reflection"
+    rounds = f", {cfg.rounds} rounds" if cfg.rounds > 1 else ""
+    by = f"; reflections and retries by {adapters}'s adapters" if adapters else ""
+    return f"{plural(n_items, 'item')} × {steps}{rounds} on {model}{by}"
+
+
 def run_generate(params: Path, sources: Path, out: Path, summary: Path, worker_script: Path, progress: bool = True,
                  shard: str | None = None, adapters: Path | None = None, echo=print) -> None:
     """The generate stage: episodes of `sources` into `out` (reused by key, resumed from a journal), the summary
@@ -127,6 +141,10 @@ def run_generate(params: Path, sources: Path, out: Path, summary: Path, worker_s
                      sampler=backend_sampler(preset.backend, where=f"models.{name}.backend"),
                      adapters=phase_adapters.key() if phase_adapters else None,
                      resolved_dtype=backend_dtype(preset, where=f"models.{name}.backend"))
+
+    if shard is None:
+        announce("generate", describe(n_items, cfg, model_label(name, preset, spec.resolved_dtype),
+                                      adapters=str(adapters) if phase_adapters is not None else None))
 
     def make_backend(name, preset):  # the base, or one backend per phase with the setting's adapters
         return build_phase_backends(name, preset, phase_adapters)

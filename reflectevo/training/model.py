@@ -214,8 +214,18 @@ def _common_args(config_cls: type, hp, seed: int, lr: float, output_dir: Path, h
         weight_decay=hp.weight_decay, max_length=hp.max_length, logging_steps=1,
         eval_strategy="epoch" if has_eval else "no", report_to="none", seed=seed,
         use_cpu=not torch.cuda.is_available(), bf16=resolve_dtype(dtype_name) == torch.bfloat16,
-        gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=0, disable_tqdm=True,
+        **_checkpointing_kwargs(config_cls, gradient_checkpointing), dataloader_num_workers=0, disable_tqdm=True,
     )
+
+
+def _checkpointing_kwargs(config_cls: type, on: bool) -> dict[str, bool]:
+    """transformers >= 5.2x renames `gradient_checkpointing` to `activation_checkpointing` (the old name warns:
+    transformers/training_args.py, `__post_init__`); older ones (vllm extra) have only the old name."""
+    import inspect
+
+    if "activation_checkpointing" in inspect.signature(config_cls.__init__).parameters:
+        return {"activation_checkpointing": on}
+    return {"gradient_checkpointing": on}
 
 
 def _warmup_kwargs(config_cls: type, ratio: float) -> dict[str, float]:

@@ -18,6 +18,7 @@ from reflectevo.training.checkpoint import RoleCheckpoints, checkpoint_key, no_c
 from reflectevo.training.data import data_hash, examples
 from reflectevo.training.dist import _barrier, is_main_process
 from reflectevo.training.offline import build_offline_trainer
+from reflectevo.training.progress import replace_printer
 from reflectevo.training.model import (_portable_adapter, _portable_model, _tokens_per_s, learning_rate,
                                        load_adapter_weights, train_method)
 from reflectevo.training.rl import build_rl_trainer
@@ -118,6 +119,7 @@ def train_setting(setting: str, preset_name: str, preset: ModelPreset, model_fp:
         trainer.add_callback(step_logger(live, role))
         if ckpt is not None:
             trainer.add_callback(no_checkpoint_at_the_end())
+        replace_printer(trainer, setting if len(roles) == 1 else f"{setting} {role}")
         dropped = len(train_ex[role]) - len(trainer.train_dataset)  # TRL drops examples truncation emptied
         if len(trainer.train_dataset) == 0:
             what_lost = "prompts are longer than" if kind == "rl" else "examples lose their target at"

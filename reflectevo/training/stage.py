@@ -41,6 +41,7 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
         eval_rows = [] if eval_data == "none" else read_rows(Path(eval_data), setting)
     if train_rows:
         check_available(name, preset)  # an unreachable hub preset: one line before any checkpoint is written
+    announce_plan(setting, spec, train_rows, eval_rows, train_data, cfg, name, preset)
     if checkpoints == "none" or init:   # a checkpoint's key does not hold the starting weights
         ckpt_dir = None
     elif checkpoints == "auto":
@@ -59,6 +60,25 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
 
         write_json(headline, train_headline(result))
     return result
+
+
+def announce_plan(setting: str, spec, train_rows: list, eval_rows: list, train_data: Path, cfg, name: str,
+                  preset) -> str:
+    """The stage line (`reflectevo.progress.announce`): the setting, its data, budget and model."""
+    from reflectevo.models.load import resolve_dtype
+    from reflectevo.progress import announce, model_label
+    from reflectevo.training.model import train_method
+    from reflectevo.training.progress import describe_plan
+
+    if spec.family == "rl" and not cfg.rl.enabled:
+        return announce(f"train@{setting}", "online RL, not enabled (train.rl.enabled: false): writes its card only")
+    if not train_rows:
+        return announce(f"train@{setting}", f"no training rows in {train_data}: writes a card saying so")
+    hp = {"sft": cfg.sft, "dpo": cfg.dpo, "rl": cfg.rl}[spec.family]
+    dtype = str(resolve_dtype(preset.dtype)).replace("torch.", "")
+    return announce(f"train@{setting}", describe_plan(spec, len(train_rows), len(eval_rows), hp,
+                                           train_method(name, preset, cfg.method), preset.lora,
+                                           model_label(name, preset, dtype)))
 
 
 def rl_rows_of(raw_dir: Path, hp) -> list[dict]:
