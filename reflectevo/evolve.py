@@ -53,7 +53,7 @@ def union_rows(previous: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]
     """Earlier training rows, then this iteration's, without exact repeats (same `id`) and without rows
     whose reflection is a near-duplicate (TF-IDF cosine >= `threshold`, `curation.near_duplicates`) of an
     earlier kept row of the same item. Returns (rows, counts)."""
-    from reflectevo.curation import near_duplicates
+    from reflectevo.curation.rows import near_duplicates
 
     seen: set[str] = set()
     by_item: dict[str, list[tuple[int, dict[str, Any]]]] = {}

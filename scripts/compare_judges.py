@@ -22,7 +22,7 @@ def main(raw: Path = Path("data/raw"), params: Path = Path("params.yaml"),
     from reflectevo.backends.registry import make_backend
     from reflectevo.config.presets import load_preset
     from reflectevo.config.params import load_section, read_params
-    from reflectevo.curation import near_duplicates, reflection_problem
+    from reflectevo.curation.rows import near_duplicates, reflection_problem
     from reflectevo.episodes.record import attempt
     from reflectevo.episodes.shards import iter_episodes, shard_files
     from reflectevo.judge import Comparison, judge, likelihood_judge

@@ -15,7 +15,6 @@ whose previous adapter has no training data is recorded as stopped (one line), a
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,6 @@ from reflectevo.stage import friendly_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 HERE = Path(__file__).resolve().parent
-
-
-def _stage_main(name: str):
-    """The `main` function of another stage script (stages/<name>.py), called in this process."""
-    return runpy.run_path(str(HERE / f"{name}.py"), run_name=f"stages_{name}")["main"]
 
 
 def _cfg(params: Path):
@@ -198,8 +192,10 @@ def curate(iteration: str = typer.Option(...), previous_data: Path = typer.Optio
                 write_jsonl(out / "curated" / f"{k}_{split}.jsonl", [])
         write_json(out / "curate.json", {"iteration": number, "stopped": why})
     else:
-        _stage_main("curate")(params=params, raw=out / "raw", out=out / "curated", metrics=out / "curate.json",
-                              headline=None)
+        from reflectevo.curation.stage import run_curate
+
+        for line in run_curate(params, out / "raw", out / "curated", out / "curate.json"):
+            typer.echo(line)
     info: dict[str, Any] = {"policy": cfg.data, "kind": kind}
     rows: dict[str, list] = {}
     for split in ("train", "eval"):

@@ -6,6 +6,7 @@ before it loads a model, and leaves its outputs as they were; only a card saying
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,17 @@ def d(base, tmp_path):
     return copy_tree(base, tmp_path / "ex")
 
 
+STAGE_LINE = re.compile(r"^(prepare|generate|curate|evaluate|train|report|evolve)[\w@ -]*: (?!.*error)")
+
+
 def one_line(r, *names: str) -> str:
     """The single error line of an exit-2 result, after checking it names each of `names`."""
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     assert r.exit_code == 2, r.output
-    line = r.stderr.strip()
-    assert "\n" not in line and line.startswith("error: ") and "Traceback" not in r.output, r.stderr
+    *before, line = r.stderr.strip().splitlines() or [""]
+    # the stage's own line (`curate: <what it does>`) may come first; the error is the one line after it
+    assert all(STAGE_LINE.match(b) for b in before), r.stderr
+    assert line.startswith("error: ") and "Traceback" not in r.output, r.stderr
     for n in names:
         assert n in line, line
     return line
@@ -184,15 +190,15 @@ def test_a_shard_column_of_another_type_is_one_line(d):
 
 class _Loads:
     def __init__(self, monkeypatch):
-        from reflectevo.backends import hf
+        from reflectevo.backends import registry
 
-        self.built, real = [], hf.make_backend
+        self.built, real = [], registry.make_backend
 
         def counting(name, preset, *a, **kw):
             self.built.append(name)
             return real(name, preset, *a, **kw)
 
-        monkeypatch.setattr(hf, "make_backend", counting)
+        monkeypatch.setattr(registry, "make_backend", counting)   # curate's judge reads it at its first pair
 
 
 def test_curate_checks_every_shard_before_loading_the_judge(d, monkeypatch):
@@ -238,7 +244,7 @@ def test_a_likelihood_judge_on_a_backend_that_cannot_score_is_refused_first(d, m
     p["models"]["served"] = {"source": "api", "backend": "openai", "api_model": "m"}
     p["model"] = "served"
     (d / "params.yaml").write_text(yaml.safe_dump(p))
-    one_line(curate(d), "curate.judge likelihood needs a backend that scores", "models.served.backend is 'openai'")
+    one_line(curate(d), "curate.judge: likelihood scores continuations, which backend 'openai' of models.served cannot", "models.served.backend is 'openai'")
     assert loads.built == []
 
 
@@ -419,7 +425,7 @@ def test_a_preset_name_that_is_not_a_string_is_one_line(d):
     p = yaml.safe_load((d / "params.yaml").read_text())
     p["model"] = {"value": "scripted"}
     (d / "params.yaml").write_text(yaml.safe_dump(p))
-    one_line(invoke(cli, "params", "check", d / "params.yaml"), "model: expected a preset name, got {'value': 'scripted'}")
+    one_line(invoke(cli, "params", "check", d / "params.yaml"), "model: expected a preset name (a string), got {'value': 'scripted'}")
 
 
 @pytest.mark.parametrize("change,message", [
@@ -482,14 +488,14 @@ def test_an_empty_demand_list_is_refused_before_any_model(d):
     p["generate"]["demands"] = []
     (d / "params.yaml").write_text(yaml.safe_dump(p))
     before = snapshot(d / "raw", d / "metrics/generate.json")
-    one_line(generate(d, d / "sources/train.jsonl"), "generate.demands: list at least one demand id, or [all]")
+    one_line(generate(d, d / "sources/train.jsonl"), "generate.demands: must not be empty")
     assert snapshot(d / "raw", d / "metrics/generate.json") == before
     one_line(invoke(cli, "params", "check", d / "params.yaml"), "generate.demands")
 
 
 def test_generate_checks_an_earlier_runs_shards_before_any_model(d, monkeypatch):
     """data/raw's shards (persisted, reused by key) were read only after every new episode was generated."""
-    from reflectevo import backends
+    from reflectevo.generation import backends
 
     built = []
     real = backends.make_backend

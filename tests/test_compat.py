@@ -14,7 +14,7 @@ from reflectevo.compat import fields, jsonstream
 from reflectevo.compat import raw as raw_format
 from reflectevo.cli import app
 from reflectevo.config.sections import CurateConfig
-from reflectevo.curation import curate
+from reflectevo.curation.rows import curate
 from reflectevo.errors import ReflectEvoError
 from reflectevo.jsonio import read_jsonl, write_jsonl
 

@@ -1,5 +1,5 @@
 from reflectevo.config.sections import CurateConfig
-from reflectevo.curation import curate, is_eval_item, reflection_problem, statistics
+from reflectevo.curation.rows import curate, is_eval_item, reflection_problem, statistics
 
 
 def _sample(eid, j, text, correct):

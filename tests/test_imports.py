@@ -14,14 +14,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("reflectevo", "reflectevo.errors", "reflectevo.registry", "reflectevo.jsonio", "reflectevo.cache",
                     "reflectevo.settings", "reflectevo.demands", "reflectevo.sampling", "reflectevo.stats",
                     "reflectevo.metrics", "reflectevo.metrics_summary", "reflectevo.diagnostics", "reflectevo.adapters",
-                    "reflectevo.paper",
+                    "reflectevo.paper", "reflectevo.progress",
                     "reflectevo.episodes*")),
     ("tasks", ("reflectevo.tasks*", "reflectevo.sandbox")),
     ("config", ("reflectevo.config*", "reflectevo.stage")),
     ("prompts", ("reflectevo.prompts", "reflectevo.compat*", "reflectevo.datacard")),
     ("models", ("reflectevo.models*", "reflectevo.backends*", "reflectevo.modelcard")),
     ("protocol", ("reflectevo.protocol*",)),
-    ("work", ("reflectevo.generation*", "reflectevo.evaluation", "reflectevo.curation", "reflectevo.judge",
+    ("work", ("reflectevo.generation*", "reflectevo.evaluation", "reflectevo.curation*", "reflectevo.judge",
               "reflectevo.training*")),
     ("top", ("reflectevo.systems", "reflectevo.evolve", "reflectevo.report", "reflectevo.publish", "reflectevo.serve",
              "reflectevo.paramsfile", "reflectevo.plan", "reflectevo.recipes",
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 # Packages of one floor that never import each other: each is a stage's own work.
 SEPARATE: tuple[tuple[str, ...], ...] = (("reflectevo.generation*",), ("reflectevo.evaluation",),
-                                         ("reflectevo.curation", "reflectevo.judge"), ("reflectevo.training*",))
+                                         ("reflectevo.curation*", "reflectevo.judge"), ("reflectevo.training*",))
 # Rules worth saying as pairs too: the low packages never reach the machinery.
 NEVER = {"reflectevo.tasks*": ("reflectevo.backends*", "reflectevo.generation*", "reflectevo.training*",
                                "reflectevo.config*"),

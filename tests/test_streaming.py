@@ -261,7 +261,7 @@ def test_tfidf_cosines_match_scikit_learn():
     from sklearn.metrics.pairwise import cosine_similarity
 
     from reflectevo.backends.scripted import _words
-    from reflectevo.curation import tfidf_cosines
+    from reflectevo.curation.rows import tfidf_cosines
 
     rng = random.Random(0)
     for _ in range(100):

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from reflectevo.curation import _common
+from reflectevo.curation.rows import _common
 from reflectevo.prompts import one_stage_messages, reflection_messages, trial_messages
 from reflectevo.tasks import Item
 from reflectevo.tasks.registry import TaskCache, get_task

@@ -31,7 +31,7 @@ _PAIR_FIELDS = ("id", "question", "answer", "first_trial_reasoning", "first_tria
 
 
 def _common_in(rec: dict[str, Any], where: str, task: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Item and trial-1 fields shared by D+ and D± rows (curation.py's `_common` order)."""
+    """Item and trial-1 fields shared by D+ and D± rows (`reflectevo.curation.rows._common`'s order)."""
     rid, _ = _get(rec, ("id",), where)
     question = _str(_get(rec, ("question",), where)[0], "question", where)
     gold = _str(_get(rec, ("answer",), where)[0], "answer", where)
