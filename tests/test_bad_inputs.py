@@ -244,7 +244,7 @@ def test_a_likelihood_judge_on_a_backend_that_cannot_score_is_refused_first(d, m
     p["models"]["served"] = {"source": "api", "backend": "openai", "api_model": "m"}
     p["model"] = "served"
     (d / "params.yaml").write_text(yaml.safe_dump(p))
-    one_line(curate(d), "curate.judge: likelihood scores continuations, which backend 'openai' of models.served cannot", "models.served.backend is 'openai'")
+    one_line(curate(d), "curate.judge: likelihood scores continuations", "backend 'openai' of models.served cannot")
     assert loads.built == []
 
 
