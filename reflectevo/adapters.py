@@ -107,8 +107,9 @@ def generation_adapters(setting_dir: str | Path, preset_name: str | None = None)
                               hashes={p: adapter_hash(x) for p, x in paths.items()})
 
 
-# The only statuses of a setting's card that evaluation and self-evolution skip (with the card's reason).
-SKIPPED_STATUSES = ("no training data", "disabled")
+# The only statuses of a setting's card that evaluation and self-evolution skip (with the card's reason):
+# the train stage wrote each on purpose (`skipped`: a scripted preset, which has no weights to train).
+SKIPPED_STATUSES = ("no training data", "disabled", "skipped")
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -168,7 +169,7 @@ def check_weights_folder(path: str | Path, method: str = "lora") -> None:
 
 def setting_status(setting_dir: str | Path, preset_name: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """(card, None) for a trained setting folder whose weights can be loaded, or (None, reason) when its
-    card says "no training data" or "disabled". Anything else (no card, a damaged card or weights file,
+    card says "no training data", "disabled" or "skipped". Anything else (no card, a damaged card or weights file,
     another status, weights of another preset) raises one ReflectEvoError naming the file."""
     setting_dir = Path(setting_dir)
     card = read_card(setting_dir)

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import traceback
 from pathlib import Path
@@ -233,11 +234,22 @@ def check_contract(result, outputs: list[Path], before: dict, names: list[str], 
     assert not leftovers(*outputs), f"{what}: temporary files left: {leftovers(*outputs)}"
     if result.exit_code == 0:
         return True
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"{what}: not one error line:\n{result.stderr}"
-    assert any(n in lines[0] for n in names), f"{what}: the error names none of {names}: {lines[0]}"
-    assert snapshot(*outputs) == before, f"{what}: outputs changed on exit 2 ({lines[0]})"
+    line = error_line(result.stderr, what)
+    assert any(n in line for n in names), f"{what}: the error names none of {names}: {line}"
+    assert snapshot(*outputs) == before, f"{what}: outputs changed on exit 2 ({line})"
     return False
+
+
+# a stage's own first line (`curate: <what it does and its size>`), printed when its work starts
+STAGE_LINE = re.compile(r"^(prepare|generate|curate|evaluate|train|report|evolve)[\w@ -]*: (?!.*\berror\b)")
+
+
+def error_line(stderr: str, what: str = "") -> str:
+    """The one error line of an exit-2 run: the last line of stderr, after at most the stage's own line."""
+    *before, line = stderr.strip().splitlines() or [""]
+    assert line.startswith("error: ") and len(before) <= 1 and all(STAGE_LINE.match(b) for b in before), \
+        f"{what}: not one error line:\n{stderr}"
+    return line
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

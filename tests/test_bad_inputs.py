@@ -6,12 +6,11 @@ before it loads a model, and leaves its outputs as they were; only a card saying
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import yaml
-from fuzzing import copy_tree, fake_adapter, invoke, scripted_params, snapshot, stage
+from fuzzing import copy_tree, error_line, fake_adapter, invoke, scripted_params, snapshot, stage
 
 from reflectevo.cli import app as cli
 
@@ -26,17 +25,12 @@ def d(base, tmp_path):
     return copy_tree(base, tmp_path / "ex")
 
 
-STAGE_LINE = re.compile(r"^(prepare|generate|curate|evaluate|train|report|evolve)[\w@ -]*: (?!.*error)")
-
-
 def one_line(r, *names: str) -> str:
     """The single error line of an exit-2 result, after checking it names each of `names`."""
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     assert r.exit_code == 2, r.output
-    *before, line = r.stderr.strip().splitlines() or [""]
-    # the stage's own line (`curate: <what it does>`) may come first; the error is the one line after it
-    assert all(STAGE_LINE.match(b) for b in before), r.stderr
-    assert line.startswith("error: ") and "Traceback" not in r.output, r.stderr
+    line = error_line(r.stderr)
+    assert "Traceback" not in r.output, r.stderr
     for n in names:
         assert n in line, line
     return line

@@ -4,9 +4,8 @@ every stage that reads params exit 0 (and then write their outputs), or exit 2 w
 params key or file, writing nothing (tests/fuzzing.py for the contract).
 
 The ranges of every numeric and enum field (LoRA rank >= 1, learning rates > 0, top_p in (0, 1], ...)
-are listed in RANGES; `params check` must refuse a value outside them, naming the key. The cases it
-accepts today are marked xfail (strict): they need the schema's ranges, and turn into failures to fix
-once it has them."""
+are listed in RANGES; `params check` must refuse a value outside them, naming the key (the schema's
+ranges: reflectevo/config/sections.py, reflectevo/training/config.py)."""
 
 from __future__ import annotations
 
@@ -177,17 +176,6 @@ RANGES = {
     "prepare.tasks.0.n_train": (-1, ">= 0"), "demo.items": (0, ">= 1"),
 }
 # Accepted by `params check` today: they need the schema's ranges (params validation), not another fix here.
-NEEDS_SCHEMA_RANGES = {
-    "models.*.lora.r", "models.*.lora.alpha", "models.*.lora.dropout", "models.*.lr_sft", "models.*.lr_dpo",
-    "models.*.max_length", "generate.top_p", "generate.top_p=1.5", "generate.max_new_tokens_trial",
-    "generate.max_new_tokens_reflection", "generate.limit", "generate.shard_size", "curate.min_reflection_words",
-    "curate.max_reflection_words", "curate.max_pairs_per_item", "train.sft.epochs", "train.sft.batch_size",
-    "train.sft.grad_accum", "train.sft.max_length", "train.sft.warmup_ratio", "train.sft.weight_decay",
-    "train.sft.max_steps", "train.dpo.beta", "train.dpo.batch_size", "train.dpo.epochs",
-    "evaluate.max_new_tokens_trial", "evaluate.max_new_tokens_reflection", "evaluate.limit",
-}
-
-
 def _set(tree: dict, dotted: str, value) -> str:
     """Set `dotted` (models.* = the selected preset) in `tree`; returns the key as the error must name it."""
     keys = [tree["model"] if k == "*" else (int(k) if k.isdigit() else k) for k in dotted.split("=")[0].split(".")]
@@ -198,12 +186,7 @@ def _set(tree: dict, dotted: str, value) -> str:
     return ".".join(str(k) for k in keys if not isinstance(k, int))
 
 
-def _case(key: str):
-    mark = pytest.mark.xfail(strict=True, reason="needs the schema's ranges (params validation)")
-    return pytest.param(key, marks=mark) if key in NEEDS_SCHEMA_RANGES else key
-
-
-@pytest.mark.parametrize("key", [_case(k) for k in RANGES])
+@pytest.mark.parametrize("key", list(RANGES))
 def test_params_check_refuses_a_value_out_of_range(tmp_path, key):
     from fuzzing import ROOT
 
@@ -220,8 +203,7 @@ def test_params_check_refuses_a_value_out_of_range(tmp_path, key):
     assert line.count("\n") == 0 and named.split(".")[-1] in line, line
 
 
-@pytest.mark.xfail(strict=True, reason="needs the schema's ranges (params validation)")
-@settings(fuzz_settings(20), phases=[Phase.generate])   # an expected failure: no shrinking
+@settings(fuzz_settings(20))
 @given(data=st.data())
 def test_params_check_refuses_any_value_out_of_range(data):
     """As above with drawn keys and values: an out-of-range number anywhere in RANGES is refused."""

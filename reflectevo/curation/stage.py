@@ -29,15 +29,17 @@ LABELS = {"dplus": "D+", "dpm": "D±", "dpref": "Dpref"}
 def lazy_judge(params: Path, cfg: Any):
     """`curate.judge` as a `LazyJudge` (None for `none`): likelihood / self = the generating model (params
     `model`), any other name a preset; any backend (transformers, vllm, openai: an endpoint). The preset is
-    checked now, its model loaded at the first pair to judge."""
+    checked and its model found now (no load); the model is loaded at the first pair to judge."""
     if cfg.judge == "none":
         return None
     from reflectevo.backends.registry import make_backend
     from reflectevo.judge import JUDGES, LazyJudge
+    from reflectevo.models.load import check_available
 
     raw = read_params(params)
     own = cfg.judge in JUDGES
     jname, jpreset = load_preset(raw) if own else load_preset(raw, cfg.judge, where="curate.judge")
+    check_available(jname, jpreset)   # an unreachable judge model: one line in seconds, nothing loaded
     return LazyJudge(cfg.judge if own else "preset", jname, jpreset, make_backend)
 
 
@@ -45,11 +47,11 @@ def run_curate(params: Path, raw: Path, out: Path, metrics: Path, headline: Path
     """Curate the shards under `raw` into `out` ({dplus,dpm,dpref}_{train,eval}.jsonl, stats.json, README.md)
     and write `metrics` (and the flat `headline` metrics file when given). Returns the lines to print."""
     _, _, cfg = stage_params(params, "curate", with_model=False)
-    announce("curate", f"{raw} → D+ (fixing reflections), D± (fixing vs failing), Dpref (pairs of fixing ones, "
-                       f"{cfg.judge} judge); {cfg.eval_fraction:.0%} of items held out")
     judge_fn = lazy_judge(params, cfg)
     judge_info = judge_fn.info if judge_fn is not None else None
     check_shards(raw)                    # every shard's columns and first episodes, before any model
+    announce("curate", f"{raw} → D+ (fixing reflections), D± (fixing vs failing), Dpref (pairs of fixing ones, "
+                       f"{cfg.judge} judge); {cfg.eval_fraction:.0%} of items held out")
     writers = {f"{kind}_{split}": JsonlWriter(out / f"{kind}_{split}.jsonl")
                for kind in SETS for split in ("train", "eval")}
     diagnostics = EpisodeDiagnostics()

@@ -34,6 +34,10 @@ class SFTHyper(Schema):
     save_steps: NonNegInt = 50                  # checkpoint every N optimizer steps (resume after a kill); 0 = none
     save_total_limit: PosInt = 2                # checkpoints kept per adapter role (newest)
 
+    def check(self, where: str) -> None:
+        if self.max_steps == 0:   # transformers reads 0 as "no cap" (epochs), which a user writing 0 rarely means
+            raise ReflectEvoError(f"{where}.max_steps: must be -1 (train for `epochs`) or >= 1, got 0")
+
 
 @dataclass(frozen=True)
 class DPOHyper(SFTHyper):
@@ -61,6 +65,7 @@ class RLHyper(SFTHyper):
     use_vllm: Bool = False                      # grpo_one_stage / rloo rollouts by TRL's vLLM (colocate; CUDA + vllm)
 
     def check(self, where: str) -> None:
+        super().check(where)
         if self.batch_size % self.num_generations:
             raise ReflectEvoError(f"{where}.batch_size: {self.batch_size} completions per step must be a multiple of "
                                   f"num_generations ({self.num_generations})")
