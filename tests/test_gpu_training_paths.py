@@ -205,23 +205,37 @@ def test_eight_gpus_without_a_launcher_train_on_the_first_and_say_so(monkeypatch
 
 
 def test_the_train_stage_narrows_the_gpus_before_anything_else(monkeypatch, tmp_path, capsys):
-    """`run_train` (the train stage) applies the one-GPU rule first: on a mocked 8-GPU machine an RL setting
-    that is switched off (nothing to train) still reports the narrowing, and CUDA_VISIBLE_DEVICES is GPU 0."""
+    """`run_train` (the train stage) applies the one-GPU rule before any model is found or loaded: on a mocked
+    8-GPU machine a setting with rows to train reports the narrowing, and CUDA_VISIBLE_DEVICES is GPU 0 when
+    the model is first looked for. A stage with nothing to train (a disabled RL setting) touches neither
+    torch nor the GPUs (tests/test_stage_costs.py)."""
+    import os
+
     import yaml
     from helpers import tiny_params_dict
 
+    from reflectevo.models import load
+    from reflectevo.training import stage
     from reflectevo.training.stage import run_train
+
+    class Found(Exception):
+        pass
+
+    def check_available(name, preset):
+        raise Found(os.environ.get("CUDA_VISIBLE_DEVICES"))
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(stage, "read_rows", lambda path, setting: [{"row": 1}])
+    monkeypatch.setattr(load, "check_available", check_available)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params_dict(ROOT / "params.yaml"), sort_keys=False))
-    run_train("rloo", params, tmp_path / "raw", "none", tmp_path / "models/rloo", tmp_path / "m.json")
-    import os
-
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    with pytest.raises(Found) as seen:
+        run_train("one_stage", params, tmp_path / "dplus_train.jsonl", "none", tmp_path / "models/one_stage",
+                  tmp_path / "m.json")
+    assert str(seen.value) == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert "train: 8 GPUs visible but no launcher: training on GPU 0 only" in capsys.readouterr().err
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+from fuzzing import fake_adapter
 import yaml
 
 from reflectevo import report
@@ -94,14 +95,17 @@ def scripted_run(tmp_path_factory) -> Path:
        "--summary", "metrics/generate.json", "--no-progress", cwd=work)
     sh(stages / "curate.py", "--params", "params.yaml", "--raw", "data/raw", "--out", "data/curated",
        "--metrics", "metrics/curate.json", cwd=work)
-    # the scripted model has no weights to train: every enabled setting gets a "trained" card naming its
-    # adapter roles (the scripted backend ignores adapters), the RL settings their default "disabled" card
+    # the scripted model has no weights to train: every enabled setting gets a "trained" folder (a card naming
+    # its adapter roles and small well-formed adapters, which the scripted backend ignores), the RL settings
+    # their default "disabled" card
     for name, s in registry().settings.items():
         d = work / "models" / name
-        d.mkdir(parents=True)
-        card = ({"status": "disabled", "reason": "not enabled (train.rl.enabled: false)"} if s.family == "rl" else
-                {"status": "trained", "base": {"preset": "scripted"}, "adapters": {r: r for r in s.roles}})
-        (d / "model_card.json").write_text(json.dumps(card))
+        if s.family == "rl":
+            d.mkdir(parents=True)
+            (d / "model_card.json").write_text(json.dumps({"status": "disabled",
+                                                           "reason": "not enabled (train.rl.enabled: false)"}))
+        else:
+            fake_adapter(d, name, roles=tuple(s.roles))
     sh(stages / "evaluate.py", "--params", "params.yaml", "--sources", "data/sources/test.jsonl", "--models", "models",
        "--predictions", "data/eval/predictions.jsonl", "--metrics", "metrics/eval.json", "--plots", "plots/eval",
        cwd=work)

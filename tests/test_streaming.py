@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fuzzing import error_line
 from typer.testing import CliRunner
 
 from reflectevo.errors import ReflectEvoError
@@ -211,7 +212,7 @@ def test_scripted_pipeline_generate_curate_then_bad_input_writes_nothing(tmp_pat
     write_shards(tmp_path / "raw", eps, 50000)
     r = runner.invoke(_stage("curate"), cur)
     assert r.exit_code == 2
-    (line,) = [x for x in r.output.splitlines() if x.strip()]
+    line = error_line(r.stderr)   # after curate's own line, one error line
     assert line.startswith(f"error: {tmp_path / 'raw/episodes-00000-of-00001.parquet'}: row 18: episode ")
     assert line.endswith("lacks the required field 'trial1'")
     assert {p.name: p.read_bytes() for p in (tmp_path / "curated").iterdir()} == before

@@ -87,8 +87,15 @@ def test_fake_module_requests_carry_lora_and_per_prompt_seeds(fake_vllm, tiny_pr
 
 
 def _adapter(path, r):
+    """A PEFT-shaped adapter folder of rank `r`: its config and a small, well-formed weights file (the fake
+    engine loads neither; evaluation checks both exist and can be read)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 2 * r, "peft_type": "LORA"}))
+    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": np.zeros((r, 8), np.float32)},
+              str(path / "adapter_model.safetensors"))
     return path
 
 

@@ -27,7 +27,6 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
     from reflectevo.training.model import train_method
     from reflectevo.training.run import train_setting
 
-    one_gpu_without_launcher()  # several GPUs but no launcher: train on the first (TRL refuses nn.DataParallel)
     spec = setting_of(setting, "--setting")
     raw_params = read_params(params)
     name, preset = load_preset(raw_params)
@@ -39,7 +38,8 @@ def run_train(setting: str, params: Path, train_data: Path, eval_data: str, out:
     else:
         train_rows = read_rows(train_data, setting)
         eval_rows = [] if eval_data == "none" else read_rows(Path(eval_data), setting)
-    if train_rows:
+    if train_rows:   # (nothing to train, e.g. a disabled RL setting: no torch import, no GPU)
+        one_gpu_without_launcher()  # several GPUs but no launcher: train on the first (TRL refuses nn.DataParallel)
         check_available(name, preset)  # an unreachable hub preset: one line before any checkpoint is written
     announce_plan(setting, spec, train_rows, eval_rows, train_data, cfg, name, preset)
     if checkpoints == "none" or init:   # a checkpoint's key does not hold the starting weights
