@@ -24,7 +24,7 @@ from fuzzing import (
     snapshot,
     stage,
 )
-from hypothesis import Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
