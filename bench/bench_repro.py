@@ -1,6 +1,6 @@
 """A fresh clone's `make repro`, timed stage by stage, for two versions of the project in one run.
 
-    .venv/bin/python bench/bench_repro.py                            # old = c960939, new = HEAD, fresh venvs
+    .venv/bin/python bench/bench_repro.py                            # old = bd526f1, new = HEAD, fresh venvs
     .venv/bin/python bench/bench_repro.py --variant new=worktree     # this working tree (uncommitted changes too)
     .venv/bin/python bench/bench_repro.py --variant new=HEAD --set models.smollm2-135m.dtype=float32   # fp32 only
     .venv/bin/python bench/bench_repro.py --python .venv/bin/python --set model=tiny-random \\
@@ -40,7 +40,7 @@ import typer
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-OLD = "c960939"     # the run the 15-minute goal was measured against (29 min on the 2-core VM)
+OLD = "bd526f1"     # the default run before it was sized for 15 minutes (64 train / 100 test items, 10 SFT / 8 DPO steps)
 STAGE = re.compile(r"Running stage '([^']+)'")
 
 
