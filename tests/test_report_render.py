@@ -123,9 +123,10 @@ def test_every_section_renders_from_real_metrics_without_reprs(scripted_run):
     page = report.build_report(inp)
     assert problems(page) == []
     # the diagnostics table's first column is the item count of each evaluated system (300 fresh items in
-    # the demo, the 100 test items here), not the name of a dict method
+    # the demo, the committed run's test items here), not the name of a dict method
+    n_test = json.loads((ROOT / "metrics/eval.json").read_text())["systems"]["base_reflect"]["overall"]["n"]
     diag = page[page.index('<h2 id="diagnostics"'):page.index('<h2 id="rounds"')]
-    assert "<th>base_reflect</th><td>100</td>" in diag and "<th>generated (train split)</th><td>24</td>" in diag
+    assert f"<th>base_reflect</th><td>{n_test}</td>" in diag and "<th>generated (train split)</th><td>24</td>" in diag
 
 
 def test_the_scripted_run_alone_renders_without_reprs(scripted_run, tmp_path):
