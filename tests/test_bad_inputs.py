@@ -207,7 +207,7 @@ def test_curate_without_a_pair_to_judge_loads_no_judge(d, monkeypatch, tmp_path)
     """Episodes with at most one fixing reflection per item: no Dpref pair, so the judge never loads; its
     record (preset, kind, prompt version) is still in stats.json."""
     from reflectevo.generation.run import write_shards
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     loads = _Loads(monkeypatch)
     eps = []

@@ -45,7 +45,7 @@ def _fresh(base: Path, root: Path) -> Path:
 @fuzz_settings(12)
 @given(data=st.data())
 def test_generate_on_damaged_sources(base, tmp_path_factory, data):
-    from reflectevo.shards import iter_episodes
+    from reflectevo.episodes.shards import iter_episodes
 
     d = _fresh(base, tmp_path_factory.mktemp("g"))
     src = d / "sources/train.jsonl"
